@@ -1,0 +1,23 @@
+"""User-facing error types.
+
+Every error a user can cause (bad flag, bad file, bad data) is raised as a
+:class:`SupersamError` subclass whose message is one line naming the problem
+and the fix. The CLI turns these into a red one-line message and exit code 1,
+without a traceback.
+"""
+
+
+class SupersamError(Exception):
+    """Base class of all errors caused by user input; the message is shown as is."""
+
+
+class ConfigError(SupersamError):
+    """A params.yaml entry, flag or subnet config is invalid."""
+
+
+class CheckpointError(SupersamError):
+    """A checkpoint file is missing, unreadable or belongs to another model."""
+
+
+class DataError(SupersamError):
+    """A data set folder, image or annotation is missing or unusable."""

@@ -1,0 +1,78 @@
+"""Dice loss (paper Eq. 2) and IoU / mIoU on mask logits.
+
+Conventions: a predicted mask is ``logits > 0``; IoU of two empty masks is 1.
+``miou`` is the single-mask mIoU (``multimask_output=False``); ``miou_oracle`` is
+the best-of-3 IoU per object over SAM's three multimask outputs (the reference
+code's number), averaged over objects.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss, paper Eq. 2: 1 - 2|GT n Pred| / (|GT| + |Pred|), mean over objects.
+
+    Args:
+        logits: N x H x W mask logits (Pred = sigmoid(logits)).
+        target: N x H x W ground truth in {0, 1}.
+        eps: smoothing added to numerator and denominator (keeps empty masks finite).
+
+    Returns:
+        scalar loss in [0, 1]; ~0 for a perfect prediction, ~1 for a disjoint one.
+    """
+    prob = torch.sigmoid(logits.float()).flatten(1)  # N x HW
+    gt = target.float().flatten(1)
+    inter = (prob * gt).sum(1)
+    denom = prob.sum(1) + gt.sum(1)
+    return (1.0 - (2.0 * inter + eps) / (denom + eps)).mean()
+
+
+def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-mask IoU of boolean masks ``pred`` and ``target`` (... x H x W) -> (...)."""
+    pred, target = pred.bool(), target.bool()
+    inter = (pred & target).flatten(-2).sum(-1).float()
+    union = (pred | target).flatten(-2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def object_ious(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU per object and mask output at logit threshold 0.
+
+    Args:
+        logits: N x M x H x W (M mask outputs per object).
+        target: N x H x W bool.
+
+    Returns:
+        N x M IoU.
+    """
+    return mask_iou(logits > 0, target[:, None].expand_as(logits))
+
+
+class MiouMeter:
+    """Accumulates per-object IoUs into ``miou`` (single mask) and ``miou_oracle`` (best of 3)."""
+
+    def __init__(self) -> None:
+        self.single: list[torch.Tensor] = []
+        self.oracle: list[torch.Tensor] = []
+
+    def add_single(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a single-mask prediction: logits N x 1 x H x W, target N x H x W."""
+        self.single.append(object_ious(logits[:, :1], target)[:, 0].cpu())
+
+    def add_multimask(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a 3-mask prediction: logits N x 3 x H x W; keeps the best IoU per object."""
+        self.oracle.append(object_ious(logits, target).max(dim=1).values.cpu())
+
+    @property
+    def n_objects(self) -> int:
+        """Objects seen so far (single-mask count, else oracle count)."""
+        return int(sum(t.numel() for t in (self.single or self.oracle)))
+
+    def result(self) -> dict[str, float]:
+        """``{"miou": ..., "miou_oracle": ...}`` for what was added (NaN when none)."""
+        def mean(parts):
+            return float(torch.cat(parts).mean()) if parts else float("nan")
+
+        return {"miou": mean(self.single), "miou_oracle": mean(self.oracle)}

@@ -1,0 +1,97 @@
+"""MLflow tracking shared by every stage (DESIGN.md "MLflow" contract).
+
+One experiment; every run tagged ``stage`` and ``variant`` (and ``pretrained``);
+runs of one ``dvc repro`` share the tag ``pipeline_run`` taken from the
+``SUPERSAM_PIPELINE_RUN`` environment variable when set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from supersam.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+
+class Run:
+    """Thin handle on an active MLflow run (or a no-op when tracking is disabled)."""
+
+    def __init__(self, mlflow_module: Any | None) -> None:
+        self._mlflow = mlflow_module
+        self.run_id: str | None = None
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log numeric, finite entries of ``metrics`` (None/NaN/str entries skipped)."""
+        if self._mlflow is None:
+            return
+        clean = {
+            k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        }
+        clean.update({k: float(v) for k, v in metrics.items() if isinstance(v, bool)})
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (values stringified, truncated to MLflow's 6000-char limit)."""
+        if self._mlflow is not None and params:
+            self._mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set run tags (values stringified)."""
+        if self._mlflow is not None and tags:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str) -> None:
+        """Attach a file to the run."""
+        if self._mlflow is not None and os.path.exists(path):
+            self._mlflow.log_artifact(path)
+
+
+@contextlib.contextmanager
+def start_run(
+    cfg: TrackingConfig,
+    stage: str,
+    variant: str = "",
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[Run]:
+    """Open an MLflow run tagged ``stage``/``variant`` in ``cfg``'s experiment.
+
+    Args:
+        cfg: tracking URI, experiment and on/off switch.
+        stage: pipeline stage name (``eval``, ``train``, ...).
+        variant: reordering variant (``none``, ``magnitude``, ``wanda``) or "".
+        params: logged as MLflow params.
+        tags: extra tags, e.g. ``{"pretrained": False}``.
+
+    Yields:
+        a :class:`Run`; a no-op handle when ``cfg.enabled`` is False.
+    """
+    if not cfg.enabled:
+        yield Run(None)
+        return
+    for name in ("alembic", "mlflow", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_experiment(cfg.experiment)
+    all_tags = {"stage": stage, "variant": variant or "-"}
+    group = os.environ.get("SUPERSAM_PIPELINE_RUN")
+    if group:
+        all_tags["pipeline_run"] = group
+    all_tags.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (tags or {}).items()})
+    name = f"{stage}-{variant}" if variant else stage
+    with mlflow.start_run(run_name=name, tags=all_tags) as active:
+        run = Run(mlflow)
+        run.run_id = active.info.run_id
+        run.log_params(params or {})
+        yield run
+    log.info("MLflow run %s (%s) logged to %s", run.run_id, name, cfg.tracking_uri)

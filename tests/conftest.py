@@ -1,0 +1,29 @@
+"""Shared fixtures: the real data sets in ../shared/data and the tiny SAM config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder holding tiny_coco/, isbi2012_em/ and dsb2018_nuclei/ (must exist)."""
+    assert SHARED_DATA.is_dir(), f"real data expected at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Tests are device-agnostic: CUDA when present, else CPU (these machines)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
