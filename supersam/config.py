@@ -119,11 +119,14 @@ class ModelConfig:
         type: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny``.
         img_size: encoder input size in pixels (multiple of 16).
         checkpoint: official SAM ``.pth``; empty = random initialisation.
+        seed: seed of the random initialisation (no checkpoint), so every stage
+            builds the same random SAM.
     """
 
     type: str = "vit_b"
     img_size: int = 1024
     checkpoint: str = ""
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

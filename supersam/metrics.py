@@ -30,10 +30,10 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 
 
 def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-mask IoU of boolean masks ``pred`` and ``target`` (... x H x W) -> (...)."""
+    """Per-mask IoU of boolean masks ``pred`` and ``target`` (... x H x W) -> (...), float64."""
     pred, target = pred.bool(), target.bool()
-    inter = (pred & target).flatten(-2).sum(-1).float()
-    union = (pred | target).flatten(-2).sum(-1).float()
+    inter = (pred & target).flatten(-2).sum(-1).double()
+    union = (pred | target).flatten(-2).sum(-1).double()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 

@@ -271,10 +271,16 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     model.load_state_dict(state)
 
 
-def build_sam(model_type: str = "vit_b", img_size: int | None = None, checkpoint: str | Path | None = None) -> LoadedSam:
+def build_sam(
+    model_type: str = "vit_b",
+    img_size: int | None = None,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+) -> LoadedSam:
     """Build SAM ``model_type`` at ``img_size`` pixels, from ``checkpoint`` or random init.
 
-    Without a checkpoint the weights are random; one warning says so and the
+    Without a checkpoint the weights are random, drawn under ``seed`` (so every
+    pipeline stage builds the same random SAM); one warning says so and the
     returned ``pretrained`` flag is False (callers put it in every metrics file
     and MLflow run).
 
@@ -282,14 +288,16 @@ def build_sam(model_type: str = "vit_b", img_size: int | None = None, checkpoint
         ConfigError: unknown model type or bad image size.
         CheckpointError: unreadable checkpoint or one of another model.
     """
-    model = build_sam_model(model_type, img_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_sam_model(model_type, img_size)
     size = model.image_encoder.img_size
     if not checkpoint:
         log.warning(
             "no SAM checkpoint given: %s runs from RANDOM initialisation (pretrained=false); "
             "numbers measure the pipeline, not SAM's quality", model_type,
         )
-        return LoadedSam(model, model_type, size, pretrained=False)
+        return LoadedSam(model, model_type, size, pretrained=False, info={"init_seed": seed})
     state = read_state_dict(checkpoint)
     load_state_into(model, state, str(checkpoint), model_type)
     log.info("loaded %s checkpoint %s at %d px", model_type, checkpoint, size)

@@ -77,9 +77,10 @@ def start_run(
     if not cfg.enabled:
         yield Run(None)
         return
+    import mlflow  # configures its own loggers on import: quiet them afterwards
+
     for name in ("alembic", "mlflow", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    import mlflow
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_experiment(cfg.experiment)

@@ -1,0 +1,123 @@
+"""COCO instances reader: an annotations JSON plus an image folder (MS-COCO layout).
+
+Objects are the non-``iscrowd`` annotations whose mask covers at least
+``min_area`` px (exact RLE area from pycocotools, not the rounded ``area``
+field). Pixels are read lazily per item; the index keeps only the parsed
+annotations pycocotools holds anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_utils
+from pycocotools.coco import COCO
+
+from supersam.data.base import Item, SkipLog
+from supersam.data.imaging import Window, crop, crop_masks, image_shape, read_rgb, tiles
+from supersam.data.types import Sample
+from supersam.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+def load_coco(ann_file: Path) -> COCO:
+    """Parse a COCO instances JSON with pycocotools, its stdout chatter silenced.
+
+    Raises:
+        DataError: the file is missing or is not a COCO instances JSON.
+    """
+    if not ann_file.is_file():
+        raise DataError(f"COCO annotations {ann_file} not found; set data.labels to the instances JSON under data.root")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(ann_file))
+        coco.getImgIds()
+    except Exception as exc:  # noqa: BLE001 - JSON/key errors all mean "not a COCO file"
+        raise DataError(f"cannot parse COCO annotations {ann_file} ({type(exc).__name__}: {exc}); "
+                        "point data.labels at a COCO instances JSON") from None
+    return coco
+
+
+class CocoReader:
+    """Lazy COCO reader (paper: MS-COCO with point prompts).
+
+    Args:
+        image_dir: folder holding the images named by ``file_name``.
+        ann_file: COCO instances JSON.
+        min_area: smallest object kept, px.
+        patch: > 0 cuts images into patch x patch tiles (0 = whole images).
+
+    Raises:
+        DataError: missing folder/JSON or unparsable JSON.
+    """
+
+    def __init__(self, image_dir: Path, ann_file: Path, min_area: int, patch: int):
+        if not image_dir.is_dir():
+            raise DataError(f"COCO image folder {image_dir} not found; set data.root/data.images to the image folder")
+        self.image_dir, self.min_px, self.patch = image_dir, max(min_area, 1), patch
+        self.coco = load_coco(ann_file)
+        self.description = f"coco {image_dir}"
+
+    def _objects(self, img_id: int) -> list[dict]:
+        """RLEs of the usable (non-crowd, >= min_area px) objects of one image."""
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[img_id]))
+        rles = [self.coco.annToRLE(a) for a in anns if not a.get("iscrowd", 0)]
+        return [r for r in rles if int(mask_utils.area(r)) >= self.min_px]
+
+    def _decode(self, rles: list[dict], window: Window | None) -> np.ndarray:
+        """N x h x w bool masks of ``rles`` cut to ``window``, small ones dropped."""
+        if not rles:
+            return np.zeros((0, 0, 0), bool)
+        masks = crop_masks(np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool), window)
+        return masks[masks.sum(axis=(1, 2)) >= self.min_px]
+
+    def index(self, skips: SkipLog) -> list[Item]:
+        """Items of all images that exist and match their annotated size (tiles when patch > 0)."""
+        orphans = [a["id"] for a in self.coco.anns.values() if a.get("image_id") not in self.coco.imgs]
+        if orphans:
+            logger.warning("%s: ignored %d annotations whose image_id is not in the JSON's images (ids %s)",
+                           self.description, len(orphans), ", ".join(map(str, orphans[:8])))
+        items = []
+        for img_id in sorted(self.coco.getImgIds()):
+            info = self.coco.imgs[img_id]
+            name, size = info["file_name"], (info["height"], info["width"])
+            path = self.image_dir / name
+            if not path.is_file():
+                skips.add("whose file is missing (annotated but not in the image folder)", name)
+                continue
+            try:
+                shape = image_shape(path)
+            except DataError:
+                skips.add("that cannot be read", name)
+                continue
+            if shape != size:
+                skips.add("whose size differs from the annotation", name)
+                continue
+            try:
+                rles = self._objects(img_id)
+            except (KeyError, TypeError, ValueError, IndexError):
+                skips.add("with malformed annotations", name)
+                continue
+            windows = tiles(size[0], size[1], self.patch)
+            for window in windows:
+                n = len(rles) if window is None else len(self._decode(rles, window))
+                tile_name = name if window is None else f"{name}@{window[0]},{window[1]}"
+                items.append(Item((img_id, path), window, tile_name, name, n))
+        return items
+
+    def load(self, item: Item) -> Sample:
+        """The item's image (H x W x 3 uint8) and its usable object masks (N x H x W bool).
+
+        Raises:
+            DataError: the image cannot be decoded or has no usable object left.
+        """
+        img_id, path = item.key
+        image = crop(read_rgb(path), item.window)
+        masks = self._decode(self._objects(img_id), item.window)
+        if len(masks) == 0:
+            raise DataError(f"{item.name} has no object >= {self.min_px} px; rebuild the data index")
+        return Sample(np.ascontiguousarray(image), masks, item.name)

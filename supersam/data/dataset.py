@@ -1,0 +1,162 @@
+"""Data set splits: pick the reader, split train/val deterministically, cap, load lazily.
+
+:func:`load_split` indexes the source once (labels read, no pixels kept),
+splits whole source images (so tiles of one image never straddle train and
+val) under ``cfg.seed``, drops images without usable objects and caps the
+split, logging every skip. :class:`SegDataset` then reads one item per
+``[i]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from supersam.data.base import Item, SkipLog
+from supersam.data.coco import CocoReader
+from supersam.data.config import SPLITS, DataConfig
+from supersam.data.image_label import ImageLabelReader
+from supersam.data.sa1b import Sa1bReader
+from supersam.data.types import Sample
+from supersam.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+
+class Reader(Protocol):
+    """What :class:`SegDataset` needs from a reader."""
+
+    description: str
+
+    def index(self, skips: SkipLog) -> list[Item]: ...
+
+    def load(self, item: Item) -> Sample: ...
+
+
+class SegDataset(Sequence[Sample]):
+    """Lazy sequence of :class:`Sample`: ``ds[i]`` reads and decodes one image.
+
+    Attributes:
+        names: item names in order (file name, ``:p<page>``, ``@y,x`` tile).
+        object_counts: usable objects per item found while indexing.
+        description: reader and split, for logs.
+    """
+
+    def __init__(self, entries: list[tuple[Reader, Item]], description: str):
+        self._entries = entries
+        self.description = description
+
+    @property
+    def names(self) -> list[str]:
+        """Item names in index order."""
+        return [item.name for _, item in self._entries]
+
+    @property
+    def object_counts(self) -> list[int]:
+        """Usable objects per item (before the max_objects cap)."""
+        return [item.n_objects for _, item in self._entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        """Sample ``index`` (read now); a slice gives a list. Raises DataError on unreadable files."""
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        reader, item = self._entries[index]
+        return reader.load(item)
+
+
+def make_reader(cfg: DataConfig, images: str, labels: str) -> Reader:
+    """The reader of ``cfg.kind`` over ``images``/``labels`` (relative to ``cfg.root``).
+
+    Raises:
+        DataError: a folder or file is missing (message names it and the key to fix).
+    """
+    if not cfg.root or not cfg.path("").is_dir():
+        raise DataError(f"data root {cfg.root!r} not found; set data.root to the data set folder")
+    if cfg.kind == "coco":
+        return CocoReader(cfg.path(images), cfg.path(labels), cfg.min_area, cfg.patch)
+    if cfg.kind == "sa1b":
+        return Sa1bReader(cfg.path(images), cfg.min_area, cfg.patch)
+    return ImageLabelReader(cfg.path(images), cfg.path(labels), cfg.label_mode, cfg.min_area, cfg.patch)
+
+
+def split_items(items: list[Item], split: str, val_fraction: float, seed: int) -> list[Item]:
+    """Items of ``split`` (train | val | all), deterministic under ``seed``.
+
+    The unit is the source image (``Item.group``); with a single source image
+    (e.g. one DSB2018 image cut into tiles) it is the tile. round(n *
+    val_fraction) units go to val, at least one per side when 0 < val_fraction < 1
+    and n >= 2.
+    """
+    if split == "all":
+        return list(items)
+    groups = list(dict.fromkeys(item.group for item in items))
+    by_group = len(groups) > 1
+    units = groups if by_group else [item.name for item in items]
+    n = len(units)
+    n_val = int(np.floor(n * val_fraction + 0.5))
+    if 0.0 < val_fraction < 1.0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    val = {units[i] for i in order[:n_val]}
+    return [item for item in items if ((item.group if by_group else item.name) in val) == (split == "val")]
+
+
+def cap_indices(n: int, cap: int, seed: int) -> list[int]:
+    """Sorted seeded random subset of ``range(n)`` of size ``cap`` (all when cap is 0 or >= n)."""
+    if cap <= 0 or n <= cap:
+        return list(range(n))
+    return sorted(int(i) for i in np.random.default_rng([seed, 1]).choice(n, size=cap, replace=False))
+
+
+def _sources(cfg: DataConfig, split: str) -> list[tuple[str, str, str]]:
+    """(images, labels, split within that source) per source feeding ``split``."""
+    if not cfg.val_images:
+        return [(cfg.images, cfg.labels, split)]
+    train, val = (cfg.images, cfg.labels, "all"), (cfg.val_images, cfg.val_labels, "all")
+    return {"train": [train], "val": [val], "all": [train, val]}[split]
+
+
+def load_split(cfg: DataConfig, split: str) -> SegDataset:
+    """The ``split`` (train | val | all) of the data set ``cfg`` describes, as a lazy SegDataset.
+
+    Split by ``cfg.val_fraction`` under ``cfg.seed`` (or ``val_images``/
+    ``val_labels`` when set); images without an object >= ``min_area`` px are
+    dropped and logged in one warning line; ``max_images`` caps the split.
+
+    Raises:
+        ConfigError: unknown split or invalid ``cfg`` entries.
+        DataError: missing folder/file, or nothing usable left in the split.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"data split {split!r} is unknown; use one of {', '.join(SPLITS)}")
+    cfg.validate()
+    entries: list[tuple[Reader, Item]] = []
+    for images, labels, sub in _sources(cfg, split):
+        reader = make_reader(cfg, images, labels)
+        skips = SkipLog()
+        items = reader.index(skips)
+        skips.report(reader.description, logger)
+        if not items:
+            raise DataError(f"no usable image in {reader.description} ({skips.total} skipped, see warnings); "
+                            "fix the files or point data.root/data.images elsewhere")
+        empty = SkipLog()
+        for item in split_items(items, sub, cfg.val_fraction, cfg.seed):
+            if item.n_objects:
+                entries.append((reader, item))
+            else:
+                empty.add(f"with no objects >= {max(cfg.min_area, 1)} px", item.name)
+        empty.report(f"{reader.description} [{split}]", logger)
+    entries = [entries[i] for i in cap_indices(len(entries), cfg.max_images, cfg.seed)]
+    if not entries:
+        raise DataError(f"split {split!r} of {cfg.root} is empty (val_fraction={cfg.val_fraction}, "
+                        f"min_area={cfg.min_area}); lower data.min_area, change data.val_fraction or use split 'all'")
+    description = f"{cfg.kind} {cfg.root} [{split}]"
+    ds = SegDataset(entries, description)
+    logger.info("%s: %d images, %d objects", description, len(ds), sum(ds.object_counts))
+    return ds

@@ -1,0 +1,180 @@
+"""The ``eval`` stage: mIoU of plain SAM, an exported subnet, or a supernet subnet.
+
+Writes ``metrics.json`` (``miou`` single mask, ``miou_oracle`` best of 3,
+counts, params, speed, ``pretrained``), a few overlay PNGs, and an MLflow run
+tagged ``stage=eval``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from supersam.config import ModelConfig, TrackingConfig
+from supersam.data import DataConfig, prepare_split
+from supersam.device import resolve_device
+from supersam.evaluator import run_eval
+from supersam.io import write_json
+from supersam.overlays import save_overlay
+from supersam.sam import build_sam, count_params
+from supersam.tracking import start_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """params.yaml ``eval``.
+
+    Attributes:
+        model: exported subnet directory (``supersam export``); "" = plain SAM
+            from the ``model`` section (or ``supernet`` below).
+        supernet: supernet checkpoint to evaluate a subnet of; "" = none.
+        subnet: subnet JSON file or inline JSON (with ``supernet``); "" = max subnet.
+        split: ``train``, ``val`` or ``all``.
+        n_images: images evaluated (0 = the whole split).
+        prompt: ``point`` or ``box``; "" = the ``data`` section's.
+        out: output folder (metrics.json, overlays/).
+        overlays: number of overlay PNGs to save.
+        batch_size: images per encoder forward.
+        device: ``auto``, ``cpu``, ``cuda``...
+        amp: bf16 autocast.
+        seed: seed of the prompt draw (fixed validation sample).
+        name: label of this evaluation in MLflow (run name suffix / variant tag).
+    """
+
+    model: str = ""
+    supernet: str = ""
+    subnet: str = ""
+    split: str = "val"
+    n_images: int = 0
+    prompt: str = ""
+    out: str = "outputs/eval"
+    overlays: int = 4
+    batch_size: int = 1
+    device: str = "auto"
+    amp: bool = False
+    seed: int = 0
+    name: str = ""
+
+
+@dataclass
+class LoadedForEval:
+    """The model to evaluate and what describes it in the metrics."""
+
+    model: torch.nn.Module
+    info: dict
+
+
+def load_for_eval(cfg: EvalConfig, model_cfg: ModelConfig) -> LoadedForEval:
+    """Resolve which model ``cfg`` names: exported dir, supernet subnet, or plain SAM.
+
+    Raises:
+        ConfigError / CheckpointError: bad paths, subnet or checkpoint.
+    """
+    if cfg.model:
+        from supersam.export import load_model, read_export_config
+
+        model = load_model(cfg.model)
+        meta = read_export_config(cfg.model)
+        info = {"source": f"export:{cfg.model}", "model_type": meta["model_type"],
+                "pretrained": bool(meta.get("pretrained", False)), "subnet": meta.get("subnet")}
+        return LoadedForEval(model, info)
+    if cfg.supernet:
+        from supersam.checkpoint import load_supernet
+        from supersam.space import SubnetConfig
+
+        supernet, meta = load_supernet(cfg.supernet)
+        subnet = SubnetConfig.load(cfg.subnet) if cfg.subnet else supernet.space.max_subnet()
+        supernet.set_active_subnet(subnet)
+        from supersam.space import subnet_params
+
+        info = {"source": f"supernet:{cfg.supernet}", "model_type": meta["model_type"],
+                "pretrained": bool(meta.get("pretrained", False)), "subnet": subnet.to_dict(),
+                "params": subnet_params(meta["model_type"], meta["img_size"], subnet)}
+        return LoadedForEval(supernet.sam, info)
+    loaded = build_sam(model_cfg.type, model_cfg.img_size, model_cfg.checkpoint or None, seed=model_cfg.seed)
+    info = {"source": f"sam:{model_cfg.type}", "model_type": model_cfg.type, "pretrained": loaded.pretrained}
+    return LoadedForEval(loaded.model, info)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        transient=True,
+    )
+
+
+def evaluate(
+    cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, tracking: TrackingConfig
+) -> dict:
+    """Evaluate a model on a data split with point or box prompts (``supersam eval``).
+
+    Returns:
+        the metrics dict also written to ``<out>/metrics.json``: ``miou``
+        (single mask), ``miou_oracle`` (best of 3), ``n_images``, ``n_objects``,
+        ``params`` and ``encoder_params`` (params), ``img_size`` (px),
+        ``pretrained``, ``seconds``, ``images_per_second``.
+
+    Raises:
+        ConfigError, CheckpointError, DataError: bad options, model or data.
+    """
+    device = resolve_device(cfg.device)
+    loaded = load_for_eval(cfg, model_cfg)
+    model = loaded.model.to(device)
+    img_size = model.image_encoder.img_size
+    if cfg.prompt:
+        data_cfg = dataclasses.replace(data_cfg, prompt=cfg.prompt)
+    inputs = prepare_split(data_cfg, cfg.split, img_size, n_images=cfg.n_images, seed=cfg.seed, repeat=False)
+    out = Path(cfg.out)
+    saved: list[Path] = []
+
+    def keep_overlay(inp, logits):
+        if len(saved) < cfg.overlays:
+            saved.append(save_overlay(inp, logits, out / "overlays" / f"{len(saved):02d}_{Path(inp.name).stem}.png"))
+
+    with _progress() as bar:
+        task = bar.add_task("eval", total=len(inputs))
+        result = run_eval(model, inputs, device, cfg.amp, cfg.batch_size,
+                          on_prediction=keep_overlay, advance=lambda n: bar.advance(task, n))
+    params = loaded.info.get("params") or count_params(model)
+    metrics = {
+        "miou": result["miou"], "miou_oracle": result["miou_oracle"],
+        "n_images": result["n_images"], "n_objects": result["n_objects"],
+        "params": int(params), "encoder_params": _encoder_params(loaded),
+        "img_size": img_size, "pretrained": loaded.info["pretrained"],
+        "seconds": result["seconds"], "images_per_second": result["images_per_second"],
+        "encoder_seconds": result["encoder_seconds"], "prompt": data_cfg.prompt,
+        "split": cfg.split, "model_type": loaded.info["model_type"], "source": loaded.info["source"],
+    }
+    if loaded.info.get("subnet"):
+        metrics["subnet"] = loaded.info["subnet"]
+    write_json(out / "metrics.json", metrics)
+    log.info("mIoU %.4f (single mask), %.4f (oracle best of 3) on %d objects in %d images; %s",
+             metrics["miou"], metrics["miou_oracle"], metrics["n_objects"], metrics["n_images"], out / "metrics.json")
+    _log_mlflow(cfg, tracking, metrics, saved)
+    return metrics
+
+
+def _encoder_params(loaded: LoadedForEval) -> int:
+    subnet = loaded.info.get("subnet")
+    if subnet and loaded.info.get("params") is not None:
+        encoder = loaded.model.image_encoder
+        total = count_params(loaded.model)
+        return int(loaded.info["params"] - (total - count_params(encoder)))
+    return count_params(loaded.model.image_encoder)
+
+
+def _log_mlflow(cfg: EvalConfig, tracking: TrackingConfig, metrics: dict, overlays: list[Path]) -> None:
+    params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source")}
+    params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp})
+    tags = {"pretrained": metrics["pretrained"]}
+    with start_run(tracking, "eval", cfg.name, params=params, tags=tags) as run:
+        run.log_metrics({k: v for k, v in metrics.items() if k not in params})
+        for path in overlays:
+            run.log_artifact(str(path))

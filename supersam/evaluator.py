@@ -1,0 +1,166 @@
+"""mIoU evaluation of a SAM, and a fast repeatable evaluator of supernet subnets.
+
+Both report ``miou`` (single mask, ``multimask_output=False``) and
+``miou_oracle`` (best of SAM's 3 multimask outputs per object, the reference
+code's number). Inputs are prepared once (images and prompts drawn under a
+seed), so the same model gives the same numbers on every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from supersam.data.types import ModelInput
+from supersam.device import autocast
+from supersam.metrics import MiouMeter
+from supersam.predict import decode_masks, embed_prompts, encode_images
+
+log = logging.getLogger(__name__)
+
+PredictionHook = Callable[[ModelInput, torch.Tensor], None]
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def run_eval(
+    model: nn.Module,
+    inputs: Sequence[ModelInput],
+    device: torch.device,
+    amp: bool = False,
+    batch_size: int = 1,
+    prompt_cache: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    on_prediction: PredictionHook | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Evaluate ``model`` on prepared ``inputs`` (already on ``device`` or moved here).
+
+    Args:
+        model: a Sam-shaped module (plain, elastic ``supernet.sam`` or exported).
+        inputs: prepared images with N prompted objects each.
+        device: where to run; inputs are moved when not there.
+        amp: bf16 autocast (CPU and CUDA).
+        batch_size: images per image-encoder forward.
+        prompt_cache: precomputed (sparse, dense) prompt embeddings per input
+            (valid while the prompt encoder is frozen).
+        on_prediction: called with (input, single-mask logits N x 1 x H x W).
+        advance: progress callback, called with the number of images done.
+
+    Returns:
+        ``miou``, ``miou_oracle``, ``n_images``, ``n_objects``, ``seconds``,
+        ``images_per_second`` and ``encoder_seconds`` (time inside the image encoder).
+    """
+    was_training = model.training
+    model.eval()
+    meter = MiouMeter()
+    start, encoder_seconds = time.perf_counter(), 0.0
+    index = 0
+    with torch.inference_mode(), autocast(device, amp):
+        for batch in _batches(list(inputs), batch_size):
+            batch = [inp if inp.image.device == device else inp.to(device) for inp in batch]
+            t0 = time.perf_counter()
+            embeddings = encode_images(model, batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            encoder_seconds += time.perf_counter() - t0
+            for j, inp in enumerate(batch):
+                prompts = prompt_cache[index] if prompt_cache is not None else embed_prompts(model, inp)
+                emb = embeddings[j : j + 1]
+                single, _ = decode_masks(model, emb, prompts, inp, multimask=False)
+                multi, _ = decode_masks(model, emb, prompts, inp, multimask=True)
+                meter.add_single(single, inp.gt_masks)
+                meter.add_multimask(multi, inp.gt_masks)
+                if on_prediction is not None:
+                    on_prediction(inp, single)
+                index += 1
+            if advance is not None:
+                advance(len(batch))
+    model.train(was_training)
+    seconds = time.perf_counter() - start
+    return {
+        **meter.result(),
+        "n_images": len(inputs),
+        "n_objects": meter.n_objects,
+        "seconds": seconds,
+        "images_per_second": len(inputs) / seconds if seconds > 0 else float("nan"),
+        "encoder_seconds": encoder_seconds,
+    }
+
+
+class SubnetEvaluator:
+    """Evaluates subnets of a supernet on a fixed validation sample (paper Sec. III search).
+
+    Inputs are moved to the device once; with ``cache_prompts`` the prompt
+    embeddings are computed once (the prompt encoder is frozen in SuperSAM), so
+    each call only runs the subnet's image encoder and the mask decoder.
+
+    Args:
+        supernet: a :class:`supersam.elastic.SuperSam`.
+        inputs: the fixed validation sample (from ``prepare_split`` under a seed).
+        device: torch device (CPU or CUDA).
+        amp: bf16 autocast.
+        batch_size: images per image-encoder forward.
+        model_type: SAM type (``vit_b``, ``tiny``...) for the analytic parameter
+            count; when None, ``params`` is left out of the results.
+        cache_prompts: reuse prompt embeddings across calls (only valid while
+            the prompt encoder is not being trained).
+    """
+
+    def __init__(
+        self,
+        supernet: nn.Module,
+        inputs: Sequence[ModelInput],
+        device: torch.device,
+        amp: bool = False,
+        batch_size: int = 1,
+        model_type: str | None = None,
+        cache_prompts: bool = True,
+    ) -> None:
+        self.supernet = supernet
+        self.device = device
+        self.amp = amp
+        self.batch_size = batch_size
+        self.model_type = model_type
+        self.inputs = [inp.to(device) for inp in inputs]
+        self._prompts = None
+        if cache_prompts:
+            sam = supernet.sam
+            with torch.inference_mode(), autocast(device, amp):
+                self._prompts = [embed_prompts(sam, inp) for inp in self.inputs]
+        self.n_calls = 0
+
+    def params(self, subnet) -> int:
+        """Parameters of all of SAM for ``subnet`` (analytic, paper's counting)."""
+        from supersam.space import subnet_params
+
+        img_size = self.supernet.sam.image_encoder.img_size
+        return subnet_params(self.model_type, img_size, subnet)
+
+    def evaluate(self, subnet) -> dict[str, float]:
+        """mIoU of ``subnet`` (a :class:`supersam.space.SubnetConfig`) on the fixed sample.
+
+        Returns:
+            ``miou``, ``miou_oracle``, ``params`` (when ``model_type`` is known),
+            ``n_objects``, ``seconds``. The supernet's previous active subnet is restored.
+        """
+        previous = self.supernet.active_subnet
+        self.supernet.set_active_subnet(subnet)
+        try:
+            result = run_eval(
+                self.supernet.sam, self.inputs, self.device, self.amp,
+                self.batch_size, prompt_cache=self._prompts,
+            )
+        finally:
+            self.supernet.set_active_subnet(previous)
+        self.n_calls += 1
+        out = {k: result[k] for k in ("miou", "miou_oracle", "n_objects", "seconds")}
+        if self.model_type:
+            out["params"] = self.params(subnet)
+        return out
