@@ -18,7 +18,7 @@ from torch import nn
 from supersam.data.types import ModelInput
 from supersam.device import autocast
 from supersam.metrics import MiouMeter
-from supersam.predict import decode_masks, embed_prompts, encode_images
+from supersam.predict import decode_all_masks, embed_prompts, encode_images
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,10 @@ def run_eval(
             for j, inp in enumerate(batch):
                 prompts = prompt_cache[index] if prompt_cache is not None else embed_prompts(model, inp)
                 emb = embeddings[j : j + 1]
-                single, _ = decode_masks(model, emb, prompts, inp, multimask=False)
-                multi, _ = decode_masks(model, emb, prompts, inp, multimask=True)
+                logits = decode_all_masks(model, emb, prompts, inp)  # N x 4 x H x W
+                single = logits[:, :1]
                 meter.add_single(single, inp.gt_masks)
-                meter.add_multimask(multi, inp.gt_masks)
+                meter.add_multimask(logits[:, 1:], inp.gt_masks)
                 if on_prediction is not None:
                     on_prediction(inp, single)
                 index += 1

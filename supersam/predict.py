@@ -60,6 +60,31 @@ def decode_masks(
     return logits.float(), iou_pred.float()
 
 
+def decode_all_masks(
+    model: nn.Module,
+    embedding: torch.Tensor,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    inp: ModelInput,
+) -> torch.Tensor:
+    """All four of SAM's mask outputs in one decoder pass, at the original size.
+
+    SAM's ``MaskDecoder.forward`` computes four masks and slices them: channel 0
+    is the ``multimask_output=False`` mask, channels 1..3 the three multimask
+    outputs. Evaluation needs both, so this runs the decoder once.
+
+    Returns:
+        logits N x 4 x H x W (float32).
+    """
+    sparse, dense = prompts
+    low_res, _ = model.mask_decoder.predict_masks(
+        image_embeddings=embedding,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+    )  # N x 4 x S/4 x S/4
+    return model.postprocess_masks(low_res, inp.input_size, inp.original_size).float()
+
+
 def segment(
     model: nn.Module, inputs: Sequence[ModelInput], multimask: bool = False
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
