@@ -136,9 +136,12 @@ class TrackingConfig:
     Attributes:
         tracking_uri: MLflow tracking URI (default ``sqlite:///mlflow.db``).
         experiment: experiment name shared by every stage.
+        artifact_location: where a new experiment stores run artifacts; "" =
+            ``mlartifacts/`` beside a sqlite database (else MLflow's default).
         enabled: set False to skip MLflow entirely.
     """
 
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "supersam"
+    artifact_location: str = ""
     enabled: bool = True

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from supersam.config import TrackingConfig
@@ -54,6 +55,32 @@ class Run:
             self._mlflow.log_artifact(path)
 
 
+def artifact_location(cfg: TrackingConfig) -> str | None:
+    """Artifact root for a new experiment: ``mlartifacts/`` beside a sqlite DB.
+
+    MLflow's own default (``./mlruns`` in the working directory) would scatter
+    artifacts wherever a command runs; beside the database they stay together.
+    """
+    if cfg.artifact_location:
+        return cfg.artifact_location
+    prefix = "sqlite:///"
+    if cfg.tracking_uri.startswith(prefix):
+        db = Path(cfg.tracking_uri[len(prefix):]).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def _ensure_experiment(mlflow: Any, cfg: TrackingConfig) -> None:
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        try:
+            mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(cfg))
+        except Exception:  # created concurrently by another stage: use that one
+            if mlflow.get_experiment_by_name(cfg.experiment) is None:
+                raise
+    mlflow.set_experiment(cfg.experiment)
+
+
 @contextlib.contextmanager
 def start_run(
     cfg: TrackingConfig,
@@ -83,7 +110,7 @@ def start_run(
         logging.getLogger(name).setLevel(logging.WARNING)
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_experiment(cfg.experiment)
+    _ensure_experiment(mlflow, cfg)
     all_tags = {"stage": stage, "variant": variant or "-"}
     group = os.environ.get("SUPERSAM_PIPELINE_RUN")
     if group:
