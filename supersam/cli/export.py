@@ -1,12 +1,25 @@
-"""`supersam export` (not implemented yet)."""
+"""`supersam export`: cut one subnet out of a supernet as a standard SAM."""
 
 from __future__ import annotations
 
-from supersam.cli.app import app
-from supersam.errors import SupersamError
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from supersam.cli.app import app, params_option
+from supersam.config import read_params, stage_config
 
 
 @app.command("export")
-def export_cli() -> None:
-    """Not implemented yet."""
-    raise SupersamError("supersam export is not implemented yet")
+def export_cli(
+    supernet: Optional[Path] = typer.Option(None, "--supernet", help="supernet.pt written by build-supernet or train."),
+    subnet: Optional[str] = typer.Option(None, "--subnet", help="Subnet config: a JSON file or an inline JSON object."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (model.pt + config.json), replaced atomically."),
+    params: Path = params_option(),
+) -> None:
+    """Export a subnet as a standard segment_anything Sam (see supersam.export.export)."""
+    from supersam.export import ExportConfig, export
+
+    overrides = {"supernet": supernet and str(supernet), "subnet": subnet, "out": out and str(out)}
+    export(stage_config(ExportConfig, read_params(params), "export", overrides))

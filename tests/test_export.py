@@ -1,0 +1,214 @@
+"""Supernet checkpoints, subnet export to a standard SAM, ``load_model`` and ``supersam export``.
+
+Device-agnostic: models run on the ``device`` fixture (CUDA when present, else
+CPU); files are written under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+from typer.testing import CliRunner
+
+import supersam
+from supersam.checkpoint import load_supernet, save_supernet
+from supersam.cli.main import app
+from supersam.elastic import SuperSam
+from supersam.errors import CheckpointError, ConfigError
+from supersam.export import export_subnet, load_model, read_export_config
+from supersam.sam import build_sam, build_sam_model, count_params
+from supersam.space import SearchSpace, SubnetConfig, subnet_macs, subnet_params
+
+TINY = SearchSpace.for_arch("tiny")
+VIT_B = SearchSpace.for_arch("vit_b")
+MIXED = SubnetConfig.from_mlp_dims([256, 0, 128, 64, 256, 0, 85, 192, 64, 0, 128, 256])
+META = {"model_type": "tiny", "img_size": 128, "pretrained": False, "reorder": "none", "note": Path("x")}
+SUPERSAM_BIN = Path(sys.executable).parent / "supersam"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine
+    OpenMP spin-waiting makes them up to 100x slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_supernet() -> SuperSam:
+    sam = build_sam_model("tiny", 128)
+    with torch.no_grad():
+        for name, p in sam.named_parameters():
+            if "pos" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    return SuperSam(sam, TINY)
+
+
+@pytest.fixture(scope="module")
+def supernet_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("supernet") / "supernet.pt"
+    supernet = _tiny_supernet()
+    save_supernet(path, supernet, META)
+    return path, supernet
+
+
+@pytest.fixture(scope="module")
+def coco_image(shared_data):
+    return np.asarray(Image.open(shared_data / "tiny_coco" / "val2017" / "000000397133.jpg").convert("RGB"))
+
+
+def test_checkpoint_round_trip_and_official_layout(supernet_file, device):
+    path, original = supernet_file
+    loaded, meta = load_supernet(path, device=device)
+    assert {k: meta[k] for k in ("model_type", "img_size", "pretrained", "reorder", "note")} == {**META, "note": "x"}
+    assert SearchSpace.from_dict(meta["space"]) == TINY == loaded.space
+    assert loaded.active_subnet == TINY.max_subnet()
+    expected = original.state_dict()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value.cpu(), expected[key]), key
+    assert torch.equal(loaded.sam.pixel_mean.cpu(), original.sam.pixel_mean)
+    plain = build_sam("tiny", 128, checkpoint=path)  # the weights are an official-layout SAM checkpoint
+    assert plain.pretrained and torch.equal(plain.model.image_encoder.pos_embed, original.sam.image_encoder.pos_embed)
+
+
+def test_checkpoint_errors_are_one_line(tmp_path, supernet_file):
+    path, supernet = supernet_file
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:5000])
+    plain = tmp_path / "plain.pt"
+    torch.save(build_sam_model("tiny", 128).state_dict(), plain)
+    cases = [(tmp_path / "missing.pt", "does not exist"), (corrupt, "cannot be read"),
+             (truncated, "cannot be read"), (plain, "is not a supersam supernet checkpoint")]
+    for bad, match in cases:
+        with pytest.raises(CheckpointError, match=match) as err:
+            load_supernet(bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="supernet meta is missing 'reorder'"):
+        save_supernet(tmp_path / "x.pt", supernet, {"model_type": "tiny", "img_size": 128, "pretrained": False})
+
+
+def test_export_writes_a_standard_sam(supernet_file, tmp_path, device):
+    path, supernet = supernet_file
+    out = export_subnet(path, MIXED.to_dict(), tmp_path / "model")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp dirs left behind
+    config = read_export_config(out)
+    assert config["subnet"] == MIXED.to_dict() and config["pretrained"] is False
+    assert config["block_mlp_dims"] == [256, 128, 64, 256, 85, 192, 64, 128, 256]
+    assert config["global_attn_indexes"] == [1, 6, 8]  # kept global blocks 2, 8, 11 at their new positions
+    assert config["params"] == subnet_params("tiny", 128, MIXED)
+    assert config["macs"] == subnet_macs("tiny", 128, MIXED)
+    model = supersam.load_model(out, device=device)
+    assert type(model) is Sam and count_params(model) == config["params"]
+    supernet.set_active_subnet(MIXED)
+    images = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model.image_encoder(images.to(device)).cpu(), supernet(images), rtol=0, atol=1e-5)
+
+
+def test_export_replaces_atomically_and_refuses_foreign_dirs(supernet_file, tmp_path):
+    path, _ = supernet_file
+    out = tmp_path / "model"
+    export_subnet(path, MIXED, out)
+    export_subnet(path, TINY.min_subnet(), out)
+    assert read_export_config(out)["subnet"] == TINY.min_subnet().to_dict()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="exists and is not a supersam export"):
+        export_subnet(path, MIXED, foreign)
+    with pytest.raises(ConfigError, match="drops block 3, which is not prunable"):
+        export_subnet(path, SubnetConfig.from_mlp_dims([256, 0, 0, 0] + [256] * 8), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(CheckpointError, match="is not an exported supersam model"):
+        load_model(foreign)
+
+
+def test_analytic_params_equal_exported_counts_for_50_random_tiny_subnets():
+    supernet = _tiny_supernet()
+    gen = torch.Generator().manual_seed(11)
+    seen = set()
+    for _ in range(50):
+        cfg = supernet.sample_active_subnet("random", gen)
+        seen.add(cfg)
+        assert count_params(supernet.get_active_subnet()) == subnet_params("tiny", 128, cfg)
+    assert len(seen) == 50
+
+
+def test_known_vit_b_counts_of_exported_models_at_1024():
+    with torch.device("meta"):  # structure only: no memory, no init time
+        supernet = SuperSam(build_sam_model("vit_b", 1024), VIT_B)
+    drop5 = SubnetConfig.from_mlp_dims([3072, 0, 0, 3072, 3072, 0, 0, 3072, 3072, 0, 3072, 3072])
+    for cfg, expected in [(VIT_B.max_subnet(), 93_735_472), (drop5, 58_253_232), (VIT_B.min_subnet(), 37_005_744)]:
+        supernet.set_active_subnet(cfg)
+        assert count_params(supernet.get_active_subnet()) == expected
+
+
+def test_vit_b_at_256_counts_and_outputs(device):
+    supernet = SuperSam(build_sam_model("vit_b", 256), VIT_B).to(device)
+    design = SubnetConfig.from_mlp_dims([3072, 0, 0, 768, 1536, 0, 0, 2304, 768, 0, 3072, 1020])
+    for cfg in (VIT_B.min_subnet(), VIT_B.sample(torch.Generator().manual_seed(0)), design):
+        supernet.set_active_subnet(cfg)
+        sub = supernet.get_active_subnet()
+        assert count_params(sub) == subnet_params("vit_b", 256, cfg)
+    images = torch.randn(1, 3, 256, 256, device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(sub.image_encoder(images), supernet(images), rtol=0, atol=1e-5)
+
+
+def test_sam_predictor_on_exported_model_with_a_point_prompt(supernet_file, tmp_path, coco_image, device):
+    path, _ = supernet_file
+    out = export_subnet(path, MIXED, tmp_path / "model")
+    supernet, _ = load_supernet(path, device=device)
+    supernet.set_active_subnet(MIXED)
+    point, label = np.array([[300.0, 280.0]]), np.array([1])
+    results = []
+    for model in (load_model(out, device=device), supernet.sam):
+        predictor = SamPredictor(model)
+        predictor.set_image(coco_image)
+        results.append(predictor.predict(point_coords=point, point_labels=label, multimask_output=True))
+    (masks, scores, low_res), (masks_el, scores_el, low_res_el) = results
+    assert masks.shape == (3, 427, 640) and masks.dtype == bool and scores.shape == (3,)
+    assert low_res.shape == (3, 32, 32)
+    np.testing.assert_allclose(low_res, low_res_el, atol=1e-4)
+    np.testing.assert_allclose(scores, scores_el, atol=1e-5)
+    assert (masks != masks_el).mean() < 1e-3  # identical up to pixels at logit ~ 0
+
+
+def test_cli_bad_subnet_json_is_one_line_exit_1(supernet_file, tmp_path):
+    path, _ = supernet_file
+    proc = subprocess.run(
+        [str(SUPERSAM_BIN), "export", "--supernet", str(path), "--subnet", '{"kept_layers": [0,', "--out", "m"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "inline subnet config is not valid JSON" in lines[0], proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_reads_params_yaml_and_flags_override(supernet_file, tmp_path):
+    path, _ = supernet_file
+    params = tmp_path / "params.yaml"
+    subnet_file = MIXED.save(tmp_path / "best_subnet.json")
+    params.write_text(f"export:\n  supernet: {path}\n  subnet: {subnet_file}\n  out: {tmp_path / 'from_params'}\n")
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert read_export_config(tmp_path / "from_params")["subnet"] == MIXED.to_dict()
+    bad = json.dumps({"kept_layers": list(range(1, 12)), "mlp_dims": [0] + [256] * 11})
+    result = runner.invoke(app, ["export", "--params", str(params), "--subnet", bad, "--out", str(tmp_path / "x")])
+    assert isinstance(result.exception, ConfigError) and "drops block 0" in str(result.exception)
