@@ -21,7 +21,7 @@ from supersam.device import resolve_device
 from supersam.evaluator import run_eval
 from supersam.io import write_json
 from supersam.overlays import save_overlay
-from supersam.sam import build_sam, count_params
+from supersam.sam import build_sam_from_config, count_params
 from supersam.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def load_for_eval(cfg: EvalConfig, model_cfg: ModelConfig) -> LoadedForEval:
                 "pretrained": bool(meta.get("pretrained", False)), "subnet": subnet.to_dict(),
                 "params": subnet_params(meta["model_type"], meta["img_size"], subnet)}
         return LoadedForEval(supernet.sam, info)
-    loaded = build_sam(model_cfg.type, model_cfg.img_size, model_cfg.checkpoint or None, seed=model_cfg.seed)
+    loaded = build_sam_from_config(model_cfg)
     info = {"source": f"sam:{model_cfg.type}", "model_type": model_cfg.type, "pretrained": loaded.pretrained}
     return LoadedForEval(loaded.model, info)
 

@@ -307,3 +307,12 @@ def build_sam(
 def count_params(module: nn.Module) -> int:
     """Number of parameters (elements) of ``module``."""
     return sum(p.numel() for p in module.parameters())
+
+
+def build_sam_from_config(cfg) -> LoadedSam:
+    """:func:`build_sam` from a :class:`supersam.config.ModelConfig` (params ``model``).
+
+    Every stage builds its model through this, so with no checkpoint all of them
+    get the same random weights (``cfg.seed``) and calibration stats stay valid.
+    """
+    return build_sam(cfg.type, cfg.img_size, cfg.checkpoint or None, seed=cfg.seed)
