@@ -20,7 +20,7 @@ def rank_layers_cli(
     max_miou_drop: Optional[float] = typer.Option(None, "--max-miou-drop", help="Allowed mIoU drop for rule budget (0..1)."),
     drop_prob: Optional[str] = typer.Option(None, "--drop-prob", help="theta_i: a probability (0.5) or 'importance'."),
     metric: Optional[str] = typer.Option(None, help="miou (single mask) or miou_oracle (best of 3)."),
-    out: Optional[str] = typer.Option(None, help="Output folder (ranking.json, importance.png, curve.png)."),
+    out: Optional[str] = typer.Option(None, help="Output folder (ranking.json, importance.json/.png, curve.json/.png)."),
     model_type: Optional[str] = typer.Option(None, "--model-type", help="vit_b, vit_l, vit_h or tiny."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Encoder input size in px (multiple of 16)."),
     checkpoint: Optional[str] = typer.Option(None, help="Official SAM .pth; empty = random init."),

@@ -1,0 +1,129 @@
+"""params.yaml ``search``: which supernet to search, under which constraints, how.
+
+Parameter counts may be written ``60e6``, ``60000000``, ``60M``, ``1.5G`` or
+``500k`` (:func:`parse_count`), in params.yaml and on the command line alike.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from supersam.errors import ConfigError
+
+OBJECTIVES = ("min-params", "max-miou")
+TECHNIQUES = ("opentuner", "random")
+METRICS = ("miou", "miou_oracle")
+
+_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$", re.IGNORECASE)
+
+
+def parse_count(value: str | int | float, what: str = "--max-params") -> int:
+    """A parameter count from ``60e6``, ``60000000``, ``60M``, ``1.5G``, ``500k`` (or a number).
+
+    Suffixes are decimal (k = 1e3, M = 1e6, G/B = 1e9), case-insensitive.
+
+    Raises:
+        ConfigError: not a positive count (one line naming ``what``).
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be a parameter count like 60e6, 60000000 or 60M, got {value!r}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        match = _COUNT.match(str(value))
+        if not match:
+            raise ConfigError(f"{what} must be a parameter count like 60e6, 60000000 or 60M, got {value!r}")
+        number = float(match.group(1)) * _SUFFIXES[match.group(2).lower()]
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"{what} must be a positive parameter count, got {value!r}")
+    return int(round(number))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """params.yaml ``search`` section (paper Sec. III "Deployment").
+
+    Attributes:
+        variant: reordering variant whose trained supernet is searched
+            (``none``, ``magnitude``, ``wanda``); picks the default paths.
+        supernet: supernet checkpoint ("" = ``outputs/train/<variant>/supernet.pt``).
+        space: search_space.json to search ("" = the space stored in the
+            supernet checkpoint); must be a sub-space of the supernet's.
+        out: output folder ("" = ``outputs/search/<variant>``).
+        max_params: constraint, parameters of all of SAM (``60e6``, ``60M``...).
+        min_miou: constraint, mIoU on the fixed validation sample (0..1).
+        objective: ``min-params`` (smallest subnet meeting both constraints) or
+            ``max-miou`` (highest mIoU meeting both constraints).
+        metric: which mIoU the constraint and objective use (``miou`` single
+            mask, or ``miou_oracle`` best of 3 masks).
+        technique: ``opentuner`` (AUC-bandit ensemble, paper) or ``random``.
+        budget: maximum number of distinct subnets evaluated (0 = no limit,
+            then ``time_limit`` must be set).
+        time_limit: seconds of search (0 = no limit).
+        seed: seeds the search (Python/NumPy RNGs before OpenTuner, or the random
+            search); the validation sample is fixed by ``data.seed``.
+        split: data split evaluated (``val``).
+        n_images: images in the fixed validation sample (0 = whole split).
+        batch_size: images per image-encoder forward.
+        device: ``auto``, ``cpu``, ``cuda``...
+        amp: bf16 autocast during evaluation.
+        strict: exit code 1 when no feasible subnet was found.
+    """
+
+    variant: str = "wanda"
+    supernet: str = ""
+    space: str = ""
+    out: str = ""
+    max_params: str = "60e6"
+    min_miou: float = 0.8
+    objective: str = "min-params"
+    metric: str = "miou"
+    technique: str = "opentuner"
+    budget: int = 200
+    time_limit: float = 0.0
+    seed: int = 0
+    split: str = "val"
+    n_images: int = 20
+    batch_size: int = 1
+    device: str = "auto"
+    amp: bool = False
+    strict: bool = False
+
+    @property
+    def supernet_path(self) -> Path:
+        """The supernet checkpoint to load."""
+        return Path(self.supernet or f"outputs/train/{self.variant}/supernet.pt")
+
+    @property
+    def out_dir(self) -> Path:
+        """Where the search artifacts go."""
+        return Path(self.out or f"outputs/search/{self.variant}")
+
+    @property
+    def max_params_count(self) -> int:
+        """``max_params`` as an integer count."""
+        return parse_count(self.max_params)
+
+    def validate(self) -> None:
+        """Check enumerations and ranges.
+
+        Raises:
+            ConfigError: naming the offending ``search.<key>`` and the fix.
+        """
+        for key, allowed in (("objective", OBJECTIVES), ("technique", TECHNIQUES), ("metric", METRICS)):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(f"search.{key} is {value!r}; use one of {', '.join(allowed)}")
+        self.max_params_count  # noqa: B018  (raises on a bad count)
+        if not 0.0 <= self.min_miou <= 1.0:
+            raise ConfigError(f"search.min_miou is {self.min_miou}; use a value in [0, 1]")
+        if self.budget < 0 or self.time_limit < 0:
+            raise ConfigError("search.budget and search.time_limit must be >= 0")
+        if self.budget == 0 and self.time_limit == 0:
+            raise ConfigError("search has neither a budget nor a time limit; set --budget or --time-limit")
+        if self.n_images < 0 or self.batch_size < 1:
+            raise ConfigError("search.n_images must be >= 0 and search.batch_size >= 1")

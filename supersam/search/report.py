@@ -1,0 +1,80 @@
+"""Search artifacts: best_subnet.json, candidates.json, pareto.json/.png, metrics.json, and the log summary."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from supersam.io import write_json
+from supersam.search.objective import Candidate, SearchState
+from supersam.search.pareto import pareto_front
+from supersam.search.plots import plot_pareto
+
+log = logging.getLogger(__name__)
+
+ARTIFACTS = ("best_subnet.json", "candidates.json", "pareto.json", "pareto.png", "metrics.json")
+
+
+def _describe(c: Candidate, metric: str) -> str:
+    return f"{c.params / 1e6:.3f}M params, {metric} {c.value(metric):.4f}"
+
+
+def summarise(state: SearchState, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """metrics.json content: feasible, best_params, best_miou(_oracle), n_evaluations, seconds, constraints, ...
+
+    ``best_*`` describe the best feasible subnet, or the closest candidate when none is feasible.
+    """
+    best = state.best()
+    cons = state.constraints
+    seconds = state.seconds
+    metrics = {
+        "feasible": bool(best is not None and best.feasible),
+        "best_params": best.params if best else None,
+        "best_miou": best.miou if best else None,
+        "best_miou_oracle": best.miou_oracle if best else None,
+        "best_subnet": best.subnet.to_dict() if best is not None and hasattr(best.subnet, "to_dict") else None,
+        "n_evaluations": state.n_evaluations,
+        "cache_hits": state.cache_hits,
+        "evaluations_to_first_feasible": state.first_feasible(),
+        "n_feasible": sum(c.feasible for c in state.candidates),
+        "seconds": round(seconds, 3),
+        "evaluations_per_minute": round(60.0 * state.n_evaluations / seconds, 2) if seconds > 0 else None,
+        "constraints": cons.to_dict(),
+    }
+    metrics.update(extra or {})
+    return metrics
+
+
+def log_outcome(state: SearchState) -> None:
+    """One line for the best feasible subnet, or a warning listing the closest candidates."""
+    cons, best = state.constraints, state.best()
+    if best is not None and best.feasible:
+        log.info("best subnet: %s (%d of %d evaluated subnets feasible)", _describe(best, cons.metric),
+                 sum(c.feasible for c in state.candidates), state.n_evaluations)
+        return
+    closest = "; ".join(_describe(c, cons.metric) for c in state.closest(3)) or "none evaluated"
+    log.warning("no subnet met params <= %s and %s >= %.4f in %d evaluations; closest: %s. "
+                "Relax the constraints or raise --budget/--time-limit", f"{cons.max_params:,}", cons.metric,
+                cons.min_miou, state.n_evaluations, closest)
+
+
+def write_artifacts(out: Path, state: SearchState, metrics: dict[str, Any], title: str = "") -> list[Path]:
+    """Write the search artifacts (best_subnet.json holds the best feasible or closest subnet).
+
+    Returns:
+        the paths written.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    cons, best = state.constraints, state.best()
+    front = pareto_front(state.candidates, cons.metric)
+    paths = []
+    if best is not None:
+        paths.append(write_json(out / "best_subnet.json", best.subnet.to_dict()
+                                if hasattr(best.subnet, "to_dict") else best.subnet))
+    paths.append(write_json(out / "candidates.json", [c.to_dict() for c in state.candidates]))
+    paths.append(write_json(out / "pareto.json", [c.to_dict() for c in front]))
+    paths.append(plot_pareto(out / "pareto.png", state.candidates, front, best, cons.max_params,
+                             cons.min_miou, cons.metric, title))
+    paths.append(write_json(out / "metrics.json", metrics))
+    return paths

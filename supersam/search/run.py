@@ -1,0 +1,145 @@
+"""``supersam search``: constrained subnet search on a trained supernet (paper Sec. III "Deployment")."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from supersam.config import TrackingConfig
+from supersam.errors import ConfigError
+from supersam.search.config import SearchConfig
+from supersam.search.encoding import SubnetEncoding
+from supersam.search.objective import Constraints, SearchState
+from supersam.search.report import log_outcome, summarise, write_artifacts
+
+log = logging.getLogger(__name__)
+
+
+def run_search(encoding: SubnetEncoding, evaluate: Callable[[Any], dict[str, float]], constraints: Constraints,
+               technique: str = "opentuner", budget: int = 200, time_limit: float = 0.0, seed: int = 0,
+               workdir: str | Path | None = None) -> SearchState:
+    """Search ``encoding``'s space for the best subnet under ``constraints``.
+
+    Args:
+        encoding: searched parameters -> canonical subnets.
+        evaluate: subnet -> {"params", "miou", "miou_oracle"} (e.g. ``SubnetEvaluator.evaluate``).
+        constraints: max params, min mIoU, objective and metric.
+        technique: ``opentuner`` or ``random``.
+        budget: distinct evaluations (0 = unlimited); time_limit: seconds (0 = unlimited).
+        seed: makes the search reproducible.
+        workdir: OpenTuner's database and log folder (required for ``opentuner``).
+
+    Returns:
+        the finished :class:`SearchState` (candidates in evaluation order, best()).
+    """
+    state = SearchState(evaluate, constraints, budget, time_limit, space_size=encoding.size())
+    if technique == "opentuner":
+        from supersam.search.opentuner_driver import run_opentuner
+
+        if workdir is None:
+            raise ValueError("the opentuner technique needs a workdir for its database and log")
+        run_opentuner(encoding, state, seed, workdir)
+    elif technique == "random":
+        from supersam.search.random_search import run_random
+
+        run_random(encoding, state, seed)
+    else:
+        raise ConfigError(f"unknown search technique {technique!r}; use opentuner or random")
+    return state
+
+
+def check_reachable(encoding: SubnetEncoding, params_of: Callable[[Any], int], max_params: int) -> int:
+    """Parameters of the smallest subnet of the space.
+
+    Raises:
+        ConfigError: ``max_params`` is below it (one line stating the smallest achievable size).
+    """
+    smallest = params_of(encoding.smallest())
+    if smallest > max_params:
+        raise ConfigError(
+            f"--max-params {max_params:,} is below the smallest subnet of this space "
+            f"({smallest:,} params = {smallest / 1e6:.2f}M); raise --max-params to at least {smallest:,}"
+        )
+    return smallest
+
+
+def _space(cfg: SearchConfig, supernet: Any) -> Any:
+    """The searched space: ``cfg.space`` if given (must fit inside the supernet's), else the supernet's."""
+    from supersam.space import SearchSpace
+
+    if not cfg.space:
+        return supernet.space
+    space, outer = SearchSpace.load(cfg.space), supernet.space
+    if (space.depth, space.mlp_dim) != (outer.depth, outer.mlp_dim) or not set(space.prunable) <= set(outer.prunable) \
+            or not set(space.windows) <= set(outer.windows):
+        raise ConfigError(f"search space {cfg.space} is not a sub-space of the supernet's {outer.to_dict()}; "
+                          "use the supernet's search_space.json or a narrower one")
+    return space
+
+
+def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, Any]:
+    """Find the smallest (or most accurate) subnet meeting ``--max-params`` and ``--min-miou``.
+
+    Loads the supernet (``cfg.supernet_path``), evaluates subnets on a fixed
+    validation sample (``data``, split ``cfg.split``, ``cfg.n_images`` images,
+    prompts fixed by ``data.seed``) with :class:`supersam.evaluator.SubnetEvaluator`,
+    searches with OpenTuner or random search, and writes best_subnet.json,
+    candidates.json, pareto.json/.png and metrics.json into ``cfg.out_dir``
+    plus an MLflow run (stage=search).
+
+    Returns:
+        the metrics.json dict (``feasible`` False when no subnet met both constraints).
+
+    Raises:
+        ConfigError: bad params, or constraints no subnet of the space can meet
+            in size (stating the smallest achievable size).
+        CheckpointError / DataError: unreadable supernet or data.
+    """
+    from supersam.checkpoint import load_supernet
+    from supersam.data import prepare_split
+    from supersam.device import resolve_device
+    from supersam.evaluator import SubnetEvaluator
+    from supersam.space import subnet_params
+    from supersam.tracking import start_run
+
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    supernet, meta = load_supernet(cfg.supernet_path, device)
+    model_type, img_size, pretrained = meta["model_type"], int(meta["img_size"]), bool(meta["pretrained"])
+    encoding = SubnetEncoding.from_space(_space(cfg, supernet))
+    constraints = Constraints(cfg.max_params_count, cfg.min_miou, cfg.objective, cfg.metric)
+    smallest = check_reachable(encoding, lambda s: subnet_params(model_type, img_size, s), constraints.max_params)
+    if not pretrained:
+        log.warning("the supernet comes from a randomly initialised SAM (pretrained=false): mIoUs are not meaningful")
+    inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images)
+    evaluator = SubnetEvaluator(supernet, inputs, device, cfg.amp, cfg.batch_size, model_type=model_type)
+    out = cfg.out_dir
+    log.info("searching %s subnets (%s, %d px) with %s: params <= %s, %s >= %.3f, %s, budget %s%s, %d images",
+             f"{encoding.size():,}", model_type, img_size, cfg.technique, f"{constraints.max_params:,}", cfg.metric,
+             cfg.min_miou, cfg.objective, cfg.budget or "unlimited",
+             f", {cfg.time_limit:g} s" if cfg.time_limit else "", len(inputs))
+    state = run_search(encoding, evaluator.evaluate, constraints, cfg.technique, cfg.budget, cfg.time_limit,
+                       cfg.seed, out)
+    log_outcome(state)
+    extra = {
+        "pretrained": pretrained, "technique": cfg.technique, "seed": cfg.seed, "budget": cfg.budget,
+        "time_limit": cfg.time_limit, "space_size": encoding.size(), "smallest_params": smallest,
+        "largest_params": subnet_params(model_type, img_size, encoding.largest()),
+        "model_type": model_type, "img_size": img_size, "n_images": len(inputs),
+        "variant": cfg.variant, "supernet": str(cfg.supernet_path),
+    }
+    metrics = summarise(state, extra)
+    paths = write_artifacts(out, state, metrics, f"{model_type} {cfg.variant}: {cfg.technique} search")
+    params = {**{f"search.{k}": v for k, v in asdict(cfg).items()}, "max_params": constraints.max_params,
+              "min_miou": cfg.min_miou, "space_size": encoding.size(), "n_images_used": len(inputs)}
+    with start_run(tracking, "search", cfg.variant, params=params, tags={"pretrained": pretrained}) as run:
+        run.log_metrics({"params": metrics["best_params"], "miou": metrics["best_miou"],
+                         "miou_oracle": metrics["best_miou_oracle"], "feasible": metrics["feasible"],
+                         "n_evaluations": state.n_evaluations, "seconds": metrics["seconds"],
+                         "evaluations_to_first_feasible": metrics["evaluations_to_first_feasible"]})
+        for path in paths:
+            run.log_artifact(str(path))
+    return metrics
