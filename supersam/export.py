@@ -17,6 +17,8 @@ width, each block with its original attention type), so
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import shutil
@@ -45,14 +47,28 @@ class ExportConfig:
     """params.yaml ``export``.
 
     Attributes:
-        supernet: supernet checkpoint (``supernet.pt``) to cut the subnet from.
-        subnet: subnet config: a JSON file (e.g. search's best_subnet.json) or an inline JSON object.
+        variant: reordering variant whose pipeline artifacts are the defaults of
+            ``supernet`` and ``subnet`` (``outputs/train/<variant>/supernet.pt``,
+            ``outputs/search/<variant>/best_subnet.json``).
+        supernet: supernet checkpoint (``supernet.pt``) to cut the subnet from;
+            "" = the variant's trained supernet.
+        subnet: subnet config: a JSON file (e.g. search's best_subnet.json) or an
+            inline JSON object; "" = the variant's search result.
         out: output directory (replaced atomically).
     """
 
-    supernet: str = "outputs/train/wanda/supernet.pt"
-    subnet: str = "outputs/search/wanda/best_subnet.json"
+    variant: str = "wanda"
+    supernet: str = ""
+    subnet: str = ""
     out: str = "outputs/export/model"
+
+    def resolved(self) -> "ExportConfig":
+        """This config with empty ``supernet``/``subnet`` filled from ``variant``."""
+        return dataclasses.replace(
+            self,
+            supernet=self.supernet or f"outputs/train/{self.variant}/supernet.pt",
+            subnet=self.subnet or f"outputs/search/{self.variant}/best_subnet.json",
+        )
 
 
 def export(cfg: ExportConfig) -> Path:
@@ -63,6 +79,7 @@ def export(cfg: ExportConfig) -> Path:
             or an ``out`` that exists and is not an export directory.
         CheckpointError: unreadable supernet checkpoint.
     """
+    cfg = cfg.resolved()
     for key in ("supernet", "subnet", "out"):
         if not str(getattr(cfg, key)).strip():
             raise ConfigError(f"export.{key} is empty; pass --{key} or set it in params.yaml")

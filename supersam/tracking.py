@@ -1,13 +1,16 @@
 """MLflow tracking shared by every stage (DESIGN.md "MLflow" contract).
 
 One experiment; every run tagged ``stage`` and ``variant`` (and ``pretrained``);
-runs of one ``dvc repro`` share the tag ``pipeline_run`` taken from the
-``SUPERSAM_PIPELINE_RUN`` environment variable when set.
+runs of one pipeline share the tag ``pipeline_run``: the ``SUPERSAM_PIPELINE_RUN``
+environment variable when set, else a digest of ./params.yaml (every stage of one
+``dvc repro`` runs in the project root with the same params), so the UI can
+filter one pipeline's runs with ``tags.pipeline_run = '...'``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -53,6 +56,15 @@ class Run:
         """Attach a file to the run."""
         if self._mlflow is not None and os.path.exists(path):
             self._mlflow.log_artifact(path)
+
+
+def pipeline_run_id(params: Path = Path("params.yaml")) -> str:
+    """Group id of the current pipeline run ("" when neither source exists)."""
+    if os.environ.get("SUPERSAM_PIPELINE_RUN"):
+        return os.environ["SUPERSAM_PIPELINE_RUN"]
+    if params.is_file():
+        return "params-" + hashlib.sha1(params.read_bytes()).hexdigest()[:10]
+    return ""
 
 
 def artifact_location(cfg: TrackingConfig) -> str | None:
@@ -112,7 +124,7 @@ def start_run(
     mlflow.set_tracking_uri(cfg.tracking_uri)
     _ensure_experiment(mlflow, cfg)
     all_tags = {"stage": stage, "variant": variant or "-"}
-    group = os.environ.get("SUPERSAM_PIPELINE_RUN")
+    group = pipeline_run_id()
     if group:
         all_tags["pipeline_run"] = group
     all_tags.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (tags or {}).items()})

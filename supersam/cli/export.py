@@ -13,6 +13,7 @@ from supersam.config import read_params, stage_config
 
 @app.command("export")
 def export_cli(
+    variant: Optional[str] = typer.Option(None, "--variant", help="Reordering variant whose trained supernet and search result are the defaults."),
     supernet: Optional[Path] = typer.Option(None, "--supernet", help="supernet.pt written by build-supernet or train."),
     subnet: Optional[str] = typer.Option(None, "--subnet", help="Subnet config: a JSON file or an inline JSON object."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (model.pt + config.json), replaced atomically."),
@@ -21,5 +22,5 @@ def export_cli(
     """Export a subnet as a standard segment_anything Sam (see supersam.export.export)."""
     from supersam.export import ExportConfig, export
 
-    overrides = {"supernet": supernet and str(supernet), "subnet": subnet, "out": out and str(out)}
+    overrides = {"variant": variant, "supernet": supernet and str(supernet), "subnet": subnet, "out": out and str(out)}
     export(stage_config(ExportConfig, read_params(params), "export", overrides))
