@@ -1,0 +1,126 @@
+"""Resumable training checkpoints: weights, optimizer, scheduler, RNG states, data position.
+
+Written atomically (``supersam.io.torch_save``: temp file + ``os.replace``), so
+an interrupted write leaves the previous good checkpoint in place. RNG states
+are stored as tensors and plain lists so the file loads with
+``torch.load(weights_only=True)``. Training randomness does not depend on them
+(see :mod:`supersam.train.sampling`); they are restored for anything else
+that draws from the global generators.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from supersam.errors import CheckpointError
+from supersam.io import torch_save
+
+log = logging.getLogger(__name__)
+
+FORMAT = "supersam-train-state/1"
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """The resumable checkpoint of a run: ``out/checkpoints/last.pt``."""
+    return Path(out) / "checkpoints" / "last.pt"
+
+
+def rng_states() -> dict[str, Any]:
+    """Global RNG states of torch (CPU and every CUDA device), numpy and Python."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_states` (CUDA states restored when both sides have CUDA)."""
+    torch.set_rng_state(states["torch"].cpu())
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def save_training_state(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    iteration: int,
+    data_position: dict[str, int],
+    config: dict[str, Any],
+    progress: dict[str, Any],
+) -> Path:
+    """Atomically write everything needed to continue after ``iteration`` completed steps.
+
+    Args:
+        model: the supernet (its state dict: official SAM layout under ``sam.``).
+        data_position: epoch/offset of the next batch (see ``sampling.data_position``).
+        config: the run's train and ``data.*`` settings, checked on resume.
+        progress: run bookkeeping: loss curve, eval history, target, seconds, kWh.
+    """
+    state = {
+        "format": FORMAT,
+        "iteration": int(iteration),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states(),
+        "data_position": dict(data_position),
+        "config": config,
+        "progress": progress,
+    }
+    out = torch_save(state, path)
+    log.debug("checkpoint at iteration %d -> %s", iteration, out)
+    return out
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_training_state` (on CPU).
+
+    Raises:
+        CheckpointError: missing, unreadable or not a training checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no training checkpoint at {path}; run without --resume to start fresh")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a bad file for the user
+        raise CheckpointError(f"training checkpoint {path} is unreadable ({type(exc).__name__}); delete it and restart") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a supersam training checkpoint ({FORMAT}); point --out elsewhere")
+    return state
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], fields: tuple[str, ...], path: Path) -> None:
+    """Refuse to resume when a trajectory-defining setting changed.
+
+    Keys without a dot are ``train`` fields; others carry their section (``data.root``).
+
+    Raises:
+        CheckpointError: naming the first differing ``section.field``.
+    """
+    for name in fields:
+        if saved.get(name) != current.get(name):
+            label = name if "." in name else f"train.{name}"
+            raise CheckpointError(
+                f"cannot resume from {path}: {label} was {saved.get(name)!r}, now {current.get(name)!r}; "
+                "restore the setting or start fresh without --resume"
+            )

@@ -1,0 +1,120 @@
+"""``TrainConfig``: the params.yaml ``train`` section (paper Sec. III "NAS Training")."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from supersam.errors import ConfigError
+
+TRAINABLE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+MODES = ("sandwich", "sequential")
+
+# Fields that define the optimisation trajectory: a resumed run must match them.
+TRAJECTORY_FIELDS = (
+    "supernet", "iterations", "batch_size", "lr", "min_lr_ratio", "weight_decay",
+    "grad_clip", "amp", "mode", "n_random", "distill", "distill_weight", "trainable", "seed",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Sandwich-rule supernet training (paper Sec. III; Yu & Huang 2019).
+
+    Attributes:
+        supernet: input supernet.pt written by ``build-supernet``.
+        out: output folder: supernet.pt, metrics.json, history.json, checkpoints/.
+        iterations: optimizer iterations (one batch each); the LR decays over them.
+        batch_size: images per iteration, summed over all processes (DDP shards it).
+        lr: AdamW start learning rate (paper: 1e-5).
+        min_lr_ratio: the LR decays linearly to ``lr * min_lr_ratio`` (paper: 1%).
+        weight_decay: AdamW decoupled weight decay (applies to whole shared tensors).
+        grad_clip: max global gradient L2 norm; 0 = no clipping.
+        amp: bf16 autocast for forward passes (CPU and CUDA).
+        mode: ``sandwich`` (accumulate max+min+random, one step) or ``sequential``
+            (one optimizer step after each subnet, like the reference code).
+        n_random: random subnets per iteration besides max and min.
+        distill: in-place distillation (BigNAS): smaller subnets also learn the
+            max subnet's (detached) mask probabilities.
+        distill_weight: weight of the distillation term for smaller subnets
+            (loss = (1-w) * dice(GT) + w * dice(teacher)); 1.0 = BigNAS.
+        trainable: SAM parts that are trained; the rest is frozen.
+        eval_every: evaluate min/max/fixed-random subnets every this many iterations
+            (also before training and at the end); 0 = only before and at the end.
+        val_images: validation images in the fixed evaluation sample.
+        target_miou: mIoU the smallest subnet must reach (paper Table I).
+        save_every: write a resumable checkpoint every this many iterations; 0 = never.
+        seed: seeds subnet sampling, batch order, prompts and the fixed random subnet.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
+        emission_factor: kg CO2 per kWh (paper: 0.437).
+        country_iso_code: country for codecarbon's offline estimate.
+        cpu_tdp_watts: CPU power assumed when codecarbon is unusable (TDP x time).
+        log_every: log the training loss to MLflow every this many iterations.
+    """
+
+    supernet: str = "outputs/supernet/wanda/supernet.pt"
+    out: str = "outputs/train/wanda"
+    iterations: int = 200
+    batch_size: int = 2
+    lr: float = 1e-5
+    min_lr_ratio: float = 0.01
+    weight_decay: float = 0.01
+    grad_clip: float = 0.0
+    amp: bool = False
+    mode: str = "sandwich"
+    n_random: int = 1
+    distill: bool = False
+    distill_weight: float = 1.0
+    trainable: tuple[str, ...] = ("image_encoder", "mask_decoder")
+    eval_every: int = 25
+    val_images: int = 8
+    target_miou: float = 0.84
+    save_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    emission_factor: float = 0.437
+    country_iso_code: str = "USA"
+    cpu_tdp_watts: float = 65.0
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check ranges and names.
+
+        Raises:
+            ConfigError: one line naming the offending ``train.<field>`` and the fix.
+        """
+        positive = {"iterations": self.iterations, "batch_size": self.batch_size,
+                    "val_images": self.val_images, "log_every": self.log_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {value}")
+        for name in ("eval_every", "save_every", "n_random"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 < self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in (0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        if self.mode not in MODES:
+            raise ConfigError(f"train.mode {self.mode!r} is unknown; use one of {', '.join(MODES)}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"train.distill_weight must be in [0, 1], got {self.distill_weight}")
+        bad = [p for p in self.trainable if p not in TRAINABLE_PARTS]
+        if bad or not self.trainable:
+            raise ConfigError(
+                f"train.trainable entry {bad[0] if bad else '[]'!r} is invalid; "
+                f"list one or more of {', '.join(TRAINABLE_PARTS)}"
+            )
+        if not 0 <= self.target_miou <= 1:
+            raise ConfigError(f"train.target_miou must be in [0, 1], got {self.target_miou}")
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists instead of tuples) for JSON, MLflow params and checkpoints."""
+        d = dataclasses.asdict(self)
+        d["trainable"] = list(self.trainable)
+        return d

@@ -1,0 +1,247 @@
+"""The training run: data position, periodic evaluation, checkpoints, metrics, MLflow.
+
+Paper Sec. III "NAS Training" and Table I. Everything random is a pure
+function of (seed, iteration) (:mod:`supersam.train.sampling`), so ``resume``
+continues exactly where an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from supersam.checkpoint import load_supernet, save_supernet
+from supersam.config import TrackingConfig
+from supersam.data import DataConfig, load_split, prepare_sample
+from supersam.errors import CheckpointError
+from supersam.tracking import start_run
+from supersam.train import checkpointing as ckpt
+from supersam.train.config import TRAJECTORY_FIELDS, TrainConfig
+from supersam.train.distributed import DistContext, barrier, broadcast_params, check_batch
+from supersam.train.energy import EnergyMeter
+from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
+from supersam.train.probe import ValidationProbe, empty_target, update_target
+from supersam.train.report import TrainProgress, write_outputs
+from supersam.train.sampling import batch_indices, data_position, prompt_rng, shard
+from supersam.train.sandwich import StepResult, train_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`supersam.train.train` did (rank 0 holds metrics and history).
+
+    Attributes:
+        metrics: the metrics.json content (empty on other ranks or when stopped early).
+        history: per evaluation: iteration, miou_min/max/random, loss, seconds, energy_kwh.
+        losses: per iteration (whole run, incl. before a resume): iteration (1-based),
+            loss (mean over subnets), loss_max/min/random, lr.
+        subnets: per iteration run by this process: the sampled subnet dicts.
+        stopped: True when ``stop_after`` ended the run before ``iterations``.
+    """
+
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    losses: list[dict] = field(default_factory=list)
+    subnets: list[list[dict]] = field(default_factory=list)
+    stopped: bool = False
+
+
+class Trainer:
+    """State of one training run on one rank; :meth:`run` drives it."""
+
+    def __init__(self, cfg: TrainConfig, data_cfg: DataConfig, ctx: DistContext) -> None:
+        self.cfg, self.data_cfg, self.ctx = cfg, data_cfg, ctx
+        self.out = Path(cfg.out)
+        check_batch(ctx, cfg.batch_size)
+        self.supernet, self.meta = load_supernet(cfg.supernet, device=ctx.device)
+        self.model_type, self.img_size = self.meta["model_type"], int(self.meta["img_size"])
+        if not self.meta.get("pretrained", False) and ctx.is_main:
+            log.warning("%s was built from a randomly initialised SAM (pretrained=false): "
+                        "the mIoU figures are not comparable to the paper's", cfg.supernet)
+        self.params = set_trainable(self.supernet, cfg.trainable)
+        broadcast_params(self.supernet, ctx)
+        self.optimizer = build_optimizer(self.params, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.dataset = load_split(data_cfg, "train")
+        self.probe = None
+        if ctx.is_main:
+            self.probe = ValidationProbe(self.supernet, data_cfg, self.img_size, cfg, ctx.device, self.model_type)
+        self.iteration = 0
+        self.result = TrainResult()
+        self.target = empty_target()
+        self.offset_seconds = self.offset_kwh = 0.0
+        self.meter = EnergyMeter(ctx.device, cfg.country_iso_code, cfg.emission_factor,
+                                 cfg.cpu_tdp_watts, output_dir=self.out)
+
+    # -- time and energy -------------------------------------------------------
+    def seconds(self) -> float:
+        return self.offset_seconds + time.perf_counter() - self._t0
+
+    def kwh(self) -> float:
+        return self.offset_kwh + (self.meter.kwh() if self.ctx.is_main else 0.0)
+
+    # -- data --------------------------------------------------------------------
+    def local_batch(self, iteration: int) -> list:
+        """This rank's prepared inputs for 0-based ``iteration`` (prompts from (seed, iteration, slot))."""
+        cfg, d = self.cfg, self.data_cfg
+        indices = batch_indices(cfg.seed, iteration, cfg.batch_size, len(self.dataset))
+        mine = shard(list(enumerate(indices)), self.ctx.rank, self.ctx.world_size)
+        return [
+            prepare_sample(self.dataset[i], self.img_size, d.prompt, d.max_objects, d.box_pad,
+                           prompt_rng(cfg.seed, iteration, slot)).to(self.ctx.device)
+            for slot, i in mine
+        ]
+
+    # -- checkpoints -------------------------------------------------------------
+    def progress_state(self) -> dict:
+        return {"losses": self.result.losses, "history": self.result.history, "target": self.target,
+                "seconds": self.seconds(), "energy_kwh": self.kwh()}
+
+    def identity(self) -> dict:
+        """Train settings plus ``data.*`` settings: what a resumed run must share."""
+        return {**self.cfg.to_dict(), **{f"data.{k}": v for k, v in vars(self.data_cfg).items()}}
+
+    def save_checkpoint(self) -> None:
+        if not self.ctx.is_main:
+            return
+        ckpt.save_training_state(
+            ckpt.checkpoint_path(self.out), self.supernet, self.optimizer, self.scheduler, self.iteration,
+            data_position(self.iteration, self.cfg.batch_size, len(self.dataset)), self.identity(),
+            self.progress_state(),
+        )
+
+    def resume(self) -> None:
+        """Load ``out/checkpoints/last.pt`` into this run (every rank reads it).
+
+        Raises:
+            CheckpointError: missing/unreadable file, changed settings or data set size.
+        """
+        path = ckpt.checkpoint_path(self.out)
+        state = ckpt.load_training_state(path)
+        identity = self.identity()
+        fields = TRAJECTORY_FIELDS + tuple(k for k in identity if k.startswith("data."))
+        ckpt.check_resumable(state["config"], identity, fields, path)
+        n = state["data_position"].get("dataset_len")
+        if n != len(self.dataset):
+            raise CheckpointError(f"cannot resume from {path}: the training split had {n} images, now "
+                                  f"{len(self.dataset)}; restore the data settings or start fresh")
+        self.supernet.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng_states(state["rng"])
+        self.iteration = int(state["iteration"])
+        progress = state["progress"]
+        self.result.losses, self.result.history = list(progress["losses"]), list(progress["history"])
+        self.target = dict(progress["target"])
+        self.offset_seconds, self.offset_kwh = float(progress["seconds"]), float(progress["energy_kwh"])
+        log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    # -- evaluation and logging --------------------------------------------------
+    def evaluate(self, run, bar: TrainProgress) -> None:
+        """Rank 0: probe min/max/random, update history, target and MLflow."""
+        if self.ctx.is_main:
+            scores = self.probe()
+            since = [e["loss"] for e in self.result.losses if e["iteration"] > self._last_eval_iteration()]
+            seconds, kwh = self.seconds(), self.kwh()
+            entry = {"iteration": self.iteration, **scores,
+                     "loss": sum(since) / len(since) if since else None,
+                     "seconds": seconds, "energy_kwh": kwh}
+            self.result.history.append(entry)
+            if update_target(self.target, scores["miou_min"], self.cfg.target_miou, self.iteration, seconds, kwh):
+                log.info("smallest subnet reached mIoU %.3f at iteration %d", self.cfg.target_miou, self.iteration)
+            run.log_metrics(scores, step=self.iteration)
+            bar.show_miou(scores)
+        barrier(self.ctx)
+
+    def _last_eval_iteration(self) -> int:
+        return self.result.history[-1]["iteration"] if self.result.history else -1
+
+    def record(self, step: StepResult, run) -> None:
+        entry = {"iteration": self.iteration, "loss": step.loss, **step.loss_by_kind(), "lr": step.lr}
+        self.result.losses.append(entry)
+        self.result.subnets.append([s.to_dict() for s in step.subnets])
+        if self.ctx.is_main and self.iteration % self.cfg.log_every == 0:
+            run.log_metrics({k: v for k, v in entry.items() if k != "iteration"}, step=self.iteration)
+
+    def due(self, every: int) -> bool:
+        return every > 0 and self.iteration % every == 0
+
+    # -- the run -----------------------------------------------------------------
+    def run(self, resume: bool, stop_after: int | None, tracking: TrackingConfig, show_progress: bool) -> TrainResult:
+        """Train from iteration 0 (or the checkpoint) to ``cfg.iterations`` or ``stop_after``."""
+        if resume:
+            self.resume()
+        cfg, main = self.cfg, self.ctx.is_main
+        self._t0 = time.perf_counter()
+        if main:
+            self.meter.start()
+        variant = str(self.meta.get("reorder", ""))
+        run_ctx = start_run(tracking if main else TrackingConfig(enabled=False), "train", variant,
+                            params=self.mlflow_params(),
+                            tags={"pretrained": bool(self.meta.get("pretrained", False)),
+                                  "energy_method": self.meter.method, "resumed_from": self.iteration})
+        end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
+        try:
+            with run_ctx as run, TrainProgress(cfg.iterations, self.iteration, main and show_progress) as bar:
+                if not self.result.history:
+                    self.evaluate(run, bar)
+                while self.iteration < end:
+                    self.step(run, bar, end)
+                self.result.stopped = self.iteration < cfg.iterations
+                if main and not self.result.stopped:
+                    self.finish(run)
+        finally:
+            self.meter.stop()
+        barrier(self.ctx)
+        return self.result
+
+    def step(self, run, bar: TrainProgress, end: int) -> None:
+        """One iteration, then the evaluation and checkpoint when due."""
+        cfg = self.cfg
+        step = train_step(self.supernet, self.optimizer, self.scheduler, self.params,
+                          self.local_batch(self.iteration), cfg.batch_size, self.iteration, cfg, self.ctx)
+        self.iteration += 1
+        self.record(step, run)
+        bar.advance(step.loss)
+        if self.due(cfg.eval_every) or self.iteration == cfg.iterations:
+            self.evaluate(run, bar)
+        if self.due(cfg.save_every) or self.iteration == end:
+            self.save_checkpoint()
+
+    def mlflow_params(self) -> dict:
+        params = {f"train.{k}": v for k, v in self.cfg.to_dict().items()}
+        params.update({f"data.{k}": v for k, v in vars(self.data_cfg).items()})
+        params.update(model_type=self.model_type, img_size=self.img_size, world_size=self.ctx.world_size)
+        return params
+
+    def finish(self, run) -> None:
+        """Rank 0: write supernet.pt, metrics.json, history.json; log final metrics and tags."""
+        last = self.result.history[-1]
+        kwh, seconds = self.kwh(), self.seconds()
+        metrics = {
+            **{k: last[k] for k in ("miou_min", "miou_max", "miou_random")},
+            "iterations": self.iteration, **self.target,
+            "seconds": seconds, "energy_kwh": kwh, "co2_kg": self.meter.co2_kg(kwh),
+            "co2_kg_to_target": (None if self.target["energy_kwh_to_target"] is None
+                                 else self.meter.co2_kg(self.target["energy_kwh_to_target"])),
+            "energy_method": self.meter.method, "energy_detail": self.meter.detail,
+            "pretrained": bool(self.meta.get("pretrained", False)), **self.probe.params(),
+            "final_loss": self.result.losses[-1]["loss"] if self.result.losses else None,
+            "images_per_second": self.iteration * self.cfg.batch_size / seconds if seconds > 0 else None,
+            "world_size": self.ctx.world_size,
+        }
+        meta = {**self.meta, "train": {"iterations": self.iteration, "seed": self.cfg.seed,
+                                       "mode": self.cfg.mode, "source": str(self.cfg.supernet)}}
+        save_supernet(self.out / "supernet.pt", self.supernet, meta)
+        write_outputs(self.out, metrics, self.result.history)
+        run.log_metrics(metrics, step=self.iteration)
+        run.set_tags({"energy_method": metrics["energy_method"], "energy_detail": metrics["energy_detail"],
+                      "target_reached": str(metrics["iterations_to_target"] is not None).lower()})
+        self.result.metrics = metrics
+        log.info("trained %d iterations in %.1f s (%.3g kWh, %s): mIoU min %.3f max %.3f -> %s",
+                 self.iteration, seconds, kwh, metrics["energy_method"], metrics["miou_min"],
+                 metrics["miou_max"], self.out / "supernet.pt")

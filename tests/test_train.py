@@ -1,0 +1,316 @@
+"""Sandwich training on the tiny SAM with real nuclei data (dsb2018, box prompts, 128 px)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from supersam.checkpoint import load_supernet, save_supernet
+from supersam.config import TrackingConfig
+from supersam.data import DataConfig, load_split, prepare_sample
+from supersam.elastic import SuperSam
+from supersam.errors import CheckpointError, ConfigError
+from supersam.sam import build_sam_model
+from supersam.space import SearchSpace
+from supersam.train import TrainConfig, train
+from supersam.train import checkpointing as ckpt
+from supersam.train import energy as energy_mod
+from supersam.train.distributed import DistContext
+from supersam.train.energy import EnergyMeter
+from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
+from supersam.train.probe import empty_target, update_target
+from supersam.train.sampling import batch_indices, lr_factor
+from supersam.train.sandwich import _optimizer_step, batch_loss, draw_subnets, frozen_prompts, train_step
+
+ITERS = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: 2-thread OpenMP on 2 shared cores is ~10x slower for the tiny model."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_cfg(shared_data) -> DataConfig:
+    """dsb2018 nuclei cut into 16 tiles of 128 px: 8 train, 8 val; box prompts, 4 objects."""
+    return DataConfig(kind="image_label", root=str(shared_data / "dsb2018_nuclei"), images="img2d.tif",
+                      labels="mask2d.tif", label_mode="instance", patch=128, min_area=20, max_objects=4,
+                      prompt="box", box_pad=5)
+
+
+@pytest.fixture(scope="module")
+def supernet_path(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("supernet") / "supernet.pt"
+    supernet = SuperSam(build_sam_model("tiny", 128), SearchSpace.for_arch("tiny"))
+    save_supernet(path, supernet, {"model_type": "tiny", "img_size": 128, "pretrained": False, "reorder": "none"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_cfg(supernet_path, tmp_path_factory) -> TrainConfig:
+    return TrainConfig(supernet=str(supernet_path), out=str(tmp_path_factory.mktemp("run") / "out"),
+                       iterations=ITERS, batch_size=2, lr=1e-2, eval_every=10, val_images=2, save_every=10,
+                       target_miou=1.0, device="cpu", seed=3)
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory) -> TrackingConfig:
+    return TrackingConfig(tracking_uri=f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+
+
+@pytest.fixture(scope="module")
+def main_run(base_cfg, data_cfg, tracking):
+    return train(base_cfg, data_cfg, tracking, show_progress=False)
+
+
+def _mlflow_run(tracking, run_filter):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri)
+    exp = client.get_experiment_by_name(tracking.experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=run_filter)
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_loss_decreases_and_artifacts(main_run, base_cfg, tracking, supernet_path):
+    losses = [e["loss"] for e in main_run.losses]
+    assert len(losses) == ITERS and all(0 < v < 1 for v in losses)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.02
+    out = base_cfg.out
+    metrics = json.loads(open(f"{out}/metrics.json").read())
+    for key in ("miou_min", "miou_max", "miou_random", "iterations", "iterations_to_target", "seconds",
+                "energy_kwh", "co2_kg", "energy_method", "pretrained", "params_min", "params_max"):
+        assert key in metrics
+    assert metrics["iterations"] == ITERS and metrics["iterations_to_target"] is None
+    assert metrics["energy_kwh"] > 0 and metrics["energy_method"] in ("nvml", "rapl", "estimate")
+    assert metrics["co2_kg"] == pytest.approx(metrics["energy_kwh"] * 0.437)
+    assert metrics["pretrained"] is False and metrics["params_min"] < metrics["params_max"]
+    history = json.loads(open(f"{out}/history.json").read())
+    assert [h["iteration"] for h in history] == [0, 10, 20]
+    assert history[0]["loss"] is None and history[1]["loss"] == pytest.approx(np.mean(losses[:10]))
+    assert history[-1]["miou_min"] == metrics["miou_min"]
+    trained, meta = load_supernet(f"{out}/supernet.pt")
+    original, _ = load_supernet(supernet_path)
+    assert meta["reorder"] == "none" and meta["train"]["iterations"] == ITERS
+    key = "sam.image_encoder.blocks.3.mlp.lin1.weight"
+    assert not torch.equal(trained.state_dict()[key], original.state_dict()[key])
+    key = "sam.prompt_encoder.point_embeddings.0.weight"
+    assert torch.equal(trained.state_dict()[key], original.state_dict()[key])
+    client, run = _mlflow_run(tracking, "tags.target_reached = 'false'")
+    assert run.data.tags["stage"] == "train" and run.data.tags["variant"] == "none"
+    assert run.data.tags["pretrained"] == "false" and run.data.tags["energy_method"] == metrics["energy_method"]
+    assert run.data.metrics["energy_kwh"] == pytest.approx(metrics["energy_kwh"])
+    assert run.data.params["train.lr"] == "0.01"
+    steps = client.get_metric_history(run.info.run_id, "miou_min")
+    assert sorted({m.step for m in steps}) == [0, 10, 20]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == ITERS
+
+
+def test_learning_rate_follows_schedule(main_run, base_cfg):
+    lrs = [e["lr"] for e in main_run.losses]
+    expected = [base_cfg.lr * (1 - 0.99 * i / (ITERS - 1)) for i in range(ITERS)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    assert lr_factor(0, 100, 0.01) == 1.0 and lr_factor(99, 100, 0.01) == pytest.approx(0.01)
+
+
+def test_same_seed_same_losses_and_time_to_target(main_run, base_cfg, data_cfg, tracking, tmp_path):
+    history = main_run.history
+    target = max(h["miou_min"] for h in history[1:])
+    expected = next(h for h in history if h["miou_min"] >= target)
+    cfg = dataclasses.replace(base_cfg, out=str(tmp_path / "again"), target_miou=target)
+    again = train(cfg, data_cfg, tracking, show_progress=False)
+    assert [e["loss"] for e in again.losses] == pytest.approx([e["loss"] for e in main_run.losses], abs=1e-6)
+    assert again.subnets == main_run.subnets
+    m = again.metrics
+    assert m["iterations_to_target"] == expected["iteration"]
+    assert 0 < m["seconds_to_target"] <= m["seconds"] and 0 < m["energy_kwh_to_target"] <= m["energy_kwh"]
+    _, run = _mlflow_run(tracking, "tags.target_reached = 'true'")
+    assert run.data.metrics["iterations_to_target"] == expected["iteration"]
+    assert run.data.metrics["co2_kg"] == pytest.approx(m["co2_kg"]) and "energy_method" in run.data.tags
+
+
+def test_resume_reproduces_uninterrupted_run(main_run, base_cfg, data_cfg, tmp_path):
+    cfg = dataclasses.replace(base_cfg, out=str(tmp_path / "resumed"), save_every=0)
+    off = TrackingConfig(enabled=False)
+    first = train(cfg, data_cfg, off, stop_after=7, show_progress=False)
+    assert first.stopped and len(first.losses) == 7 and not (tmp_path / "resumed" / "metrics.json").exists()
+    state = ckpt.load_training_state(ckpt.checkpoint_path(cfg.out))
+    assert state["iteration"] == 7 and state["data_position"] == {"epoch": 1, "offset": 6, "dataset_len": 8, "batch_size": 2}
+    with pytest.raises(CheckpointError, match="train.lr"):
+        train(dataclasses.replace(cfg, lr=1e-4), data_cfg, off, resume=True, show_progress=False)
+    with pytest.raises(CheckpointError, match="data.box_pad"):
+        train(cfg, dataclasses.replace(data_cfg, box_pad=9), off, resume=True, show_progress=False)
+    second = train(cfg, data_cfg, off, resume=True, show_progress=False)
+    assert [e["loss"] for e in second.losses] == pytest.approx([e["loss"] for e in main_run.losses], abs=1e-6)
+    assert second.subnets == main_run.subnets[7:]
+    assert second.metrics["miou_min"] == pytest.approx(main_run.metrics["miou_min"], abs=1e-6)
+    assert [h["iteration"] for h in second.history] == [0, 10, 20]
+
+
+def _setup(supernet_path, data_cfg, **overrides):
+    supernet, _ = load_supernet(supernet_path)
+    cfg = TrainConfig(supernet=str(supernet_path), lr=1e-3, device="cpu", **overrides)
+    params = set_trainable(supernet, cfg.trainable)
+    opt = build_optimizer(params, cfg)
+    ds = load_split(data_cfg, "train")
+    inputs = [prepare_sample(ds[i], 128, "box", 4, 5, np.random.default_rng(i)) for i in range(2)]
+    return supernet, cfg, params, opt, build_scheduler(opt, cfg), inputs
+
+
+def test_one_step_updates_exactly_the_touched_weights(supernet_path, data_cfg):
+    supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg)
+    probe = copy.deepcopy(supernet)  # same sandwich without a step, to read the gradients
+    _, subnets = draw_subnets(probe.space, cfg.seed, 0, cfg.n_random)
+    prompts = frozen_prompts(probe.sam, inputs)
+    for s in subnets:
+        probe.set_active_subnet(s)
+        batch_loss(probe.sam, inputs, prompts, 2, torch.device("cpu"), False)[0].backward()
+    grads = {n: p.grad for n, p in probe.named_parameters()}
+    before = {n: p.detach().clone() for n, p in supernet.named_parameters()}
+    train_step(supernet, opt, sched, params, inputs, 2, 0, cfg, DistContext())
+    n_changed = 0
+    for name, p in supernet.named_parameters():
+        g = grads[name]
+        if name.startswith("sam.prompt_encoder"):
+            assert g is None and torch.equal(p, before[name]) and not p.requires_grad, name
+        elif g is None:
+            assert torch.equal(p, before[name]), f"{name} has no gradient but changed"
+        elif g.abs().sum() > 0:
+            moved = p != before[name]
+            assert moved[g.abs() > 1e-6].all(), f"{name} touched but not updated"  # Adam: ~lr steps
+            n_changed += 1
+    assert n_changed > 50
+    assert grads["sam.mask_decoder.iou_prediction_head.layers.0.weight"] is None  # unused by the Dice loss
+
+
+def test_untouched_mlp_rows_and_dropped_blocks_stay(supernet_path, data_cfg):
+    """Min + random subnet (no max): lin1 rows beyond every window used and dropped blocks keep
+    their values (rows only see AdamW's decoupled decay, exactly p * (1 - lr * wd))."""
+    supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg, weight_decay=0.01)
+    _, subnets = draw_subnets(supernet.space, 0, 0, 1)
+    used = subnets[1:]  # min and random
+    before = {n: p.detach().clone() for n, p in supernet.named_parameters()}
+    prompts = frozen_prompts(supernet.sam, inputs)
+    for s in used:
+        supernet.set_active_subnet(s)
+        batch_loss(supernet.sam, inputs, prompts, 2, torch.device("cpu"), False)[0].backward()
+    _optimizer_step(opt, params, DistContext(), 0.0)
+    decay = 1 - cfg.lr * cfg.weight_decay
+    checked_rows = checked_blocks = 0
+    for b in range(12):
+        widest = max(s.mlp_dims[b] for s in used)
+        name = f"sam.image_encoder.blocks.{b}.mlp.lin1.weight"
+        new, old = dict(supernet.named_parameters())[name], before[name]
+        if widest == 0:
+            assert torch.equal(new, old)
+            checked_blocks += 1
+        else:
+            assert not torch.equal(new[:widest], old[:widest] * decay)
+            if widest < new.shape[0]:
+                assert torch.allclose(new[widest:], old[widest:] * decay, rtol=1e-6, atol=0)
+                checked_rows += 1
+    assert checked_rows >= 5 and checked_blocks >= 1
+
+
+def test_sequential_mode_and_distillation(supernet_path, data_cfg):
+    supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg, mode="sequential", amp=True,
+                                                       distill=True, distill_weight=0.5, n_random=2, grad_clip=0.01)
+    result = train_step(supernet, opt, sched, params, inputs, 2, 0, cfg, DistContext())
+    assert result.kinds == ["max", "min", "random", "random"]
+    assert all(0 < v < 1 for v in result.losses) and result.grad_norm > 0.01  # norm before clipping
+    assert opt.state[params[0]]["step"].item() == 4  # one AdamW step per subnet
+    assert sched.last_epoch == 1 and set(result.loss_by_kind()) == {"loss_max", "loss_min", "loss_random"}
+
+
+def test_sampling_is_a_pure_function_of_seed_and_iteration():
+    epochs = [sorted(batch_indices(7, it, 3, 6) + batch_indices(7, it + 1, 3, 6)) for it in (0, 2)]
+    assert epochs == [list(range(6))] * 2  # every epoch is a permutation
+    assert batch_indices(7, 5, 4, 6) == batch_indices(7, 5, 4, 6) != batch_indices(8, 5, 4, 6)
+    space = SearchSpace.for_arch("tiny")
+    assert draw_subnets(space, 1, 9, 2) == draw_subnets(space, 1, 9, 2)
+    assert draw_subnets(space, 1, 9, 2) != draw_subnets(space, 1, 10, 2)
+
+
+def test_interrupted_checkpoint_write_keeps_last_good(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    path = tmp_path / "last.pt"
+    ckpt.save_training_state(path, model, opt, sched, 5, {"epoch": 0}, {"seed": 0}, {"losses": []})
+
+    def broken_save(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_training_state(path, model, opt, sched, 6, {"epoch": 0}, {"seed": 0}, {"losses": []})
+    assert ckpt.load_training_state(path)["iteration"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    state = ckpt.rng_states()
+    a = torch.rand(3)
+    ckpt.restore_rng_states(state)
+    assert torch.equal(torch.rand(3), a)
+
+
+def test_energy_meter_rapl_and_fallbacks(tmp_path, monkeypatch):
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("900")
+    (zone / "max_energy_range_uj").write_text("1000")
+    (tmp_path / "intel-rapl:0:0").mkdir()  # a sub-zone is not counted twice
+    meter = EnergyMeter(torch.device("cpu"), emission_factor=0.5, rapl_root=tmp_path).start()
+    assert meter.method == "rapl"
+    (zone / "energy_uj").write_text("100")  # wrapped: 100 + 1000 - 900 = 200 uJ
+    assert meter.kwh() == pytest.approx(200e-6 / 3.6e6)
+    assert meter.co2_kg(2.0) == 1.0
+
+    def unusable(*a, **k):
+        raise RuntimeError("no codecarbon here")
+
+    monkeypatch.setattr(energy_mod, "_CodecarbonSource", unusable)
+    meter = EnergyMeter(torch.device("cpu"), cpu_tdp_watts=3.6e6, rapl_root=tmp_path / "none").start()
+    assert meter.method == "estimate" and "cpu_tdp_x_time" in meter.detail and "no codecarbon" in meter.detail
+    assert 0 < meter.stop() < 1.0  # 3.6 MW x < 1 s
+
+
+def test_target_and_config_errors():
+    target = empty_target()
+    assert not update_target(target, 0.5, 0.6, 10, 1.0, 0.1)
+    assert update_target(target, 0.7, 0.6, 20, 2.0, 0.2)
+    assert not update_target(target, 0.9, 0.6, 30, 3.0, 0.3)
+    assert target == {"iterations_to_target": 20, "seconds_to_target": 2.0, "energy_kwh_to_target": 0.2}
+    with pytest.raises(ConfigError, match="train.trainable"):
+        TrainConfig(trainable=("image_encoder", "neck"))
+    with pytest.raises(ConfigError, match="train.mode"):
+        TrainConfig(mode="zigzag")
+
+
+def test_cli_flags_override_params(base_cfg, data_cfg, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from supersam.cli.main import app
+
+    params = {"train": {**base_cfg.to_dict(), "out": str(tmp_path / "cli"), "iterations": 50},
+              "data": vars(data_cfg), "mlflow": {"enabled": False}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--params", "params.yaml", "--iterations", "2", "--mode",
+                                      "sequential", "--trainable", "mask_decoder", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert metrics["iterations"] == 2
+    result = CliRunner().invoke(app, ["train", "--params", "params.yaml", "--mode", "zigzag"])
+    assert isinstance(result.exception, ConfigError) and "train.mode" in str(result.exception)
