@@ -35,14 +35,7 @@ META = {"model_type": "tiny", "img_size": 128, "pretrained": False, "reorder": "
 SUPERSAM_BIN = Path(sys.executable).parent / "supersam"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine
-    OpenMP spin-waiting makes them up to 100x slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_supernet() -> SuperSam:

@@ -25,14 +25,7 @@ DESIGN_EXAMPLE = {"kept_layers": [0, 3, 4, 7, 8, 10, 11],
                   "mlp_dims": [3072, 0, 0, 768, 1536, 0, 0, 2304, 768, 0, 3072, 1020]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine
-    OpenMP spin-waiting makes them up to 100x slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_defaults_and_scaled_windows():

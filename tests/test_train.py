@@ -31,13 +31,7 @@ from supersam.train.sandwich import _optimizer_step, batch_loss, draw_subnets, f
 ITERS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: 2-thread OpenMP on 2 shared cores is ~10x slower for the tiny model."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

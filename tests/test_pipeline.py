@@ -1,0 +1,168 @@
+"""`dvc repro` of the whole pipeline on the tiny SAM config in a temporary copy of the project.
+
+Runs all seven stages on real ISBI EM patches, checks every stage's artifacts and
+metrics, that a second `dvc repro` does nothing, and reads the MLflow runs back
+through the REST API of a real `mlflow server` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, SHARED_DATA
+
+VARIANTS = ["none", "magnitude", "wanda"]
+BIN = Path(sys.executable).parent
+
+
+def _tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"].update(type="tiny", img_size=128)
+    params["data"].update(root=str(SHARED_DATA / "isbi2012_em"), max_objects=4)
+    params["space"]["windows"] = [64, 85, 128, 192, 256]
+    params["rank_layers"].update(n_images=2)
+    params["calibrate"].update(n_images=2, batch_size=2)
+    params["train"].update(iterations=4, eval_every=2, val_images=2, save_every=2)
+    params["search"].update(budget=6, n_images=2, max_params="0.6M", min_miou=0.0)
+    params["eval"].update(n_images=2, overlays=1)
+    return params
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the project (code, dvc.yaml, tiny params) after one `dvc repro`."""
+    dest = tmp_path_factory.mktemp("pipeline") / "project"
+    dest.mkdir()
+    for name in ("supersam", "dvc.yaml", ".dvcignore"):
+        src = ROOT / name
+        copy = shutil.copytree if src.is_dir() else shutil.copy2
+        copy(src, dest / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
+    (dest / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
+    _run(["git", "init", "-q"], dest)
+    _run([str(BIN / "dvc"), "init", "-q"], dest)
+    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], dest)
+    started = time.perf_counter()
+    _run([str(BIN / "dvc"), "repro"], dest, timeout=600)
+    (dest / "repro_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+    return dest
+
+
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_every_stage_writes_its_artifacts(project):
+    out = project / "outputs"
+    ranking = _json(out / "rank_layers" / "ranking.json")
+    assert len(ranking["importance"]) == 12 and 0 not in ranking["prunable"]
+    assert (out / "calibration" / "wanda_stats.pt").stat().st_size > 0
+    for variant in VARIANTS:
+        assert (out / "supernet" / variant / "supernet.pt").is_file()
+        space = _json(out / "supernet" / variant / "search_space.json")
+        assert space["prunable"] == ranking["prunable"]
+        train = _json(out / "train" / variant / "metrics.json")
+        assert train["iterations"] == 4 and train["pretrained"] is False
+        for key in ("miou_min", "miou_max", "iterations_to_target", "energy_kwh", "co2_kg", "energy_method", "seconds"):
+            assert key in train, key
+        history = _json(out / "train" / variant / "history.json")
+        assert [h["iteration"] for h in history][-1] == 4
+        search = _json(out / "search" / variant / "metrics.json")
+        assert search["feasible"] is True and search["best_params"] <= 600_000
+        best = _json(out / "search" / variant / "best_subnet.json")
+        assert len(best["mlp_dims"]) == 12 and best["mlp_dims"][0] == 256
+    export = _json(out / "export" / "model" / "config.json")
+    assert export["subnet"]["kept_layers"] == _json(out / "search" / "wanda" / "best_subnet.json")["kept_layers"]
+    subnet_eval = _json(out / "eval" / "subnet" / "metrics.json")
+    full_eval = _json(out / "eval" / "full" / "metrics.json")
+    assert subnet_eval["params"] == search_best_params(out) and full_eval["params"] == 712_931
+    assert subnet_eval["n_images"] == full_eval["n_images"] == 2
+    assert list((out / "eval" / "subnet" / "overlays").glob("*.png"))
+
+
+def search_best_params(out: Path) -> int:
+    return _json(out / "search" / "wanda" / "metrics.json")["best_params"]
+
+
+def test_second_repro_is_a_no_op_and_metrics_show(project):
+    proc = _run([str(BIN / "dvc"), "repro"], project)
+    assert "Data and pipelines are up to date" in proc.stdout + proc.stderr
+    shown = _run([str(BIN / "dvc"), "metrics", "show", "--json"], project).stdout
+    assert "miou_min" in shown and "best_params" in shown
+
+
+def test_changing_one_param_reruns_only_that_stage_and_dependents(project):
+    status = _run([str(BIN / "dvc"), "status", "--json"], project)
+    assert json.loads(status.stdout or "{}") == {}
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["eval"]["overlays"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = json.loads(_run([str(BIN / "dvc"), "status", "--json"], project).stdout)
+    assert set(changed) == {"eval"}
+    params["eval"]["overlays"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_server_serves_one_train_run_per_variant(project):
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                experiment = _post(f"{base}/experiments/search", {"max_results": 10})
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not start within 90 s"
+                time.sleep(1)
+        ids = [e["experiment_id"] for e in experiment["experiments"] if e["name"] == "supersam"]
+        runs = _post(f"{base}/runs/search", {"experiment_ids": ids, "max_results": 100})["runs"]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+    stages = sorted(t["stage"] for t in tags)
+    assert stages.count("train") == 3 and stages.count("search") == 3 and stages.count("build-supernet") == 3
+    assert {"rank-layers", "calibrate-wanda", "eval"} <= set(stages)
+    assert len({t.get("pipeline_run") for t in tags}) == 1
+    train = [run for run, t in zip(runs, tags) if t["stage"] == "train"]
+    assert sorted(t["variant"] for t in tags if t["stage"] == "train") == sorted(VARIANTS)
+    for run in train:
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"miou_min", "miou_max", "iterations", "energy_kwh", "co2_kg", "seconds"} <= metrics
+        run_tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert run_tags["energy_method"] in ("nvml", "rapl", "estimate") and run_tags["pretrained"] == "false"
