@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.data import DataConfig, prepare_split
+from supersam.errors import ConfigError
 from supersam.device import resolve_device
 from supersam.evaluator import run_eval
 from supersam.io import write_json
@@ -62,6 +63,23 @@ class EvalConfig:
     seed: int = 0
     name: str = ""
 
+    def validate(self) -> None:
+        """Check ranges and option combinations.
+
+        Raises:
+            ConfigError: naming the offending ``eval.<key>`` and the fix.
+        """
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.overlays < 0 or self.n_images < 0:
+            raise ConfigError("eval.overlays and eval.n_images must be >= 0")
+        if self.split not in ("train", "val", "all"):
+            raise ConfigError(f"eval.split must be train, val or all, got {self.split!r}")
+        if self.model and self.supernet:
+            raise ConfigError("give either --model (an exported subnet) or --supernet, not both")
+        if self.subnet and not self.supernet:
+            raise ConfigError("--subnet needs --supernet (the supernet to cut it from)")
+
 
 @dataclass
 class LoadedForEval:
@@ -82,7 +100,7 @@ def load_for_eval(cfg: EvalConfig, model_cfg: ModelConfig) -> LoadedForEval:
 
         model = load_model(cfg.model)
         meta = read_export_config(cfg.model)
-        info = {"source": f"export:{cfg.model}", "model_type": meta["model_type"],
+        info = {"source": f"export:{cfg.model}", "model_type": meta["model_type"], "variant": meta.get("reorder", ""),
                 "pretrained": bool(meta.get("pretrained", False)), "subnet": meta.get("subnet")}
         return LoadedForEval(model, info)
     if cfg.supernet:
@@ -95,7 +113,7 @@ def load_for_eval(cfg: EvalConfig, model_cfg: ModelConfig) -> LoadedForEval:
         from supersam.space import subnet_params
 
         info = {"source": f"supernet:{cfg.supernet}", "model_type": meta["model_type"],
-                "pretrained": bool(meta.get("pretrained", False)), "subnet": subnet.to_dict(),
+                "variant": meta.get("reorder", ""), "pretrained": bool(meta.get("pretrained", False)), "subnet": subnet.to_dict(),
                 "params": subnet_params(meta["model_type"], meta["img_size"], subnet)}
         return LoadedForEval(supernet.sam, info)
     loaded = build_sam_from_config(model_cfg)
@@ -124,6 +142,7 @@ def evaluate(
     Raises:
         ConfigError, CheckpointError, DataError: bad options, model or data.
     """
+    cfg.validate()
     device = resolve_device(cfg.device)
     loaded = load_for_eval(cfg, model_cfg)
     model = loaded.model.to(device)
@@ -132,6 +151,7 @@ def evaluate(
         data_cfg = dataclasses.replace(data_cfg, prompt=cfg.prompt)
     inputs = prepare_split(data_cfg, cfg.split, img_size, n_images=cfg.n_images, seed=cfg.seed, repeat=False)
     out = Path(cfg.out)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)  # a declared DVC output, even when empty
     saved: list[Path] = []
 
     def keep_overlay(inp, logits):
@@ -151,6 +171,7 @@ def evaluate(
         "seconds": result["seconds"], "images_per_second": result["images_per_second"],
         "encoder_seconds": result["encoder_seconds"], "prompt": data_cfg.prompt,
         "split": cfg.split, "model_type": loaded.info["model_type"], "source": loaded.info["source"],
+        "variant": loaded.info.get("variant", ""),
     }
     if loaded.info.get("subnet"):
         metrics["subnet"] = loaded.info["subnet"]
@@ -173,8 +194,8 @@ def _encoder_params(loaded: LoadedForEval) -> int:
 def _log_mlflow(cfg: EvalConfig, tracking: TrackingConfig, metrics: dict, overlays: list[Path]) -> None:
     params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source")}
     params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp})
-    tags = {"pretrained": metrics["pretrained"]}
-    with start_run(tracking, "eval", cfg.name, params=params, tags=tags) as run:
+    tags = {"pretrained": metrics["pretrained"], "name": cfg.name or metrics["source"]}
+    with start_run(tracking, "eval", metrics["variant"], params=params, tags=tags) as run:
         run.log_metrics({k: v for k, v in metrics.items() if k not in params})
         for path in overlays:
             run.log_artifact(str(path))

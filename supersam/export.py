@@ -18,6 +18,7 @@ width, each block with its original attention type), so
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import logging
 import os
@@ -31,6 +32,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from supersam.checkpoint import assign_state, load_supernet, set_pixel_stats
+from supersam.config import TrackingConfig
 from supersam.elastic import EncoderSpec, build_encoder
 from supersam.errors import CheckpointError, ConfigError, SupersamError
 from supersam.io import read_json, torch_save, write_json
@@ -71,8 +73,11 @@ class ExportConfig:
         )
 
 
-def export(cfg: ExportConfig) -> Path:
+def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
     """Export ``cfg.subnet`` of supernet ``cfg.supernet`` to ``cfg.out`` (``supersam export``).
+
+    With ``tracking``, logs an MLflow run (``stage=export``) with the subnet's
+    params and MACs.
 
     Raises:
         ConfigError: empty option, invalid subnet JSON, subnet outside the space,
@@ -83,7 +88,24 @@ def export(cfg: ExportConfig) -> Path:
     for key in ("supernet", "subnet", "out"):
         if not str(getattr(cfg, key)).strip():
             raise ConfigError(f"export.{key} is empty; pass --{key} or set it in params.yaml")
-    return export_subnet(cfg.supernet, SubnetConfig.load(cfg.subnet), cfg.out)
+    out = export_subnet(cfg.supernet, SubnetConfig.load(cfg.subnet), cfg.out)
+    if tracking is not None:
+        _log_export(out, cfg, tracking)
+    return out
+
+
+def _log_export(out: Path, cfg: ExportConfig, tracking: TrackingConfig) -> None:
+    """MLflow run ``stage=export``: the subnet, its params and MACs."""
+    from supersam.tracking import start_run
+
+    config = read_export_config(out)
+    params = {"supernet": cfg.supernet, "out": str(out), "subnet": json.dumps(config["subnet"]),
+              "model_type": config["model_type"], "img_size": config["img_size"]}
+    with start_run(tracking, "export", config.get("reorder", ""), params=params,
+                   tags={"pretrained": config["pretrained"]}) as run:
+        run.log_metrics({"params": config["params"], "macs": config["macs"],
+                         "kept_blocks": len(config["subnet"]["kept_layers"])})
+        run.log_artifact(str(out / "config.json"))
 
 
 def _check_out(out: Path) -> None:

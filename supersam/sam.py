@@ -152,7 +152,7 @@ def build_sam_model(model_type: str, img_size: int | None = None) -> nn.Module:
     )
 
     arch = get_arch(model_type)
-    size = check_img_size(img_size or arch.default_img_size)
+    size = check_img_size(arch.default_img_size if img_size is None else img_size)
     grid = size // PATCH_SIZE
     encoder = ImageEncoderViT(
         depth=arch.depth, embed_dim=arch.embed_dim, img_size=size,

@@ -61,3 +61,21 @@ def test_eval_is_deterministic_for_the_same_seed(tmp_path, shared_data):
         assert CliRunner().invoke(app, base + ["--out", str(tmp_path / name)]).exit_code == 0
         runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
     assert runs[0]["miou"] == runs[1]["miou"] and runs[0]["n_objects"] == runs[1]["n_objects"] > 0
+
+
+def test_eval_rejects_conflicting_or_bad_options(tmp_path):
+    import pytest
+
+    from supersam.errors import ConfigError
+    from supersam.eval import EvalConfig
+
+    for bad, message in (
+        (EvalConfig(subnet='{"kept_layers": [0]}'), "--subnet needs --supernet"),
+        (EvalConfig(model="m", supernet="s"), "not both"),
+        (EvalConfig(batch_size=0), "batch_size must be >= 1"),
+        (EvalConfig(split="test"), "eval.split"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            bad.validate()
+    result = CliRunner().invoke(app, ["eval", "--params", _empty_params(tmp_path), "--batch-size", "0"])
+    assert result.exit_code != 0 and isinstance(result.exception, ConfigError)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -197,11 +198,17 @@ def test_cli_reads_params_yaml_and_flags_override(supernet_file, tmp_path):
     path, _ = supernet_file
     params = tmp_path / "params.yaml"
     subnet_file = MIXED.save(tmp_path / "best_subnet.json")
-    params.write_text(f"export:\n  supernet: {path}\n  subnet: {subnet_file}\n  out: {tmp_path / 'from_params'}\n")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params.write_text(f"export:\n  supernet: {path}\n  subnet: {subnet_file}\n  out: {tmp_path / 'from_params'}\n"
+                      f"mlflow:\n  tracking_uri: {uri}\n")
     runner = CliRunner()
     result = runner.invoke(app, ["export", "--params", str(params)])
     assert result.exit_code == 0, result.output
-    assert read_export_config(tmp_path / "from_params")["subnet"] == MIXED.to_dict()
+    config = read_export_config(tmp_path / "from_params")
+    assert config["subnet"] == MIXED.to_dict()
+    run = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("supersam").experiment_id])[0]
+    assert run.data.tags["stage"] == "export" and run.data.tags["variant"] == "none"
+    assert run.data.metrics["params"] == config["params"] and run.data.tags["pretrained"] == "false"
     bad = json.dumps({"kept_layers": list(range(1, 12)), "mlp_dims": [0] + [256] * 11})
     result = runner.invoke(app, ["export", "--params", str(params), "--subnet", bad, "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, ConfigError) and "drops block 0" in str(result.exception)

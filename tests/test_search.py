@@ -167,7 +167,7 @@ def test_cli_defaults_after_pipeline_writes_artifacts_and_mlflow(supernet_path, 
     write_params(project, shared_data, mlflow_on=True)
     code, err = run_cli(["search", "--max-params", "60e6", "--min-miou", "0.0"], monkeypatch, capsys)
     assert code == 0, err
-    out = project / "outputs" / "search" / "wanda"
+    out = project / "runs" / "search" / "wanda"  # by hand: never into DVC outputs
     metrics = json.loads((out / "metrics.json").read_text())
     candidates = json.loads((out / "candidates.json").read_text())
     pareto = json.loads((out / "pareto.json").read_text())

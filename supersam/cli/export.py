@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from supersam.cli.app import app, params_option
-from supersam.config import read_params, stage_config
+from supersam.config import TrackingConfig, read_params, stage_config
 
 
 @app.command("export")
@@ -23,4 +23,5 @@ def export_cli(
     from supersam.export import ExportConfig, export
 
     overrides = {"variant": variant, "supernet": supernet and str(supernet), "subnet": subnet, "out": out and str(out)}
-    export(stage_config(ExportConfig, read_params(params), "export", overrides))
+    values = read_params(params)
+    export(stage_config(ExportConfig, values, "export", overrides), stage_config(TrackingConfig, values, "mlflow"))

@@ -48,13 +48,11 @@ def train_cli(
 ) -> None:
     """Sandwich-rule supernet training with periodic min/max/random evaluation, energy and MLflow."""
     from supersam.config import TrackingConfig, read_params, stage_config
+    from supersam.errors import ConfigError
     from supersam.data import DataConfig
     from supersam.train import TrainConfig, train
     from supersam.train.distributed import launch_torchrun, strip_option
 
-    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        args = sys.argv[sys.argv.index("train") + 1:]
-        raise typer.Exit(launch_torchrun(nproc, strip_option(args, "--nproc")))
     values = read_params(params)
     parts = None if trainable is None else [p.strip() for p in trainable.split(",") if p.strip()]
     cfg = stage_config(TrainConfig, values, "train", dict(
@@ -65,4 +63,10 @@ def train_cli(
         seed=seed, device=device, emission_factor=emission_factor, country_iso_code=country_iso_code))
     data_cfg = stage_config(DataConfig, values, "data", dict(root=data_root, kind=data_kind, prompt=prompt))
     tracking = stage_config(TrackingConfig, values, "mlflow", dict(tracking_uri=tracking_uri))
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if cfg.batch_size < nproc:  # checked here so the launcher fails once, before any rank starts
+            raise ConfigError(f"train.batch_size {cfg.batch_size} is smaller than the {nproc} processes; "
+                              f"pass --batch-size {nproc} (or more) or use fewer processes")
+        args = sys.argv[sys.argv.index("train") + 1:]
+        raise typer.Exit(launch_torchrun(nproc, strip_option(args, "--nproc")))
     train(cfg, data_cfg, tracking, resume=resume, stop_after=stop_after, show_progress=progress)

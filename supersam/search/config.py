@@ -98,10 +98,13 @@ class SearchConfig:
         """The supernet checkpoint to load."""
         return Path(self.supernet or f"outputs/train/{self.variant}/supernet.pt")
 
-    @property
-    def out_dir(self) -> Path:
-        """Where the search artifacts go."""
-        return Path(self.out or f"outputs/search/{self.variant}")
+    def out_dir(self, variant: str | None = None) -> Path:
+        """Where the search artifacts go: ``out``, else ``runs/search/<variant>``.
+
+        The pipeline passes ``--out outputs/search/<variant>``; a search run by
+        hand writes under ``runs/`` so it never overwrites DVC-tracked outputs.
+        """
+        return Path(self.out or f"runs/search/{variant or self.variant}")
 
     @property
     def max_params_count(self) -> int:

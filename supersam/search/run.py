@@ -109,6 +109,7 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
     device = resolve_device(cfg.device)
     supernet, meta = load_supernet(cfg.supernet_path, device)
     model_type, img_size, pretrained = meta["model_type"], int(meta["img_size"]), bool(meta["pretrained"])
+    variant = str(meta.get("reorder") or cfg.variant)  # the supernet's own reordering criterion
     encoding = SubnetEncoding.from_space(_space(cfg, supernet))
     constraints = Constraints(cfg.max_params_count, cfg.min_miou, cfg.objective, cfg.metric)
     smallest = check_reachable(encoding, lambda s: subnet_params(model_type, img_size, s), constraints.max_params)
@@ -116,7 +117,7 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
         log.warning("the supernet comes from a randomly initialised SAM (pretrained=false): mIoUs are not meaningful")
     inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images)
     evaluator = SubnetEvaluator(supernet, inputs, device, cfg.amp, cfg.batch_size, model_type=model_type)
-    out = cfg.out_dir
+    out = cfg.out_dir(variant)
     log.info("searching %s subnets (%s, %d px) with %s: params <= %s, %s >= %.3f, %s, budget %s%s, %d images",
              f"{encoding.size():,}", model_type, img_size, cfg.technique, f"{constraints.max_params:,}", cfg.metric,
              cfg.min_miou, cfg.objective, cfg.budget or "unlimited",
@@ -129,13 +130,13 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
         "time_limit": cfg.time_limit, "space_size": encoding.size(), "smallest_params": smallest,
         "largest_params": subnet_params(model_type, img_size, encoding.largest()),
         "model_type": model_type, "img_size": img_size, "n_images": len(inputs),
-        "variant": cfg.variant, "supernet": str(cfg.supernet_path),
+        "variant": variant, "supernet": str(cfg.supernet_path),
     }
     metrics = summarise(state, extra)
-    paths = write_artifacts(out, state, metrics, f"{model_type} {cfg.variant}: {cfg.technique} search")
+    paths = write_artifacts(out, state, metrics, f"{model_type} {variant}: {cfg.technique} search")
     params = {**{f"search.{k}": v for k, v in asdict(cfg).items()}, "max_params": constraints.max_params,
               "min_miou": cfg.min_miou, "space_size": encoding.size(), "n_images_used": len(inputs)}
-    with start_run(tracking, "search", cfg.variant, params=params, tags={"pretrained": pretrained}) as run:
+    with start_run(tracking, "search", variant, params=params, tags={"pretrained": pretrained}) as run:
         run.log_metrics({"params": metrics["best_params"], "miou": metrics["best_miou"],
                          "miou_oracle": metrics["best_miou_oracle"], "feasible": metrics["feasible"],
                          "n_evaluations": state.n_evaluations, "seconds": metrics["seconds"],

@@ -238,7 +238,9 @@ class Trainer:
                                        "mode": self.cfg.mode, "source": str(self.cfg.supernet)}}
         save_supernet(self.out / "supernet.pt", self.supernet, meta)
         write_outputs(self.out, metrics, self.result.history)
-        run.log_metrics(metrics, step=self.iteration)
+        # DESIGN.md's common names: `miou`/`params` of the smallest subnet (paper Table I's subject)
+        run.log_metrics({**metrics, "miou": metrics["miou_min"], "params": metrics.get("params_min")},
+                        step=self.iteration)
         run.set_tags({"energy_method": metrics["energy_method"], "energy_detail": metrics["energy_detail"],
                       "target_reached": str(metrics["iterations_to_target"] is not None).lower()})
         self.result.metrics = metrics
