@@ -24,7 +24,7 @@ from torch import nn
 from supersam.elastic import SuperSam
 from supersam.errors import CheckpointError, ConfigError, SupersamError
 from supersam.io import torch_save
-from supersam.sam import build_sam_model
+from supersam.sam import PIXEL_MEAN, PIXEL_STD, build_sam_model
 from supersam.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> tuple
     except SupersamError as exc:
         raise CheckpointError(f"supernet checkpoint {path} has invalid meta: {exc}") from None
     assign_state(sam, obj["state_dict"], f"supernet checkpoint {path}")
-    set_pixel_stats(sam, obj.get("pixel_mean", [123.675, 116.28, 103.53]), obj.get("pixel_std", [58.395, 57.12, 57.375]))
+    set_pixel_stats(sam, obj.get("pixel_mean", list(PIXEL_MEAN)), obj.get("pixel_std", list(PIXEL_STD)))
     try:
         supernet = SuperSam(sam, space)
     except ConfigError as exc:

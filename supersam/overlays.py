@@ -15,15 +15,15 @@ from scipy import ndimage  # noqa: E402
 
 from supersam.data.types import ModelInput  # noqa: E402
 from supersam.io import save_figure  # noqa: E402
+from supersam.sam import PIXEL_MEAN, PIXEL_STD  # noqa: E402
 
-PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
-PIXEL_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 
 
 def original_image(inp: ModelInput) -> np.ndarray:
     """Undo SAM preprocessing: H x W x 3 uint8 at the original size."""
     h, w = inp.input_size
-    img = inp.image[:, :h, :w].float().cpu() * PIXEL_STD + PIXEL_MEAN  # 3 x h x w
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (PIXEL_MEAN, PIXEL_STD))
+    img = inp.image[:, :h, :w].float().cpu() * std + mean  # 3 x h x w
     img = F.interpolate(img[None], size=inp.original_size, mode="bilinear", align_corners=False)[0]
     return img.clamp(0, 255).byte().permute(1, 2, 0).numpy()
 

@@ -27,6 +27,9 @@ from supersam.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 PATCH_SIZE = 16
+# SAM's input normalisation (segment_anything/build_sam.py), RGB in 0..255
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ def build_sam_model(model_type: str, img_size: int | None = None) -> nn.Module:
     )
     sam = Sam(
         image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=decoder,
-        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=list(PIXEL_MEAN), pixel_std=list(PIXEL_STD),
     )
     return sam.eval()
 

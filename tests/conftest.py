@@ -9,8 +9,10 @@ from pathlib import Path
 # share the cores; passive waiting costs nothing measurable on an idle machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -43,3 +45,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def coco_images(shared_data: Path, split: str, img_size: int, n: int) -> list[torch.Tensor]:
+    """The first ``n`` tiny-COCO ``split`` images through SAM preprocessing: 3 x S x S each."""
+    from supersam.data.prepare import preprocess_image
+
+    files = sorted((shared_data / "tiny_coco" / f"{split}2017").glob("*.jpg"))[:n]
+    return [preprocess_image(np.asarray(Image.open(f).convert("RGB")), img_size)[0] for f in files]

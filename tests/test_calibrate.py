@@ -6,12 +6,9 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
-from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 from typer.testing import CliRunner
 
@@ -23,16 +20,7 @@ from supersam.config import ModelConfig
 from supersam.errors import CheckpointError, ConfigError
 from supersam.sam import build_sam_model
 
-
-def real_images(shared_data: Path, sam: nn.Module, n: int) -> list[torch.Tensor]:
-    """``n`` tiny-COCO train images preprocessed like SamPredictor: 3 x S x S normalised + padded."""
-    size = sam.image_encoder.img_size
-    files = sorted((shared_data / "tiny_coco" / "train2017").glob("*.jpg"))[:n]
-    out = []
-    for f in files:
-        img = ResizeLongestSide(size).apply_image(np.asarray(Image.open(f).convert("RGB")))
-        out.append(sam.preprocess(torch.as_tensor(img).permute(2, 0, 1).float()[None])[0])
-    return out
+from conftest import coco_images
 
 
 def captured_sq_norms(sam: nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -53,7 +41,7 @@ def captured_sq_norms(sam: nn.Module, images: list[torch.Tensor]) -> list[dict[s
 
 def test_streamed_norms_equal_captured_activation_norms(shared_data):
     sam = build_sam_model("tiny")
-    images = real_images(shared_data, sam, 3)
+    images = coco_images(shared_data, "train", sam.image_encoder.img_size, 3)
     blocks, n_tokens = collect_mlp_sq_norms(sam, images, batch_size=2)  # batches of 2 + 1
     assert n_tokens == 3 * 8 * 8
     reference = captured_sq_norms(sam, images)
@@ -78,7 +66,7 @@ def test_hooks_are_removed_even_on_error(shared_data):
             sam.image_encoder(torch.zeros(1, 3, 64, 64))  # wrong size -> pos_embed mismatch
     assert all(len(b.mlp.lin1._forward_hooks) == 0 and len(b.mlp.lin2._forward_hooks) == 0
                for b in sam.image_encoder.blocks)
-    collect_mlp_sq_norms(sam, real_images(shared_data, sam, 1))
+    collect_mlp_sq_norms(sam, coco_images(shared_data, "train", sam.image_encoder.img_size, 1))
     assert len(lin1._forward_hooks) == 0
     with pytest.raises(ConfigError, match="no calibration images"):
         collect_mlp_sq_norms(sam, [])
@@ -97,7 +85,7 @@ def test_build_model_random_init_is_reproducible():
 
 def test_stats_artifact_round_trip_and_refusals(shared_data, tmp_path):
     loaded = build_model(ModelConfig("tiny", 128, ""))
-    images = real_images(shared_data, loaded.model, 2)
+    images = coco_images(shared_data, "train", loaded.model.image_encoder.img_size, 2)
     blocks, n_tokens = collect_mlp_sq_norms(loaded.model, images)
     stats = ActivationStats("wanda", "tiny", 128, False, "", weights_digest(loaded.model), 2, n_tokens, blocks)
     path = stats.save(tmp_path / "stats" / "wanda_stats.pt")

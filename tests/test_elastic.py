@@ -22,6 +22,7 @@ from supersam.data.types import ModelInput
 from supersam.device import autocast
 from supersam.elastic import ElasticMLP, SuperSam
 from supersam.errors import ConfigError
+from supersam.data.prepare import preprocess_image
 from supersam.metrics import dice_loss
 from supersam.predict import decode_masks, embed_prompts, encode_images, segment
 from supersam.sam import build_sam_model, count_params
@@ -37,12 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _to_input(image: np.ndarray, size: int, masks: np.ndarray, points=None, boxes=None, name="") -> ModelInput:
     """SAM preprocessing (longest-side resize, normalise, pad) of an H x W x 3 uint8 image."""
     resize = ResizeLongestSide(size)
-    resized = torch.as_tensor(resize.apply_image(image)).permute(2, 0, 1).float()  # 3 x h x w
-    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
-    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
-    h, w = resized.shape[1:]
-    padded = torch.zeros(3, size, size)
-    padded[:, :h, :w] = (resized - mean) / std
+    padded, (h, w) = preprocess_image(image, size)  # 3 x S x S
     shape = image.shape[:2]
     coords = None if points is None else torch.as_tensor(resize.apply_coords(points, shape)).float()[:, None, :]
     labels = None if points is None else torch.ones(len(points), 1)

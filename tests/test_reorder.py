@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from segment_anything.modeling.common import MLPBlock
-from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
 from supersam.calibrate import ActivationStats, SquaredNormAccumulator, collect_mlp_sq_norms
@@ -20,17 +16,7 @@ from supersam.reorder import (
 )
 from supersam.sam import build_sam_model
 
-
-def real_images(shared_data: Path, sam: nn.Module, n: int) -> list[torch.Tensor]:
-    """``n`` tiny-COCO val images preprocessed like SamPredictor: 3 x S x S normalised + padded."""
-    size = sam.image_encoder.img_size
-    files = sorted((shared_data / "tiny_coco" / "val2017").glob("*.jpg"))[:n]
-    out = []
-    for f in files:
-        img = ResizeLongestSide(size).apply_image(np.asarray(Image.open(f).convert("RGB")))
-        x = torch.as_tensor(img).permute(2, 0, 1).float()[None]  # 1 x 3 x h x w
-        out.append(sam.preprocess(x)[0])
-    return out
+from conftest import coco_images
 
 
 def stats_for(sam: nn.Module, images: list[torch.Tensor], model_type: str = "tiny") -> ActivationStats:
@@ -103,7 +89,7 @@ def test_permute_keeps_parameter_identity():
 @pytest.mark.parametrize("criterion,combine", [("none", "rank"), ("magnitude", "rank"), ("wanda", "rank"), ("wanda", "score")])
 def test_tiny_reordering_preserves_function(shared_data, criterion, combine):
     sam = build_sam_model("tiny")
-    images = real_images(shared_data, sam, 3)
+    images = coco_images(shared_data, "val", sam.image_encoder.img_size, 3)
     stats = stats_for(sam, images)
     batch = torch.stack(images)
     with torch.inference_mode():
@@ -129,7 +115,7 @@ def test_tiny_reordering_preserves_function(shared_data, criterion, combine):
 def test_vit_b_256_wanda_reordering_preserves_function(shared_data):
     torch.manual_seed(0)
     sam = build_sam_model("vit_b", 256)
-    images = real_images(shared_data, sam, 2)
+    images = coco_images(shared_data, "val", sam.image_encoder.img_size, 2)
     stats = stats_for(sam, images, "vit_b")
     with torch.inference_mode():
         before = sam.image_encoder(images[0][None])
@@ -147,7 +133,7 @@ def test_bad_inputs_are_one_line_config_errors(shared_data):
         reorder_sam(sam, "random")
     with pytest.raises(ConfigError, match="needs calibration stats"):
         reorder_sam(sam, "wanda", None)
-    stats = stats_for(sam, real_images(shared_data, sam, 1))
+    stats = stats_for(sam, coco_images(shared_data, "val", sam.image_encoder.img_size, 1))
     short = ActivationStats(**{**stats.__dict__, "blocks": stats.blocks[:5]})
     with pytest.raises(ConfigError, match="stats have 5 blocks, the model 12"):
         reorder_sam(sam, "wanda", short)

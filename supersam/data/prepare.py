@@ -21,9 +21,7 @@ from supersam.data.config import PROMPTS, DataConfig
 from supersam.data.dataset import load_split
 from supersam.data.types import ModelInput, Sample
 from supersam.errors import ConfigError
-
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
+from supersam.sam import PIXEL_MEAN, PIXEL_STD
 
 
 def preprocess_image(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:

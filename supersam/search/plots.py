@@ -21,6 +21,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write atomically and close ``fig``."""
+    fig.tight_layout()
+    try:
+        return save_figure(fig, path, dpi=120)
+    finally:
+        _pyplot().close(fig)
+
+
 def plot_pareto(path: str | Path, candidates: Sequence, front: Sequence, best=None,
                 max_params: int | None = None, min_miou: float | None = None,
                 metric: str = "miou", title: str = "") -> Path:
@@ -48,11 +57,7 @@ def plot_pareto(path: str | Path, candidates: Sequence, front: Sequence, best=No
     ax.set_title(title or "subnet search")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        return save_figure(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_importance(path: str | Path, importance: Sequence[float], prunable: Sequence[int],
@@ -69,11 +74,7 @@ def plot_importance(path: str | Path, importance: Sequence[float], prunable: Seq
     ax.set_ylabel(f"{metric} drop when removed")
     ax.set_title(title or "layer importance")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    try:
-        return save_figure(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def plot_curve(path: str | Path, curve: Sequence[dict], n_prunable: int, metric: str = "miou",
@@ -96,8 +97,4 @@ def plot_curve(path: str | Path, curve: Sequence[dict], n_prunable: int, metric:
     ax.set_title(title or "greedy layer removal")
     ax.invert_xaxis()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        return save_figure(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
