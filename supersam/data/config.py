@@ -15,7 +15,10 @@ from supersam.errors import ConfigError
 KINDS = ("coco", "sa1b", "image_label")
 LABEL_MODES = ("instance", "binary")
 PROMPTS = ("point", "box")
-SPLITS = ("train", "val", "all")
+TRAIN_PROMPTS = PROMPTS + ("mixed",)
+POINT_PLACEMENTS = ("random", "center")
+SPLITS = ("train", "val", "test", "all")
+SPLIT_MODES = ("ordered", "random")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class DataConfig:
         val_images: optional separate validation source ("" = split ``images``
             by ``val_fraction``).
         val_labels: labels of ``val_images`` (required with it, except sa1b).
+        test_images: optional separate held-out test source ("" = split ``images``
+            by ``test_fraction``).
+        test_labels: labels of ``test_images`` (required with it, except sa1b).
         label_mode: image_label only: ``instance`` (0 = background, k > 0 = one
             object, ids may have gaps) or ``binary`` (connected components of
             the foreground are the objects).
@@ -42,10 +48,25 @@ class DataConfig:
         min_area: objects smaller than this many px are dropped.
         max_objects: objects per image (paper: 64 SA-1B, 8 COCO); a random
             subset when more, random repetition when fewer; 0 = all, no repeat.
-        prompt: ``point`` (one random pixel inside the object) or ``box``
-            (tight box padded by a random 0..box_pad px per side).
-        box_pad: maximum box padding in px (paper: 20).
-        val_fraction: share of source images held out for ``val``.
+        prompt: evaluation prompt (ranking, calibration, validation probe,
+            search, eval): ``point`` (one pixel inside the object, see ``point``)
+            or ``box`` (tight box padded by a random 0..box_pad px per side).
+        point: where an evaluation point goes: ``center`` (the interior pixel
+            farthest from the boundary) or ``random`` (uniform inside the object).
+        box_pad: maximum box padding in px (paper: 20; 0 = tight boxes).
+        train_prompt: prompts of the training stages (pretrain, train): ``box``,
+            ``point`` (uniform random interior pixel) or ``mixed`` (box or point
+            per image); "" = same as ``prompt``.
+        box_jitter: training boxes: every side moved by a random
+            -box_jitter..box_jitter px (after the padding).
+        val_fraction: share of source images held out for ``val`` (selection:
+            ranking, search, training targets).
+        test_fraction: share of source images held out for ``test`` (read only by
+            ``eval``; the figures to publish).
+        split_mode: ``ordered``: source images in natural name order, the last
+            ``test_fraction`` of them are ``test``, the ``val_fraction`` before them
+            ``val``, the rest ``train`` (contiguous blocks: serial sections are
+            correlated); ``random``: a seeded permutation decides.
         max_images: per-split cap on images (tiles), 0 = all.
         seed: seed of the split, the caps and the prompts.
     """
@@ -56,15 +77,27 @@ class DataConfig:
     labels: str = "label"
     val_images: str = ""
     val_labels: str = ""
+    test_images: str = ""
+    test_labels: str = ""
     label_mode: str = "binary"
     patch: int = 0
     min_area: int = 100
     max_objects: int = 8
     prompt: str = "box"
+    point: str = "random"
     box_pad: int = 20
+    train_prompt: str = ""
+    box_jitter: int = 0
     val_fraction: float = 0.5
+    test_fraction: float = 0.0
+    split_mode: str = "random"
     max_images: int = 0
     seed: int = 0
+
+    @property
+    def training_prompt(self) -> str:
+        """Prompt kind of the training stages (``train_prompt``, else ``prompt``)."""
+        return self.train_prompt or self.prompt
 
     def path(self, relative: str) -> Path:
         """``relative`` resolved against ``root`` (absolute paths kept)."""
@@ -76,14 +109,22 @@ class DataConfig:
         Raises:
             ConfigError: naming the offending ``data.<key>`` and its allowed values.
         """
-        for key, allowed in (("kind", KINDS), ("label_mode", LABEL_MODES), ("prompt", PROMPTS)):
+        for key, allowed in (("kind", KINDS), ("label_mode", LABEL_MODES), ("prompt", PROMPTS),
+                             ("split_mode", SPLIT_MODES), ("point", POINT_PLACEMENTS)):
             value = getattr(self, key)
             if value not in allowed:
                 raise ConfigError(f"data.{key} is {value!r}; use one of {', '.join(allowed)}")
-        for key in ("patch", "min_area", "max_objects", "box_pad", "max_images"):
+        if self.train_prompt and self.train_prompt not in TRAIN_PROMPTS:
+            raise ConfigError(f"data.train_prompt is {self.train_prompt!r}; use one of {', '.join(TRAIN_PROMPTS)} or \"\"")
+        for key in ("patch", "min_area", "max_objects", "box_pad", "max_images", "box_jitter"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} is {getattr(self, key)}; use a value >= 0")
-        if not 0.0 <= self.val_fraction <= 1.0:
-            raise ConfigError(f"data.val_fraction is {self.val_fraction}; use a value in [0, 1]")
-        if self.val_images and not self.val_labels and self.kind != "sa1b":
-            raise ConfigError("data.val_images is set but data.val_labels is empty; set both or neither")
+        for key in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"data.{key} is {getattr(self, key)}; use a value in [0, 1]")
+        if self.val_fraction + self.test_fraction > 1.0:
+            raise ConfigError(f"data.val_fraction + data.test_fraction is {self.val_fraction + self.test_fraction:g}; "
+                              "use fractions that sum to at most 1")
+        for key in ("val", "test"):
+            if getattr(self, f"{key}_images") and not getattr(self, f"{key}_labels") and self.kind != "sa1b":
+                raise ConfigError(f"data.{key}_images is set but data.{key}_labels is empty; set both or neither")

@@ -1,4 +1,4 @@
-"""Data set splits: pick the reader, split train/val deterministically, cap, load lazily.
+"""Data set splits: pick the reader, split train/val/test deterministically, cap, load lazily.
 
 :func:`load_split` indexes the source once (labels read, no pixels kept),
 splits whole source images (so tiles of one image never straddle train and
@@ -85,13 +85,32 @@ def make_reader(cfg: DataConfig, images: str, labels: str) -> Reader:
     return ImageLabelReader(cfg.path(images), cfg.path(labels), cfg.label_mode, cfg.min_area, cfg.patch)
 
 
-def split_items(items: list[Item], split: str, val_fraction: float, seed: int) -> list[Item]:
-    """Items of ``split`` (train | val | all), deterministic under ``seed``.
+def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(n_val, n_test) units: round(n * fraction) each, at least one per non-empty side when n >= 3."""
+    def share(fraction: float) -> int:
+        return int(np.floor(n * fraction + 0.5))
+
+    n_val, n_test = share(val_fraction), share(test_fraction)
+    if 0.0 < test_fraction and n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    if 0.0 < val_fraction < 1.0 and n - n_test >= 2:
+        n_val = min(max(n_val, 1), n - n_test - 1)
+    return min(n_val, n - n_test), n_test
+
+
+def split_items(
+    items: list[Item], split: str, val_fraction: float, seed: int,
+    test_fraction: float = 0.0, mode: str = "random",
+) -> list[Item]:
+    """Items of ``split`` (train | val | test | all), deterministic under ``seed``.
 
     The unit is the source image (``Item.group``); with a single source image
     (e.g. one DSB2018 image cut into tiles) it is the tile. round(n *
-    val_fraction) units go to val, at least one per side when 0 < val_fraction < 1
-    and n >= 2.
+    test_fraction) units go to test and round(n * val_fraction) to val, at
+    least one each when the fraction is > 0 and units remain for training.
+    ``mode="ordered"`` assigns contiguous blocks in index (natural name) order:
+    train first, then val, then test (ISBI EM: sections 20-29 test); ``random``
+    draws a seeded permutation.
     """
     if split == "all":
         return list(items)
@@ -99,12 +118,20 @@ def split_items(items: list[Item], split: str, val_fraction: float, seed: int) -
     by_group = len(groups) > 1
     units = groups if by_group else [item.name for item in items]
     n = len(units)
-    n_val = int(np.floor(n * val_fraction + 0.5))
-    if 0.0 < val_fraction < 1.0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    val = {units[i] for i in order[:n_val]}
-    return [item for item in items if ((item.group if by_group else item.name) in val) == (split == "val")]
+    n_val, n_test = _split_sizes(n, val_fraction, test_fraction)
+    order = np.arange(n)[::-1] if mode == "ordered" else np.random.default_rng(seed).permutation(n)
+    # random mode keeps the historic val draw (first n_val of the permutation) when test_fraction is 0
+    test = {units[i] for i in (order[:n_test] if mode == "ordered" else order[len(order) - n_test:])}
+    rest = [i for i in order if units[i] not in test]
+    val = {units[i] for i in rest[:n_val]}
+    which = {"test": test, "val": val}
+
+    def unit(item: Item) -> str:
+        return item.group if by_group else item.name
+
+    if split in which:
+        return [item for item in items if unit(item) in which[split]]
+    return [item for item in items if unit(item) not in test and unit(item) not in val]
 
 
 def cap_indices(n: int, cap: int, seed: int) -> list[int]:
@@ -115,18 +142,25 @@ def cap_indices(n: int, cap: int, seed: int) -> list[int]:
 
 
 def _sources(cfg: DataConfig, split: str) -> list[tuple[str, str, str]]:
-    """(images, labels, split within that source) per source feeding ``split``."""
-    if not cfg.val_images:
-        return [(cfg.images, cfg.labels, split)]
-    train, val = (cfg.images, cfg.labels, "all"), (cfg.val_images, cfg.val_labels, "all")
-    return {"train": [train], "val": [val], "all": [train, val]}[split]
+    """(images, labels, split within that source) per source feeding ``split``.
+
+    A separate ``val_images``/``test_images`` source replaces the corresponding
+    share of ``images``; the other splits are still carved from ``images``.
+    """
+    own = {"val": (cfg.val_images, cfg.val_labels), "test": (cfg.test_images, cfg.test_labels)}
+    own = {k: v for k, v in own.items() if v[0]}
+    if split == "all":
+        return [(cfg.images, cfg.labels, "all")] + [(im, lab, "all") for im, lab in own.values()]
+    if split in own:
+        return [(*own[split], "all")]
+    return [(cfg.images, cfg.labels, split)]
 
 
 def load_split(cfg: DataConfig, split: str) -> SegDataset:
-    """The ``split`` (train | val | all) of the data set ``cfg`` describes, as a lazy SegDataset.
+    """The ``split`` (train | val | test | all) of the data set ``cfg`` describes, as a lazy SegDataset.
 
-    Split by ``cfg.val_fraction`` under ``cfg.seed`` (or ``val_images``/
-    ``val_labels`` when set); images without an object >= ``min_area`` px are
+    Split by ``cfg.val_fraction``/``cfg.test_fraction`` and ``cfg.split_mode``
+    under ``cfg.seed`` (or from ``val_images``/``test_images`` when set); images without an object >= ``min_area`` px are
     dropped and logged in one warning line; ``max_images`` caps the split.
 
     Raises:
@@ -146,7 +180,9 @@ def load_split(cfg: DataConfig, split: str) -> SegDataset:
             raise DataError(f"no usable image in {reader.description} ({skips.total} skipped, see warnings); "
                             "fix the files or point data.root/data.images elsewhere")
         empty = SkipLog()
-        for item in split_items(items, sub, cfg.val_fraction, cfg.seed):
+        val_fraction = 0.0 if cfg.val_images else cfg.val_fraction
+        test_fraction = 0.0 if cfg.test_images else cfg.test_fraction
+        for item in split_items(items, sub, val_fraction, cfg.seed, test_fraction, cfg.split_mode):
             if item.n_objects:
                 entries.append((reader, item))
             else:

@@ -2,22 +2,27 @@
 
 Image: ``ResizeLongestSide(S).apply_image`` (uint8, PIL bilinear), 3 x h x w
 float, ``(x - pixel_mean) / pixel_std``, zero-padded bottom/right to S x S
-(``Sam.preprocess``). Prompts (paper Sec. IV, training setup): one uniformly
-random pixel inside each object (label 1), or the object's tight box padded by
-a random 0..box_pad px per side, clipped to the image; both in original (x, y)
-pixels, then mapped with ``apply_coords``/``apply_boxes``. Objects are capped
-at ``max_objects`` per image: a random subset when more, random repetition
-when fewer (paper: 64 SA-1B, 8 COCO).
+(``Sam.preprocess``). Prompts (paper Sec. IV, training setup): one positive
+point per object -- a uniformly random pixel inside it (training) or its
+interior pixel farthest from the boundary (``center``, the usual single-point
+evaluation protocol) -- or the object's tight box padded by a random 0..box_pad
+px per side and jittered by a random -box_jitter..box_jitter px per side,
+clipped to the image; both in original (x, y) pixels, then mapped with
+``apply_coords``/``apply_boxes``. ``mixed`` draws box or point per image (SAM's
+own training mixes prompt kinds). Objects are capped at ``max_objects`` per
+image: a random subset when more, random repetition when fewer (paper: 64
+SA-1B, 8 COCO).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from supersam.data.config import PROMPTS, DataConfig
+from supersam.data.config import POINT_PLACEMENTS, PROMPTS, TRAIN_PROMPTS, DataConfig
 from supersam.data.dataset import load_split
 from supersam.data.types import ModelInput, Sample
 from supersam.errors import ConfigError
@@ -59,6 +64,20 @@ def random_points(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return points
 
 
+def center_points(masks: np.ndarray) -> np.ndarray:
+    """N x 2 (x, y) of each N x H x W mask's interior pixel farthest from its boundary.
+
+    Euclidean distance transform of the mask padded by one background pixel, so
+    the image border counts as boundary; ties go to the first pixel in row-major order.
+    """
+    points = np.zeros((len(masks), 2), np.float64)
+    for i, mask in enumerate(masks):
+        dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        points[i] = (x, y)
+    return points
+
+
 def tight_boxes(masks: np.ndarray) -> np.ndarray:
     """N x 4 (x0, y0, x1, y1) inclusive pixel bounds of each N x H x W mask."""
     rows, cols = masks.any(axis=2), masks.any(axis=1)  # N x H, N x W
@@ -68,26 +87,34 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
     return np.stack([x0, y0, x1, y1], axis=1).astype(np.float64)
 
 
-def padded_boxes(masks: np.ndarray, box_pad: int, rng: np.random.Generator) -> np.ndarray:
-    """N x 4 tight boxes widened by uniform random 0..box_pad px per side, clipped to the image."""
+def padded_boxes(masks: np.ndarray, box_pad: int, rng: np.random.Generator, box_jitter: int = 0) -> np.ndarray:
+    """N x 4 tight boxes widened by uniform random 0..box_pad px per side, clipped to the image.
+
+    ``box_jitter`` > 0 then moves every side by a uniform random -box_jitter..box_jitter px.
+    """
     h, w = masks.shape[1:]
     pad = rng.integers(0, box_pad + 1, size=(len(masks), 4)) * np.array([-1, -1, 1, 1])
     boxes = tight_boxes(masks) + pad
-    return np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1])
+    if box_jitter > 0:
+        boxes = boxes + rng.integers(-box_jitter, box_jitter + 1, size=(len(masks), 4))
+    boxes = np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1])
+    return np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], axis=1)
 
 
 def prepare_sample(
     sample: Sample, img_size: int, prompt: str, max_objects: int, box_pad: int,
-    rng: np.random.Generator, repeat: bool = True,
+    rng: np.random.Generator, repeat: bool = True, box_jitter: int = 0, point: str = "random",
 ) -> ModelInput:
     """SAM-ready input with N = max_objects prompted objects (all objects when max_objects == 0).
 
     Args:
         sample: H x W x 3 uint8 image and N0 x H x W bool masks (N0 >= 1, none empty).
         img_size: encoder input size S (px).
-        prompt: ``point`` or ``box``.
+        prompt: ``point``, ``box`` or ``mixed`` (box or point, drawn per image).
         rng: drives the object choice and the prompts (same rng state -> same input).
         repeat: False disables the random repetition up to ``max_objects``.
+        box_jitter: random per-side box noise in px (training).
+        point: ``random`` (uniform interior pixel) or ``center`` (farthest from the boundary).
 
     Returns:
         ModelInput: image 3 x S x S, gt_masks N x H x W, point_coords N x 1 x 2 +
@@ -96,26 +123,31 @@ def prepare_sample(
     Raises:
         ConfigError: unknown prompt.
     """
-    if prompt not in PROMPTS:
-        raise ConfigError(f"prompt {prompt!r} is unknown; use one of {', '.join(PROMPTS)}")
+    if prompt not in TRAIN_PROMPTS:
+        raise ConfigError(f"prompt {prompt!r} is unknown; use one of {', '.join(TRAIN_PROMPTS)}")
+    if point not in POINT_PLACEMENTS:
+        raise ConfigError(f"point placement {point!r} is unknown; use one of {', '.join(POINT_PLACEMENTS)}")
+    if prompt == "mixed":
+        prompt = PROMPTS[int(rng.integers(len(PROMPTS)))]
     image, size = preprocess_image(sample.image, img_size)
     original = (int(sample.image.shape[0]), int(sample.image.shape[1]))
     masks = sample.masks[select_objects(len(sample.masks), max_objects, rng, repeat)]
     transform = ResizeLongestSide(img_size)
     coords = labels = boxes = None
     if prompt == "point":
-        points = transform.apply_coords(random_points(masks, rng), original)
+        points = random_points(masks, rng) if point == "random" else center_points(masks)
+        points = transform.apply_coords(points, original)
         coords = torch.as_tensor(points, dtype=torch.float32)[:, None, :]
         labels = torch.ones(len(masks), 1)
     else:
-        mapped = transform.apply_boxes(padded_boxes(masks, box_pad, rng), original)
+        mapped = transform.apply_boxes(padded_boxes(masks, box_pad, rng, box_jitter), original)
         boxes = torch.as_tensor(mapped, dtype=torch.float32)
     return ModelInput(image, original, size, torch.as_tensor(masks), coords, labels, boxes, sample.name)
 
 
 def prepare_split(
     cfg: DataConfig, split: str, img_size: int, n_images: int = 0, seed: int | None = None,
-    repeat: bool = True,
+    repeat: bool = True, prompt: str | None = None,
 ) -> list[ModelInput]:
     """A fixed list of SAM inputs for evaluation/calibration, identical for the same arguments.
 
@@ -123,7 +155,9 @@ def prepare_split(
     order); each image's prompts come from ``np.random.default_rng([seed,
     index])``, so an image gets the same prompts whatever ``n_images`` is.
     ``seed`` defaults to ``cfg.seed``; ``repeat=False`` keeps each object once
-    (unbiased mIoU when an image has fewer than ``max_objects`` objects).
+    (unbiased mIoU when an image has fewer than ``max_objects`` objects);
+    ``prompt`` overrides ``cfg.prompt`` (same objects, other prompt kind).
+    Points are placed by ``cfg.point``.
 
     Raises:
         ConfigError / DataError: see :func:`load_split`.
@@ -134,7 +168,7 @@ def prepare_split(
     if 0 < n_images < len(dataset):
         indices = sorted(int(i) for i in np.random.default_rng([seed, 2]).choice(len(dataset), n_images, replace=False))
     return [
-        prepare_sample(dataset[i], img_size, cfg.prompt, cfg.max_objects, cfg.box_pad,
-                       np.random.default_rng([seed, i]), repeat)
+        prepare_sample(dataset[i], img_size, prompt or cfg.prompt, cfg.max_objects, cfg.box_pad,
+                       np.random.default_rng([seed, i]), repeat, point=cfg.point)
         for i in indices
     ]
