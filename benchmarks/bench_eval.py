@@ -35,7 +35,7 @@ def main() -> None:
     data = DataConfig(root=str(DATA), patch=256, prompt="box", max_objects=8)
     model = ModelConfig(type=args.model_type, img_size=args.img_size)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = EvalConfig(out=tmp, n_images=args.n_images, overlays=0, device="cpu", amp=args.amp)
+        cfg = EvalConfig(out=tmp, split="val", prompts=("box",), n_images=args.n_images, overlays=0, device="cpu", amp=args.amp)
         evaluate(cfg, model, data, TrackingConfig(enabled=False))  # warm-up (imports, first-call costs)
         start = time.perf_counter()
         metrics = evaluate(cfg, model, data, TrackingConfig(enabled=False))

@@ -2,11 +2,14 @@
 
 Writes ``metrics.json`` (``miou`` single mask, ``miou_oracle`` best of 3,
 counts, params, speed, ``pretrained``), a few overlay PNGs, and an MLflow run
-tagged ``stage=eval``.
+tagged ``stage=eval``. The same objects are evaluated with every prompt kind of
+``eval.prompts``, each next to trivial baselines (:mod:`supersam.baselines`) and
+an untrained model of the same architecture, so a collapsed model shows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -15,14 +18,16 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from supersam.baselines import LABELS, collapse_check, trivial_baselines
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.data import DataConfig, prepare_split
+from supersam.data.config import PROMPTS, SPLITS
 from supersam.errors import ConfigError
 from supersam.device import resolve_device
 from supersam.evaluator import run_eval
 from supersam.io import write_json
 from supersam.overlays import save_overlay
-from supersam.sam import build_sam_from_config, count_params
+from supersam.sam import build_sam, build_sam_from_config, count_params
 from supersam.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -37,9 +42,12 @@ class EvalConfig:
             from the ``model`` section (or ``supernet`` below).
         supernet: supernet checkpoint to evaluate a subnet of; "" = none.
         subnet: subnet JSON file or inline JSON (with ``supernet``); "" = max subnet.
-        split: ``train``, ``val`` or ``all``.
+        split: ``test`` (the held-out split, default), ``train``, ``val`` or ``all``.
         n_images: images evaluated (0 = the whole split).
-        prompt: ``point`` or ``box``; "" = the ``data`` section's.
+        prompt: ``point`` or ``box``: the headline ``miou``'s prompt kind; "" =
+            the ``data`` section's.
+        prompts: prompt kinds the same objects are also evaluated with
+            (``miou_<kind>`` etc.); the headline kind is always included.
         out: output folder (metrics.json, overlays/).
         overlays: number of overlay PNGs to save.
         batch_size: images per encoder forward.
@@ -52,9 +60,10 @@ class EvalConfig:
     model: str = ""
     supernet: str = ""
     subnet: str = ""
-    split: str = "val"
+    split: str = "test"
     n_images: int = 0
     prompt: str = ""
+    prompts: tuple[str, ...] = ("box", "point")
     out: str = "outputs/eval"
     overlays: int = 4
     batch_size: int = 1
@@ -73,8 +82,14 @@ class EvalConfig:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
         if self.overlays < 0 or self.n_images < 0:
             raise ConfigError("eval.overlays and eval.n_images must be >= 0")
-        if self.split not in ("train", "val", "all"):
-            raise ConfigError(f"eval.split must be train, val or all, got {self.split!r}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"eval.split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.prompt and self.prompt not in PROMPTS:
+            raise ConfigError(f"eval.prompt must be one of {', '.join(PROMPTS)} (or empty), got {self.prompt!r}")
+        bad = [p for p in self.prompts if p not in PROMPTS]
+        if bad or not self.prompts:
+            raise ConfigError(f"eval.prompts must be a non-empty list of {', '.join(PROMPTS)}, "
+                              f"got {list(self.prompts)!r}")
         if self.model and self.supernet:
             raise ConfigError("give either --model (an exported subnet) or --supernet, not both")
         if self.subnet and not self.supernet:
@@ -128,16 +143,101 @@ def _progress() -> Progress:
     )
 
 
+def prompt_kinds(cfg: EvalConfig, data_cfg: DataConfig) -> list[str]:
+    """Prompt kinds to evaluate: the headline kind (``eval.prompt`` or ``data.prompt``) first,
+    then the other kinds of ``eval.prompts`` in their order, each once."""
+    head = cfg.prompt or data_cfg.prompt
+    return [head] + [k for k in dict.fromkeys(cfg.prompts) if k != head]
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    """Drop build_sam's "no checkpoint: RANDOM initialisation" warning (the untrained baseline is meant to be)."""
+    logger = logging.getLogger("supersam.sam")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "RANDOM initialisation" not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def untrained_mious(
+    model_type: str, img_size: int, seed: int, inputs_by_kind: dict[str, list], device: torch.device,
+    amp: bool = False, batch_size: int = 1, advance=None,
+) -> dict[str, float]:
+    """Single-mask mIoU of an untrained (randomly initialised) SAM on the same inputs.
+
+    The model is ``build_sam(model_type, img_size, None, seed=seed)``: the full
+    architecture of ``model_type`` (for an exported or supernet subnet too, not
+    the subnet's pruned shape), random weights drawn under ``seed`` (params
+    ``model.seed``, the random start every pipeline stage shares).
+
+    Args:
+        inputs_by_kind: prompt kind -> prepared inputs (the same images in the
+            same order for every kind; encoded once).
+
+    Returns:
+        prompt kind -> mIoU in [0, 1].
+    """
+    with _quiet_random_init():
+        model = build_sam(model_type, img_size, None, seed=seed).model.to(device)
+    kinds = list(inputs_by_kind)
+    result = run_eval(model, inputs_by_kind[kinds[0]], device, amp, batch_size, advance=advance,
+                      also={k: inputs_by_kind[k] for k in kinds[1:]})
+    del model
+    return {kinds[0]: result["miou"], **{k: r["miou"] for k, r in result.get("also", {}).items()}}
+
+
+def kind_metrics(kind: str, result: dict, baselines: dict[str, float], untrained: float) -> dict:
+    """The ``<key>_<kind>`` entries of one prompt kind, and logs its summary (and a collapse warning).
+
+    Args:
+        result: ``run_eval`` result of this kind (``miou``, ``miou_oracle``, ``fg_fraction``).
+        baselines: :func:`supersam.baselines.trivial_baselines` of this kind's inputs.
+        untrained: mIoU of the untrained model on the same inputs.
+
+    Returns:
+        ``miou_<kind>``, ``miou_oracle_<kind>``, ``fg_fraction_<kind>``,
+        ``baseline_all_foreground_<kind>``, ``baseline_box_fill_box`` or
+        ``baseline_disk_point``, ``baseline_untrained_<kind>``, ``collapsed_<kind>``.
+    """
+    collapsed, reason = collapse_check(result["miou"], result["fg_fraction"], baselines)
+    out = {f"miou_{kind}": result["miou"], f"miou_oracle_{kind}": result["miou_oracle"],
+           f"fg_fraction_{kind}": result["fg_fraction"]}
+    out.update({f"baseline_{name}_{kind}": value for name, value in baselines.items()})
+    out[f"baseline_untrained_{kind}"] = untrained
+    out[f"collapsed_{kind}"] = collapsed
+    shown = ", ".join(f"{LABELS[k]} {v:.2f}" for k, v in {**baselines, "untrained": untrained}.items())
+    log.info("%s prompts: mIoU %.2f (%s)", kind, result["miou"], shown)
+    if collapsed:
+        log.warning("%s prompts: the model looks collapsed: %s", kind, reason)
+    return out
+
+
 def evaluate(
     cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, tracking: TrackingConfig
 ) -> dict:
-    """Evaluate a model on a data split with point or box prompts (``supersam eval``).
+    """Evaluate a model on a data split with box and point prompts (``supersam eval``).
+
+    The same objects (``prepare_split`` under ``cfg.seed``) are prompted with
+    every kind of :func:`prompt_kinds`; the images are encoded once per model.
 
     Returns:
         the metrics dict also written to ``<out>/metrics.json``: ``miou``
-        (single mask), ``miou_oracle`` (best of 3), ``n_images``, ``n_objects``,
-        ``params`` and ``encoder_params`` (params), ``img_size`` (px),
-        ``pretrained``, ``seconds``, ``images_per_second``.
+        (single mask), ``miou_oracle`` (best of 3) of the headline prompt kind
+        (``prompt``), ``n_images``, ``n_objects``, ``params`` and
+        ``encoder_params`` (params), ``img_size`` (px), ``pretrained``,
+        ``seconds``, ``images_per_second``, ``split``, ``prompts``, and per
+        prompt kind K: ``miou_K``, ``miou_oracle_K``, ``fg_fraction_K`` (share
+        of image pixels predicted foreground, mean over objects),
+        ``baseline_all_foreground_K``, ``baseline_box_fill_box`` /
+        ``baseline_disk_point`` (:mod:`supersam.baselines`),
+        ``baseline_untrained_K`` (:func:`untrained_mious`) and ``collapsed_K``;
+        all mIoUs in [0, 1].
 
     Raises:
         ConfigError, CheckpointError, DataError: bad options, model or data.
@@ -147,9 +247,12 @@ def evaluate(
     loaded = load_for_eval(cfg, model_cfg)
     model = loaded.model.to(device)
     img_size = model.image_encoder.img_size
-    if cfg.prompt:
-        data_cfg = dataclasses.replace(data_cfg, prompt=cfg.prompt)
-    inputs = prepare_split(data_cfg, cfg.split, img_size, n_images=cfg.n_images, seed=cfg.seed, repeat=False)
+    kinds = prompt_kinds(cfg, data_cfg)
+    head = kinds[0]
+    data_cfg = dataclasses.replace(data_cfg, prompt=head)
+    inputs = {kind: prepare_split(data_cfg, cfg.split, img_size, n_images=cfg.n_images, seed=cfg.seed,
+                                  repeat=False, prompt=kind)
+              for kind in kinds}
     out = Path(cfg.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)  # a declared DVC output, even when empty
     saved: list[Path] = []
@@ -159,9 +262,13 @@ def evaluate(
             saved.append(save_overlay(inp, logits, out / "overlays" / f"{len(saved):02d}_{Path(inp.name).stem}.png"))
 
     with _progress() as bar:
-        task = bar.add_task("eval", total=len(inputs))
-        result = run_eval(model, inputs, device, cfg.amp, cfg.batch_size,
-                          on_prediction=keep_overlay, advance=lambda n: bar.advance(task, n))
+        task = bar.add_task("eval", total=2 * len(inputs[head]))
+        step = lambda n: bar.advance(task, n)  # noqa: E731
+        result = run_eval(model, inputs[head], device, cfg.amp, cfg.batch_size, on_prediction=keep_overlay,
+                          advance=step, also={k: inputs[k] for k in kinds[1:]})
+        untrained = untrained_mious(loaded.info["model_type"], img_size, model_cfg.seed, inputs, device,
+                                    cfg.amp, cfg.batch_size, advance=step)
+    by_kind = {head: result, **result.get("also", {})}
     params = loaded.info.get("params") or count_params(model)
     metrics = {
         "miou": result["miou"], "miou_oracle": result["miou_oracle"],
@@ -169,15 +276,19 @@ def evaluate(
         "params": int(params), "encoder_params": _encoder_params(loaded),
         "img_size": img_size, "pretrained": loaded.info["pretrained"],
         "seconds": result["seconds"], "images_per_second": result["images_per_second"],
-        "encoder_seconds": result["encoder_seconds"], "prompt": data_cfg.prompt,
+        "encoder_seconds": result["encoder_seconds"], "prompt": head, "prompts": kinds,
         "split": cfg.split, "model_type": loaded.info["model_type"], "source": loaded.info["source"],
         "variant": loaded.info.get("variant", ""),
     }
+    log.info("mIoU %.4f (single mask), %.4f (oracle best of 3) with %s prompts on %d objects in %d images "
+             "of the %s split", metrics["miou"], metrics["miou_oracle"], head, metrics["n_objects"],
+             metrics["n_images"], cfg.split)
+    for kind in kinds:
+        metrics.update(kind_metrics(kind, by_kind[kind], trivial_baselines(inputs[kind]), untrained[kind]))
     if loaded.info.get("subnet"):
         metrics["subnet"] = loaded.info["subnet"]
     write_json(out / "metrics.json", metrics)
-    log.info("mIoU %.4f (single mask), %.4f (oracle best of 3) on %d objects in %d images; %s",
-             metrics["miou"], metrics["miou_oracle"], metrics["n_objects"], metrics["n_images"], out / "metrics.json")
+    log.info("wrote %s", out / "metrics.json")
     _log_mlflow(cfg, tracking, metrics, saved)
     return metrics
 
@@ -193,7 +304,7 @@ def _encoder_params(loaded: LoadedForEval) -> int:
 
 def _log_mlflow(cfg: EvalConfig, tracking: TrackingConfig, metrics: dict, overlays: list[Path]) -> None:
     params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source")}
-    params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp})
+    params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp, "prompts": ",".join(metrics["prompts"])})
     tags = {"pretrained": metrics["pretrained"], "name": cfg.name or metrics["source"]}
     with start_run(tracking, "eval", metrics["variant"], params=params, tags=tags) as run:
         run.log_metrics({k: v for k, v in metrics.items() if k not in params})

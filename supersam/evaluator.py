@@ -1,20 +1,24 @@
 """mIoU evaluation of a SAM, and a fast repeatable evaluator of supernet subnets.
 
-Both report ``miou`` (single mask, ``multimask_output=False``) and
+Both report ``miou`` (single mask, ``multimask_output=False``),
 ``miou_oracle`` (best of SAM's 3 multimask outputs per object, the reference
-code's number). Inputs are prepared once (images and prompts drawn under a
-seed), so the same model gives the same numbers on every call.
+code's number) and ``fg_fraction`` (share of image pixels the single mask
+predicts foreground, mean over objects: near 1 for a collapsed model).
+Inputs are prepared once (images and prompts drawn under a seed), so the same
+model gives the same numbers on every call.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from supersam.baselines import object_foreground_fractions
 from supersam.data.types import ModelInput
 from supersam.device import autocast
 from supersam.metrics import MiouMeter
@@ -30,6 +34,33 @@ def _batches(items: Sequence, size: int):
         yield items[start : start + size]
 
 
+def _check_aligned(inputs: Sequence[ModelInput], others: Mapping[str, Sequence[ModelInput]]) -> None:
+    for key, other in others.items():
+        if len(other) != len(inputs) or any(a.name != b.name or a.original_size != b.original_size
+                                             for a, b in zip(inputs, other)):
+            raise ValueError(f"run_eval: the {key!r} inputs are not the same images in the same order as `inputs`")
+
+
+class _KindMeter:
+    """mIoU, oracle mIoU and predicted foreground fraction of one prompt set."""
+
+    def __init__(self) -> None:
+        self.meter = MiouMeter()
+        self.fg: list[torch.Tensor] = []
+        self.seconds = 0.0
+
+    def add(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        single = logits[:, :1]
+        self.meter.add_single(single, target)
+        self.meter.add_multimask(logits[:, 1:], target)
+        self.fg.append(object_foreground_fractions(single[:, 0] > 0).cpu())
+        return single
+
+    def result(self) -> dict[str, float]:
+        fg = float(torch.cat(self.fg).mean()) if self.fg else float("nan")
+        return {**self.meter.result(), "fg_fraction": fg, "n_objects": self.meter.n_objects}
+
+
 def run_eval(
     model: nn.Module,
     inputs: Sequence[ModelInput],
@@ -39,7 +70,8 @@ def run_eval(
     prompt_cache: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     on_prediction: PredictionHook | None = None,
     advance: Callable[[int], None] | None = None,
-) -> dict[str, float]:
+    also: Mapping[str, Sequence[ModelInput]] | None = None,
+) -> dict[str, Any]:
     """Evaluate ``model`` on prepared ``inputs`` (already on ``device`` or moved here).
 
     Args:
@@ -52,14 +84,28 @@ def run_eval(
             (valid while the prompt encoder is frozen).
         on_prediction: called with (input, single-mask logits N x 1 x H x W).
         advance: progress callback, called with the number of images done.
+        also: other prompt sets on the same images (same order, e.g. the same
+            objects with point instead of box prompts), decoded from the same
+            image embeddings, so their images are encoded only once.
 
     Returns:
-        ``miou``, ``miou_oracle``, ``n_images``, ``n_objects``, ``seconds``,
-        ``images_per_second`` and ``encoder_seconds`` (time inside the image encoder).
+        ``miou``, ``miou_oracle``, ``fg_fraction`` (share 0..1 of image pixels
+        the single mask predicts foreground, mean over objects), ``n_images``,
+        ``n_objects``, ``seconds``, ``images_per_second`` and ``encoder_seconds``
+        (time inside the image encoder). ``seconds`` leaves out the decoding of
+        ``also``. With ``also``: ``also`` maps each key to its own ``miou``,
+        ``miou_oracle``, ``fg_fraction``, ``n_objects`` and ``seconds`` (its
+        decoding time, s).
+
+    Raises:
+        ValueError: an ``also`` set is not the same images in the same order.
     """
+    also = dict(also or {})
+    _check_aligned(inputs, also)
     was_training = model.training
     model.eval()
-    meter = MiouMeter()
+    main = _KindMeter()
+    extra = {key: _KindMeter() for key in also}
     start, encoder_seconds = time.perf_counter(), 0.0
     index = 0
     with torch.inference_mode(), autocast(device, amp):
@@ -74,24 +120,30 @@ def run_eval(
                 prompts = prompt_cache[index] if prompt_cache is not None else embed_prompts(model, inp)
                 emb = embeddings[j : j + 1]
                 logits = decode_all_masks(model, emb, prompts, inp)  # N x 4 x H x W
-                single = logits[:, :1]
-                meter.add_single(single, inp.gt_masks)
-                meter.add_multimask(logits[:, 1:], inp.gt_masks)
+                single = main.add(logits, inp.gt_masks)
                 if on_prediction is not None:
                     on_prediction(inp, single)
+                for key, meter in extra.items():
+                    t1 = time.perf_counter()
+                    other = also[key][index]
+                    other = other if other.gt_masks.device == device else other.to(device)
+                    meter.add(decode_all_masks(model, emb, embed_prompts(model, other), other), other.gt_masks)
+                    meter.seconds += time.perf_counter() - t1
                 index += 1
             if advance is not None:
                 advance(len(batch))
     model.train(was_training)
-    seconds = time.perf_counter() - start
-    return {
-        **meter.result(),
+    seconds = time.perf_counter() - start - sum(m.seconds for m in extra.values())
+    out: dict[str, Any] = {
+        **main.result(),
         "n_images": len(inputs),
-        "n_objects": meter.n_objects,
         "seconds": seconds,
         "images_per_second": len(inputs) / seconds if seconds > 0 else float("nan"),
         "encoder_seconds": encoder_seconds,
     }
+    if also:
+        out["also"] = {key: {**m.result(), "seconds": m.seconds} for key, m in extra.items()}
+    return out
 
 
 class SubnetEvaluator:
@@ -147,8 +199,9 @@ class SubnetEvaluator:
         """mIoU of ``subnet`` (a :class:`supersam.space.SubnetConfig`) on the fixed sample.
 
         Returns:
-            ``miou``, ``miou_oracle``, ``params`` (when ``model_type`` is known),
-            ``n_objects``, ``seconds``. The supernet's previous active subnet is restored.
+            ``miou``, ``miou_oracle``, ``fg_fraction`` (0..1, mean over objects),
+            ``params`` (when ``model_type`` is known), ``n_objects``, ``seconds``.
+            The supernet's previous active subnet is restored.
         """
         previous = self.supernet.active_subnet
         self.supernet.set_active_subnet(subnet)
@@ -160,7 +213,7 @@ class SubnetEvaluator:
         finally:
             self.supernet.set_active_subnet(previous)
         self.n_calls += 1
-        out = {k: result[k] for k in ("miou", "miou_oracle", "n_objects", "seconds")}
+        out = {k: result[k] for k in ("miou", "miou_oracle", "fg_fraction", "n_objects", "seconds")}
         if self.model_type:
             out["params"] = self.params(subnet)
         return out

@@ -24,9 +24,10 @@ def eval_cli(
     images: Optional[str] = typer.Option(None, help="Images folder/file relative to the data root."),
     labels: Optional[str] = typer.Option(None, help="Labels folder/file or COCO annotations JSON relative to the root."),
     label_mode: Optional[str] = typer.Option(None, "--label-mode", help="instance or binary (image_label data)."),
-    split: Optional[str] = typer.Option(None, help="train, val or all."),
+    split: Optional[str] = typer.Option(None, help="test (default), val, train or all."),
     n_images: Optional[int] = typer.Option(None, "--n-images", help="Images to evaluate (0 = whole split)."),
-    prompt: Optional[str] = typer.Option(None, help="point or box prompts."),
+    prompt: Optional[str] = typer.Option(None, help="point or box: prompts of the headline mIoU (default params `data.prompt`)."),
+    prompts: Optional[str] = typer.Option(None, help="Comma-separated prompt kinds the same objects are also evaluated with, e.g. box,point."),
     max_objects: Optional[int] = typer.Option(None, "--max-objects", help="Objects per image (0 = all; params `data.max_objects`)."),
     min_area: Optional[int] = typer.Option(None, "--min-area", help="Smallest object in px (params `data.min_area`)."),
     out: Optional[str] = typer.Option(None, help="Output folder for metrics.json and overlays/."),
@@ -46,6 +47,7 @@ def eval_cli(
     values = read_params(params)
     cfg = stage_config(EvalConfig, values, "eval", dict(
         model=model, supernet=supernet, subnet=subnet, split=split, n_images=n_images, prompt=prompt,
+        prompts=None if prompts is None else [p.strip() for p in prompts.split(",") if p.strip()],
         out=out, overlays=overlays, batch_size=batch_size, device=device, amp=amp, seed=seed, name=name))
     model_cfg = stage_config(ModelConfig, values, "model", dict(type=model_type, img_size=img_size, checkpoint=checkpoint))
     data_cfg = stage_config(DataConfig, values, "data", dict(

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def search_cli(
     params: Path = params_option(),
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Largest subnet, parameters of all of SAM: 60e6, 60000000, 60M, 1.5G, 500k."),
-    min_miou: Optional[float] = typer.Option(None, "--min-miou", help="Smallest acceptable mIoU (0..1) on the validation sample."),
+    min_miou: Optional[str] = typer.Option(None, "--min-miou", help="Smallest acceptable mIoU on the validation sample: absolute (0.8) or relative to the base model (0.95x or 95%: within 5% of its mIoU)."),
     objective: Optional[str] = typer.Option(None, help="min-params (smallest feasible subnet) or max-miou (most accurate feasible subnet)."),
     metric: Optional[str] = typer.Option(None, help="miou (single mask) or miou_oracle (best of 3 masks)."),
     technique: Optional[str] = typer.Option(None, help="opentuner (AUC-bandit ensemble) or random."),

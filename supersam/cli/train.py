@@ -31,7 +31,7 @@ def train_cli(
     trainable: Optional[str] = typer.Option(None, help="Comma-separated trained parts: image_encoder,mask_decoder[,prompt_encoder]."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate min/max/random subnets every N iterations."),
     val_images: Optional[int] = typer.Option(None, "--val-images", help="Validation images in the fixed probe sample."),
-    target_miou: Optional[float] = typer.Option(None, "--target-miou", help="mIoU the smallest subnet must reach."),
+    target_miou: Optional[str] = typer.Option(None, "--target-miou", help="mIoU the smallest subnet must reach: absolute (0.84) or relative to the base model (0.9x or 90%)."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Resumable checkpoint every N iterations, 0 = off."),
     seed: Optional[int] = typer.Option(None, help="Seed of subnets, batch order, prompts."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),

@@ -1,7 +1,9 @@
 """params.yaml ``search``: which supernet to search, under which constraints, how.
 
 Parameter counts may be written ``60e6``, ``60000000``, ``60M``, ``1.5G`` or
-``500k`` (:func:`parse_count`), in params.yaml and on the command line alike.
+``500k`` (:func:`parse_count`), in params.yaml and on the command line alike;
+``min_miou`` is absolute (``0.8``) or relative to the base model (``0.95x``, ``95%``;
+:mod:`supersam.thresholds`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supersam.errors import ConfigError
+from supersam.thresholds import MiouThreshold, setting_text
 
 OBJECTIVES = ("min-params", "max-miou")
 TECHNIQUES = ("opentuner", "random")
@@ -55,7 +58,9 @@ class SearchConfig:
             supernet checkpoint); must be a sub-space of the supernet's.
         out: output folder ("" = ``outputs/search/<variant>``).
         max_params: constraint, parameters of all of SAM (``60e6``, ``60M``...).
-        min_miou: constraint, mIoU on the fixed validation sample (0..1).
+        min_miou: constraint, mIoU on the fixed validation sample: absolute in
+            [0, 1] (``0.8``) or a factor of the base model's mIoU on the same
+            sample (``0.95x``, ``95%``; the supernet must come from a checkpoint).
         objective: ``min-params`` (smallest subnet meeting both constraints) or
             ``max-miou`` (highest mIoU meeting both constraints).
         metric: which mIoU the constraint and objective use (``miou`` single
@@ -79,7 +84,7 @@ class SearchConfig:
     space: str = ""
     out: str = ""
     max_params: str = "60e6"
-    min_miou: float = 0.8
+    min_miou: str = "0.8"
     objective: str = "min-params"
     metric: str = "miou"
     technique: str = "opentuner"
@@ -92,6 +97,19 @@ class SearchConfig:
     device: str = "auto"
     amp: bool = False
     strict: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_miou, str):  # a number given in code: keep the setting as text
+            object.__setattr__(self, "min_miou", setting_text(self.min_miou))
+
+    @property
+    def min_miou_threshold(self) -> MiouThreshold:
+        """``min_miou`` parsed (absolute or relative to the base model).
+
+        Raises:
+            ConfigError: not a valid threshold (naming ``search.min_miou``).
+        """
+        return MiouThreshold.parse(self.min_miou, "search.min_miou")
 
     @property
     def supernet_path(self) -> Path:
@@ -122,8 +140,7 @@ class SearchConfig:
             if value not in allowed:
                 raise ConfigError(f"search.{key} is {value!r}; use one of {', '.join(allowed)}")
         self.max_params_count  # noqa: B018  (raises on a bad count)
-        if not 0.0 <= self.min_miou <= 1.0:
-            raise ConfigError(f"search.min_miou is {self.min_miou}; use a value in [0, 1]")
+        self.min_miou_threshold  # noqa: B018  (raises on a bad threshold)
         if self.budget < 0 or self.time_limit < 0:
             raise ConfigError("search.budget and search.time_limit must be >= 0")
         if self.budget == 0 and self.time_limit == 0:

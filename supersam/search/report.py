@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+from supersam.baselines import collapse_check, describe
 from supersam.io import write_json
 from supersam.search.objective import Candidate, SearchState
 from supersam.search.pareto import pareto_front
@@ -57,6 +59,37 @@ def log_outcome(state: SearchState) -> None:
     log.warning("no subnet met params <= %s and %s >= %.4f in %d evaluations; closest: %s. "
                 "Relax the constraints or raise --budget/--time-limit", f"{cons.max_params:,}", cons.metric,
                 cons.min_miou, state.n_evaluations, closest)
+
+
+def baseline_report(state: SearchState, baselines: Mapping[str, float],
+                    fg_fractions: Mapping[Hashable, float]) -> dict[str, Any]:
+    """Trivial baselines of the search's validation sample and the collapse check of the chosen subnet.
+
+    Logs one line with the baselines next to the chosen subnet's mIoU, and a
+    warning when that subnet looks collapsed
+    (:func:`supersam.baselines.collapse_check`).
+
+    Args:
+        state: the finished search; its ``best()`` is the chosen subnet.
+        baselines: :func:`supersam.baselines.trivial_baselines` of the sample.
+        fg_fractions: subnet -> predicted foreground fraction (0..1, mean over objects).
+
+    Returns:
+        metrics.json entries: ``baseline_all_foreground``, ``baseline_box_fill``
+        (box prompts) or ``baseline_disk`` (point prompts), ``best_fg_fraction``
+        and ``collapsed`` (None when nothing was evaluated).
+    """
+    out: dict[str, Any] = {f"baseline_{k}": v for k, v in baselines.items()}
+    best = state.best()
+    if best is None:
+        log.info("validation sample trivial baselines: %s", describe(baselines))
+        return {**out, "best_fg_fraction": None, "collapsed": None}
+    fg = fg_fractions.get(best.subnet, float("nan"))
+    collapsed, reason = collapse_check(best.miou, fg, baselines)
+    log.info("chosen subnet: mIoU %.2f (%s) on the validation sample", best.miou, describe(baselines))
+    if collapsed:
+        log.warning("the chosen subnet looks collapsed: %s", reason)
+    return {**out, "best_fg_fraction": fg, "collapsed": collapsed}
 
 
 def write_artifacts(out: Path, state: SearchState, metrics: dict[str, Any], title: str = "") -> list[Path]:

@@ -13,7 +13,8 @@ from supersam.errors import ConfigError
 from supersam.search.config import SearchConfig
 from supersam.search.encoding import SubnetEncoding
 from supersam.search.objective import Constraints, SearchState
-from supersam.search.report import log_outcome, summarise, write_artifacts
+from supersam.search.report import baseline_report, log_outcome, summarise, write_artifacts
+from supersam.thresholds import base_checkpoint, resolve_threshold
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,10 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
     prompts fixed by ``data.seed``) with :class:`supersam.evaluator.SubnetEvaluator`,
     searches with OpenTuner or random search, and writes best_subnet.json,
     candidates.json, pareto.json/.png and metrics.json into ``cfg.out_dir``
-    plus an MLflow run (stage=search).
+    plus an MLflow run (stage=search). The sample's trivial baselines
+    (``baseline_all_foreground``, ``baseline_box_fill`` / ``baseline_disk``) and
+    the chosen subnet's ``best_fg_fraction`` and ``collapsed``
+    (:func:`supersam.baselines.collapse_check`) go into metrics.json, MLflow and the log.
 
     Returns:
         the metrics.json dict (``feasible`` False when no subnet met both constraints).
@@ -98,6 +102,8 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
             in size (stating the smallest achievable size).
         CheckpointError / DataError: unreadable supernet or data.
     """
+    from supersam.baselines import describe as describe_baselines
+    from supersam.baselines import trivial_baselines
     from supersam.checkpoint import load_supernet
     from supersam.data import prepare_split
     from supersam.device import resolve_device
@@ -111,36 +117,52 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
     model_type, img_size, pretrained = meta["model_type"], int(meta["img_size"]), bool(meta["pretrained"])
     variant = str(meta.get("reorder") or cfg.variant)  # the supernet's own reordering criterion
     encoding = SubnetEncoding.from_space(_space(cfg, supernet))
-    constraints = Constraints(cfg.max_params_count, cfg.min_miou, cfg.objective, cfg.metric)
-    smallest = check_reachable(encoding, lambda s: subnet_params(model_type, img_size, s), constraints.max_params)
+    smallest = check_reachable(encoding, lambda s: subnet_params(model_type, img_size, s), cfg.max_params_count)
+    base_checkpoint(cfg.min_miou_threshold, meta, "search.min_miou", str(cfg.supernet_path))  # refuse early
     if not pretrained:
         log.warning("the supernet comes from a randomly initialised SAM (pretrained=false): mIoUs are not meaningful")
     inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images)
     evaluator = SubnetEvaluator(supernet, inputs, device, cfg.amp, cfg.batch_size, model_type=model_type)
+    baselines = trivial_baselines(inputs)
+    log.info("validation sample: %d objects; trivial baselines %s", sum(inp.n_objects for inp in inputs),
+             describe_baselines(baselines))
+    fg_fractions: dict[Any, float] = {}
+
+    def evaluate(subnet: Any) -> dict[str, float]:
+        result = evaluator.evaluate(subnet)
+        fg_fractions[subnet] = result["fg_fraction"]  # for the chosen subnet's collapse check
+        return result
+
+    min_miou = resolve_threshold(cfg.min_miou, meta, evaluator.inputs, device, what="search.min_miou",
+                                 source=str(cfg.supernet_path), metric=cfg.metric, amp=cfg.amp,
+                                 batch_size=cfg.batch_size)  # a relative one: against the base model, same sample
+    constraints = Constraints(cfg.max_params_count, min_miou.value, cfg.objective, cfg.metric)
     out = cfg.out_dir(variant)
-    log.info("searching %s subnets (%s, %d px) with %s: params <= %s, %s >= %.3f, %s, budget %s%s, %d images",
+    log.info("searching %s subnets (%s, %d px) with %s: params <= %s, %s >= %s, %s, budget %s%s, %d images",
              f"{encoding.size():,}", model_type, img_size, cfg.technique, f"{constraints.max_params:,}", cfg.metric,
-             cfg.min_miou, cfg.objective, cfg.budget or "unlimited",
+             min_miou.describe(), cfg.objective, cfg.budget or "unlimited",
              f", {cfg.time_limit:g} s" if cfg.time_limit else "", len(inputs))
-    state = run_search(encoding, evaluator.evaluate, constraints, cfg.technique, cfg.budget, cfg.time_limit,
+    state = run_search(encoding, evaluate, constraints, cfg.technique, cfg.budget, cfg.time_limit,
                        cfg.seed, out)
     log_outcome(state)
+    collapse = baseline_report(state, baselines, fg_fractions)
     extra = {
         "pretrained": pretrained, "technique": cfg.technique, "seed": cfg.seed, "budget": cfg.budget,
         "time_limit": cfg.time_limit, "space_size": encoding.size(), "smallest_params": smallest,
         "largest_params": subnet_params(model_type, img_size, encoding.largest()),
         "model_type": model_type, "img_size": img_size, "n_images": len(inputs),
-        "variant": variant, "supernet": str(cfg.supernet_path),
+        "variant": variant, "supernet": str(cfg.supernet_path), **collapse, **min_miou.report("min_miou"),
     }
     metrics = summarise(state, extra)
     paths = write_artifacts(out, state, metrics, f"{model_type} {variant}: {cfg.technique} search")
     params = {**{f"search.{k}": v for k, v in asdict(cfg).items()}, "max_params": constraints.max_params,
-              "min_miou": cfg.min_miou, "space_size": encoding.size(), "n_images_used": len(inputs)}
+              **min_miou.report("min_miou"), "space_size": encoding.size(), "n_images_used": len(inputs)}
     with start_run(tracking, "search", variant, params=params, tags={"pretrained": pretrained}) as run:
         run.log_metrics({"params": metrics["best_params"], "miou": metrics["best_miou"],
                          "miou_oracle": metrics["best_miou_oracle"], "feasible": metrics["feasible"],
                          "n_evaluations": state.n_evaluations, "seconds": metrics["seconds"],
-                         "evaluations_to_first_feasible": metrics["evaluations_to_first_feasible"]})
+                         "evaluations_to_first_feasible": metrics["evaluations_to_first_feasible"],
+                         **{k: v for k, v in collapse.items() if v is not None}})
         for path in paths:
             run.log_artifact(str(path))
     return metrics

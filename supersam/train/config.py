@@ -6,13 +6,14 @@ import dataclasses
 from dataclasses import dataclass
 
 from supersam.errors import ConfigError
+from supersam.thresholds import MiouThreshold, setting_text
 
 TRAINABLE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 MODES = ("sandwich", "sequential")
 
 # Fields that define the optimisation trajectory: a resumed run must match them.
 TRAJECTORY_FIELDS = (
-    "supernet", "iterations", "batch_size", "lr", "min_lr_ratio", "weight_decay",
+    "supernet", "iterations", "batch_size", "max_objects", "lr", "min_lr_ratio", "weight_decay",
     "grad_clip", "amp", "mode", "n_random", "distill", "distill_weight", "trainable", "seed",
 )
 
@@ -26,6 +27,8 @@ class TrainConfig:
         out: output folder: supernet.pt, metrics.json, history.json, checkpoints/.
         iterations: optimizer iterations (one batch each); the LR decays over them.
         batch_size: images per iteration, summed over all processes (DDP shards it).
+        max_objects: prompted objects per training image (random subset, or
+            random repetition when fewer); 0 = ``data.max_objects``.
         lr: AdamW start learning rate (paper: 1e-5).
         min_lr_ratio: the LR decays linearly to ``lr * min_lr_ratio`` (paper: 1%).
         weight_decay: AdamW decoupled weight decay (applies to whole shared tensors).
@@ -42,7 +45,9 @@ class TrainConfig:
         eval_every: evaluate min/max/fixed-random subnets every this many iterations
             (also before training and at the end); 0 = only before and at the end.
         val_images: validation images in the fixed evaluation sample.
-        target_miou: mIoU the smallest subnet must reach (paper Table I).
+        target_miou: mIoU the smallest subnet must reach (paper Table I): absolute
+            in [0, 1] (``0.84``) or a factor of the base model's mIoU on the probe's
+            validation sample (``0.9x``, ``90%``), resolved once when training starts.
         save_every: write a resumable checkpoint every this many iterations; 0 = never.
         seed: seeds subnet sampling, batch order, prompts and the fixed random subnet.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
@@ -56,6 +61,7 @@ class TrainConfig:
     out: str = "outputs/train/wanda"
     iterations: int = 200
     batch_size: int = 2
+    max_objects: int = 0
     lr: float = 1e-5
     min_lr_ratio: float = 0.01
     weight_decay: float = 0.01
@@ -68,7 +74,7 @@ class TrainConfig:
     trainable: tuple[str, ...] = ("image_encoder", "mask_decoder")
     eval_every: int = 25
     val_images: int = 8
-    target_miou: float = 0.84
+    target_miou: str = "0.84"
     save_every: int = 50
     seed: int = 0
     device: str = "auto"
@@ -78,7 +84,18 @@ class TrainConfig:
     log_every: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.target_miou, str):  # a number given in code: keep the setting as text
+            object.__setattr__(self, "target_miou", setting_text(self.target_miou))
         self.validate()
+
+    @property
+    def target_threshold(self) -> MiouThreshold:
+        """``target_miou`` parsed (absolute or relative to the base model).
+
+        Raises:
+            ConfigError: not a valid threshold (naming ``train.target_miou``).
+        """
+        return MiouThreshold.parse(self.target_miou, "train.target_miou")
 
     def validate(self) -> None:
         """Check ranges and names.
@@ -91,7 +108,7 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {value}")
-        for name in ("eval_every", "save_every", "n_random"):
+        for name in ("eval_every", "save_every", "n_random", "max_objects"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -110,8 +127,7 @@ class TrainConfig:
                 f"train.trainable entry {bad[0] if bad else '[]'!r} is invalid; "
                 f"list one or more of {', '.join(TRAINABLE_PARTS)}"
             )
-        if not 0 <= self.target_miou <= 1:
-            raise ConfigError(f"train.target_miou must be in [0, 1], got {self.target_miou}")
+        self.target_threshold  # noqa: B018  (raises on a bad threshold)
 
     def to_dict(self) -> dict:
         """Plain dict (lists instead of tuples) for JSON, MLflow params and checkpoints."""

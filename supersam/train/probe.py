@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from supersam.baselines import collapse_check, describe, trivial_baselines
 from supersam.data import DataConfig, prepare_split
 from supersam.evaluator import SubnetEvaluator
+from supersam.thresholds import ResolvedThreshold, base_checkpoint, resolve_threshold
 from supersam.train.config import TrainConfig
 from supersam.train.sampling import eval_generator
 
@@ -17,7 +21,10 @@ class ValidationProbe:
 
     The sample is ``prepare_split(data, "val", img_size, cfg.val_images, cfg.seed)``;
     the random subnet is drawn once from ``eval_generator(cfg.seed)``. Prompt
-    embeddings are cached unless the prompt encoder is being trained.
+    embeddings are cached unless the prompt encoder is being trained. The
+    trivial baselines (:func:`supersam.baselines.trivial_baselines`) are computed
+    once on the same sample (``baselines``); every call keeps each subnet's
+    predicted foreground fraction (``fg_fractions``) for :meth:`collapse_check`.
 
     Args:
         supernet: the ``SuperSam`` being trained.
@@ -39,14 +46,38 @@ class ValidationProbe:
         self.subnets = {"min": space.min_subnet(), "max": space.max_subnet(),
                         "random": space.sample(eval_generator(cfg.seed))}
         self.n_images = len(inputs)
+        self.baselines = trivial_baselines(inputs)
+        self.fg_fractions: dict[str, float] = {}
 
     def params(self) -> dict[str, int]:
         """``params_min``, ``params_max``, ``params_random``: all-of-SAM parameter counts."""
         return {f"params_{k}": int(self.evaluator.params(s)) for k, s in self.subnets.items()}
 
+    def baseline_metrics(self) -> dict[str, float]:
+        """``baseline_all_foreground`` and ``baseline_box_fill`` (box) or ``baseline_disk`` (point):
+        trivial-baseline mIoUs (in [0, 1]) on the probe's validation sample."""
+        return {f"baseline_{k}": v for k, v in self.baselines.items()}
+
+    def describe_baselines(self) -> str:
+        """``all-foreground 0.03, box fill 0.60``: the baselines for a log line."""
+        return describe(self.baselines)
+
+    def collapse_check(self, miou: float, kind: str = "min") -> tuple[bool, str]:
+        """:func:`supersam.baselines.collapse_check` of subnet ``kind`` with mIoU ``miou``.
+
+        Uses the foreground fraction of the latest call (NaN, i.e. only the mIoU
+        criterion, when this process has not evaluated yet, e.g. right after a resume).
+        """
+        return collapse_check(miou, self.fg_fractions.get(kind, math.nan), self.baselines)
+
     def __call__(self) -> dict[str, float]:
         """``miou_min``, ``miou_max``, ``miou_random`` (single-mask mIoU, in [0, 1])."""
-        return {f"miou_{k}": float(self.evaluator.evaluate(s)["miou"]) for k, s in self.subnets.items()}
+        scores = {}
+        for k, s in self.subnets.items():
+            result = self.evaluator.evaluate(s)
+            scores[f"miou_{k}"] = float(result["miou"])
+            self.fg_fractions[k] = float(result["fg_fraction"])
+        return scores
 
 
 def update_target(target: dict, miou_min: float, target_miou: float, iteration: int,
@@ -67,3 +98,24 @@ def update_target(target: dict, miou_min: float, target_miou: float, iteration: 
 def empty_target() -> dict:
     """The not-yet-reached milestone."""
     return {"iterations_to_target": None, "seconds_to_target": None, "energy_kwh_to_target": None}
+
+
+def resolve_target(cfg: TrainConfig, meta: dict, probe: ValidationProbe | None,
+                   source: str = "the supernet") -> ResolvedThreshold | None:
+    """``cfg.target_miou`` as an absolute mIoU, resolved once at the start of training.
+
+    A relative target (``0.9x``) multiplies the base model's single-mask mIoU
+    (``meta["checkpoint"]``, the SAM the supernet was built from) on the probe's
+    own validation sample. Every rank checks that a base model exists; only the
+    rank with the probe (rank 0) measures it, the others get None.
+
+    Raises:
+        ConfigError: invalid target, or a relative one for a supernet from a random-init SAM.
+        CheckpointError: the base checkpoint is missing or unreadable.
+    """
+    base_checkpoint(cfg.target_threshold, meta, "train.target_miou", source)
+    if probe is None:
+        return None
+    evaluator = probe.evaluator
+    return resolve_threshold(cfg.target_miou, meta, evaluator.inputs, evaluator.device, what="train.target_miou",
+                             source=source, metric="miou", amp=cfg.amp)
