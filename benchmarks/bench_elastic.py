@@ -44,7 +44,7 @@ from supersam.sam import build_sam_model, count_params  # noqa: E402
 from supersam.space import SearchSpace, SubnetConfig  # noqa: E402
 
 COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny_coco" / "val2017"
-SUBNETS = {  # the DESIGN.md example (mixed widths, 5 blocks dropped) and the paper's smallest subnet
+SUBNETS = {  # the docs/contracts.md example (mixed widths, 5 blocks dropped) and the paper's smallest subnet
     "design": SubnetConfig.from_mlp_dims([3072, 0, 0, 768, 1536, 0, 0, 2304, 768, 0, 3072, 1020]),
     "min": SearchSpace.for_arch("vit_b").min_subnet(),
 }

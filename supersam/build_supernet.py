@@ -38,15 +38,16 @@ class SpaceConfig:
     Attributes:
         prunable: blocks that may be dropped (paper: 1, 2, 5, 6, 9); None = arch default.
         drop_probs: drop probability theta_i per prunable block (reference code: 0.5); None = default.
-        windows: allowed MLP widths, ascending, last = full width; None = arch default
-            (vit_b: 768, 1020, 1536, 2304, 3072).
+        windows: allowed MLP widths, ascending, last = full width: fractions of the
+            model's MLP width (<= 1) or absolute widths; None = the paper's
+            0.25, 0.332, 0.5, 0.75, 1 (vit_b: 768, 1020, 1536, 2304, 3072).
         ranking: ``ranking.json`` of ``supersam rank-layers``; when given, its
             ``prunable`` and ``drop_probs`` are used instead of the two fields above.
     """
 
     prunable: tuple[int, ...] | None = None
     drop_probs: tuple[float, ...] | None = None
-    windows: tuple[int, ...] | None = None
+    windows: tuple[float, ...] | None = None
     ranking: str = ""
 
 

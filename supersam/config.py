@@ -116,7 +116,7 @@ class ModelConfig:
     """params.yaml ``model``: which SAM, at which input size, from which checkpoint.
 
     Attributes:
-        type: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny``.
+        type: ``vit_b``, ``vit_l``, ``vit_h``, ``vit_ti`` or ``tiny``.
         img_size: encoder input size in pixels (multiple of 16).
         checkpoint: official SAM ``.pth``; empty = random initialisation.
         seed: seed of the random initialisation (no checkpoint), so every stage

@@ -8,7 +8,7 @@ units are sorted by descending combined score (stable), and lin1's rows +
 bias and lin2's columns are permuted together in place. The MLP computes the
 same function afterwards; a slicing window w then keeps the w best units.
 
-Every block is reordered, block 0 included: DESIGN.md keeps block 0 at full
+Every block is reordered, block 0 included: docs/contracts.md keeps block 0 at full
 width, where the permutation is harmless (function preserving), and treating
 all blocks alike keeps the supernet independent of which blocks may be sliced.
 

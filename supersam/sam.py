@@ -1,9 +1,16 @@
 """Build SAM models through ``segment_anything`` at any input size.
 
-``vit_b``/``vit_l``/``vit_h`` follow ``segment_anything.build_sam`` exactly; ``tiny``
-is a SAM-shaped test configuration (same classes, 12 blocks like ViT-B so block
-indices and global-attention blocks 2, 5, 8, 11 match the paper, but embed 64,
-2 heads, a small prompt/decoder width) that runs in milliseconds on CPU.
+``vit_b``/``vit_l``/``vit_h`` follow ``segment_anything.build_sam`` exactly.
+``vit_ti`` is the CPU-sized member of the family that the default profile
+pretrains as its base model: a ViT-Ti/16 encoder (embed 192, 3 heads, as
+DeiT-Tiny) with ViT-B's layout -- 12 blocks, global attention at 2, 5, 8, 11,
+windowed elsewhere, MLP ratio 4 -- so block indices, the prunable set and the
+paper's search space keep their meaning; prompt encoder and mask decoder at
+width 128 (6.5M parameters in all, encoder 5.7M, at 256 px). Its width was
+chosen by measurement: from scratch on ISBI EM at 256 px on 2 CPU cores an
+embed-64 model plateaus below box fill, embed 192 passes it within ~6 minutes
+(docs/base-model.md). ``tiny`` is a SAM-shaped test configuration (same
+classes and layout, embed 64, 2 heads) that runs in milliseconds on CPU.
 
 Official checkpoints (``sam_vit_b_01ec64.pth`` key layout) load at any
 ``img_size`` that is a multiple of 16: the absolute position embedding
@@ -74,6 +81,11 @@ ARCHS: dict[str, SamArch] = {
     "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_ti": SamArch(
+        192, 12, 3, (2, 5, 8, 11), window_size=8, prompt_embed_dim=128,
+        decoder_mlp_dim=512, decoder_heads=8, iou_head_hidden_dim=128,
+        mask_in_chans=16, default_img_size=256,
+    ),
     "tiny": SamArch(
         64, 12, 2, (2, 5, 8, 11), window_size=4, prompt_embed_dim=32,
         decoder_mlp_dim=64, decoder_heads=2, iou_head_hidden_dim=32,
@@ -115,7 +127,7 @@ class LoadedSam:
 
     Attributes:
         model: the ``segment_anything.modeling.Sam`` (eval mode, on CPU).
-        model_type: ``vit_b``, ``vit_l``, ``vit_h`` or ``tiny``.
+        model_type: ``vit_b``, ``vit_l``, ``vit_h``, ``vit_ti`` or ``tiny``.
         img_size: encoder input size in pixels.
         pretrained: True when weights came from a checkpoint, False for random init.
         checkpoint: the checkpoint path, or None.

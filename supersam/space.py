@@ -7,7 +7,7 @@ elasticity: every kept block but block 0 keeps the first w hidden units of its
 (reordered) MLP for a window w in {768, 1020, 1536, 2304, 3072} (vit_b).
 Block 0 is protected from both.
 
-A subnet is a :class:`SubnetConfig` (the DESIGN.md JSON contract).
+A subnet is a :class:`SubnetConfig` (docs/contracts.md, "Subnet config").
 :func:`subnet_params` and :func:`subnet_macs` give its size and compute
 analytically, at any input size, without building a model.
 """
@@ -28,6 +28,8 @@ from supersam.sam import PATCH_SIZE, check_img_size, get_arch
 PAPER_PRUNABLE = (1, 2, 5, 6, 9)
 PAPER_DROP_PROB = 0.5
 PAPER_WINDOWS = (768, 1020, 1536, 2304, 3072)  # vit_b, MLP width 3072
+# the paper's windows as fractions of the full MLP width: 0.25, 0.332, 0.5, 0.75, 1
+PAPER_WINDOW_FRACTIONS = tuple(v / PAPER_WINDOWS[-1] for v in PAPER_WINDOWS)
 SUBNET_KINDS = ("max", "min", "random")
 
 
@@ -70,7 +72,7 @@ class SubnetConfig:
         return cls(tuple(i for i, d in enumerate(dims) if d > 0), dims)
 
     def to_dict(self) -> dict[str, list[int]]:
-        """The DESIGN.md JSON form ``{"kept_layers": [...], "mlp_dims": [...]}``."""
+        """The JSON form (docs/contracts.md) ``{"kept_layers": [...], "mlp_dims": [...]}``."""
         return {"kept_layers": list(self.kept_layers), "mlp_dims": list(self.mlp_dims)}
 
     @classmethod
@@ -174,8 +176,12 @@ class SearchSpace:
         """Space for SAM ``model_type``; unset parts default to the paper's.
 
         Defaults: prunable (1, 2, 5, 6, 9), theta_i = 0.5, windows (768, 1020,
-        1536, 2304, 3072) scaled by mlp_dim / 3072 (tiny: 64, 85, 128, 192, 256).
-        ``drop_probs`` may be one float for every prunable block.
+        1536, 2304, 3072) scaled by mlp_dim / 3072 (vit_ti: 192, 255, 384, 576,
+        768; tiny: 64, 85, 128, 192, 256). ``windows`` given as numbers <= 1 are
+        fractions of the model's MLP width (rounded; the paper's are
+        :data:`PAPER_WINDOW_FRACTIONS`), so one setting serves every model type;
+        numbers > 1 are absolute widths. ``drop_probs`` may be one float for
+        every prunable block.
 
         Raises:
             ConfigError: unknown model type or an invalid space.
@@ -185,7 +191,11 @@ class SearchSpace:
         if drop_probs is None or isinstance(drop_probs, (int, float)):
             drop_probs = (PAPER_DROP_PROB if drop_probs is None else float(drop_probs),) * len(prunable)
         if windows is None:
-            windows = tuple(round(v * arch.mlp_dim / PAPER_WINDOWS[-1]) for v in PAPER_WINDOWS)
+            windows = PAPER_WINDOW_FRACTIONS
+        if windows and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in windows):
+            windows = tuple(round(float(v) * arch.mlp_dim) for v in windows)
+        elif isinstance(windows, (list, tuple)):
+            windows = tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in windows)
         return cls(arch.depth, arch.mlp_dim, prunable, tuple(drop_probs), tuple(windows))
 
     def validate(self, cfg: SubnetConfig) -> None:

@@ -1,4 +1,4 @@
-"""MLflow tracking shared by every stage (DESIGN.md "MLflow" contract).
+"""MLflow tracking shared by every stage (docs/contracts.md, "MLflow").
 
 One experiment; every run tagged ``stage`` and ``variant`` (and ``pretrained``);
 runs of one pipeline share the tag ``pipeline_run``: the ``SUPERSAM_PIPELINE_RUN``

@@ -1,6 +1,6 @@
 """`dvc repro` of the whole pipeline on the tiny SAM config in a temporary copy of the project.
 
-Runs all seven stages on real ISBI EM patches, checks every stage's artifacts and
+Runs `pretrain` and the seven SuperSAM stages on real ISBI EM patches, checks every stage's artifacts and
 metrics, that a second `dvc repro` does nothing, and reads the MLflow runs back
 through the REST API of a real `mlflow server` on 127.0.0.1.
 """
@@ -30,10 +30,10 @@ def _tiny_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"].update(type="tiny", img_size=128)
     params["data"].update(root=str(SHARED_DATA / "isbi2012_em"), max_objects=4)
-    params["space"]["windows"] = [64, 85, 128, 192, 256]
+    params["pretrain"].update(iterations=4, batch_size=2, max_objects=4, eval_every=2, val_images=2, save_every=2)
     params["rank_layers"].update(n_images=2)
     params["calibrate"].update(n_images=2, batch_size=2)
-    params["train"].update(iterations=4, eval_every=2, val_images=2, save_every=2)
+    params["train"].update(iterations=4, batch_size=2, max_objects=4, eval_every=2, val_images=2, save_every=2)
     params["search"].update(budget=6, n_images=2, max_params="0.6M", min_miou=0.0)
     params["eval"].update(n_images=2, overlays=1)
     return params
@@ -71,6 +71,8 @@ def _json(path: Path):
 
 def test_every_stage_writes_its_artifacts(project):
     out = project / "outputs"
+    base = _json(out / "pretrain" / "metrics.json")
+    assert base["iterations"] == 4 and base["model_type"] == "tiny" and (out / "pretrain" / "model.pt").is_file()
     ranking = _json(out / "rank_layers" / "ranking.json")
     assert len(ranking["importance"]) == 12 and 0 not in ranking["prunable"]
     assert (out / "calibration" / "wanda_stats.pt").stat().st_size > 0
@@ -79,7 +81,7 @@ def test_every_stage_writes_its_artifacts(project):
         space = _json(out / "supernet" / variant / "search_space.json")
         assert space["prunable"] == ranking["prunable"]
         train = _json(out / "train" / variant / "metrics.json")
-        assert train["iterations"] == 4 and train["pretrained"] is False
+        assert train["iterations"] == 4 and train["pretrained"] is True  # built from the pretrain stage's model
         for key in ("miou_min", "miou_max", "iterations_to_target", "energy_kwh", "co2_kg", "energy_method", "seconds"):
             assert key in train, key
         history = _json(out / "train" / variant / "history.json")
@@ -157,7 +159,7 @@ def test_mlflow_server_serves_one_train_run_per_variant(project):
     tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
     stages = sorted(t["stage"] for t in tags)
     assert stages.count("train") == 3 and stages.count("search") == 3 and stages.count("build-supernet") == 3
-    assert {"rank-layers", "calibrate-wanda", "eval"} <= set(stages)
+    assert {"pretrain", "rank-layers", "calibrate-wanda", "eval"} <= set(stages)
     assert len({t.get("pipeline_run") for t in tags}) == 1
     train = [run for run, t in zip(runs, tags) if t["stage"] == "train"]
     assert sorted(t["variant"] for t in tags if t["stage"] == "train") == sorted(VARIANTS)
@@ -165,4 +167,4 @@ def test_mlflow_server_serves_one_train_run_per_variant(project):
         metrics = {m["key"] for m in run["data"]["metrics"]}
         assert {"miou_min", "miou_max", "iterations", "energy_kwh", "co2_kg", "seconds"} <= metrics
         run_tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        assert run_tags["energy_method"] in ("nvml", "rapl", "estimate") and run_tags["pretrained"] == "false"
+        assert run_tags["energy_method"] in ("nvml", "rapl", "estimate") and run_tags["pretrained"] == "true"

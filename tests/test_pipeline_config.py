@@ -15,6 +15,7 @@ from supersam.config import ModelConfig, TrackingConfig, build_config
 from supersam.data import DataConfig
 from supersam.eval import EvalConfig
 from supersam.export import ExportConfig
+from supersam.pretrain import PretrainConfig
 from supersam.rank_layers import RankLayersConfig
 from supersam.search.config import SearchConfig
 from supersam.train.config import TrainConfig
@@ -22,12 +23,12 @@ from supersam.train.config import TrainConfig
 from conftest import ROOT
 
 SECTIONS = {
-    "model": ModelConfig, "data": DataConfig, "mlflow": TrackingConfig,
+    "model": ModelConfig, "data": DataConfig, "mlflow": TrackingConfig, "pretrain": PretrainConfig,
     "rank_layers": RankLayersConfig, "calibrate": CalibrateConfig, "space": SpaceConfig,
     "supernet": SupernetConfig, "train": TrainConfig, "search": SearchConfig,
     "export": ExportConfig, "eval": EvalConfig,
 }
-STAGES = ["rank-layers", "calibrate-wanda", "build-supernet", "train", "search", "export", "eval"]
+STAGES = ["pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "search", "export", "eval"]
 
 
 def _dvc() -> dict:
@@ -49,7 +50,7 @@ def test_every_params_section_builds_its_config(params_file):
         build_config(cls, params[section], section)  # raises on unknown keys / bad types
 
 
-def test_dvc_stages_are_the_seven_commands_in_order():
+def test_dvc_stages_are_pretrain_and_the_seven_commands_in_order():
     stages = _dvc()["stages"]
     assert list(stages) == STAGES
     for name in ("build-supernet", "train", "search"):

@@ -18,7 +18,7 @@ def build_supernet_cli(
     stats: Optional[str] = typer.Option(None, "--stats", help="supernet.stats: calibrate-wanda artifact (wanda only)."),
     out: Optional[str] = typer.Option(None, "--out", help="supernet.out folder ({reorder} is replaced)."),
     ranking: Optional[str] = typer.Option(None, "--ranking", help="space.ranking: rank-layers ranking.json."),
-    model_type: Optional[str] = typer.Option(None, "--model-type", help="model.type: vit_b, vit_l, vit_h, tiny."),
+    model_type: Optional[str] = typer.Option(None, "--model-type", help="model.type: vit_b, vit_l, vit_h, vit_ti, tiny."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="model.img_size in pixels."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="model.checkpoint (.pth); empty = random init."),
 ) -> None:

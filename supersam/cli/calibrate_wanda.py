@@ -13,7 +13,7 @@ from supersam.cli.app import app, params_option
 @app.command("calibrate-wanda")
 def calibrate_wanda_cli(
     params: Path = params_option(),
-    model_type: Optional[str] = typer.Option(None, "--model-type", help="model.type: vit_b, vit_l, vit_h, tiny."),
+    model_type: Optional[str] = typer.Option(None, "--model-type", help="model.type: vit_b, vit_l, vit_h, vit_ti, tiny."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="model.img_size in pixels."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="model.checkpoint (.pth); empty = random init."),
     n_images: Optional[int] = typer.Option(None, "--n-images", help="Calibration images (paper: 100; 0 = whole split)."),

@@ -109,17 +109,20 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], fields: tuple[str, ...], path: Path) -> None:
+def check_resumable(
+    saved: dict[str, Any], current: dict[str, Any], fields: tuple[str, ...], path: Path, section: str = "train"
+) -> None:
     """Refuse to resume when a trajectory-defining setting changed.
 
-    Keys without a dot are ``train`` fields; others carry their section (``data.root``).
+    Keys without a dot are fields of ``section`` (``train``, ``pretrain``); others
+    carry their section (``data.root``).
 
     Raises:
         CheckpointError: naming the first differing ``section.field``.
     """
     for name in fields:
         if saved.get(name) != current.get(name):
-            label = name if "." in name else f"train.{name}"
+            label = name if "." in name else f"{section}.{name}"
             raise CheckpointError(
                 f"cannot resume from {path}: {label} was {saved.get(name)!r}, now {current.get(name)!r}; "
                 "restore the setting or start fresh without --resume"

@@ -22,7 +22,7 @@ from supersam.train.config import TRAJECTORY_FIELDS, TrainConfig
 from supersam.train.distributed import DistContext, barrier, broadcast_params, check_batch
 from supersam.train.energy import EnergyMeter
 from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
-from supersam.train.probe import ValidationProbe, empty_target, update_target
+from supersam.train.probe import ValidationProbe, empty_target, resolve_target, update_target
 from supersam.train.report import TrainProgress, write_outputs
 from supersam.train.sampling import batch_indices, data_position, prompt_rng, shard
 from supersam.train.sandwich import StepResult, train_step
@@ -70,6 +70,8 @@ class Trainer:
         self.probe = None
         if ctx.is_main:
             self.probe = ValidationProbe(self.supernet, data_cfg, self.img_size, cfg, ctx.device, self.model_type)
+        # the absolute target mIoU (a relative train.target_miou: against the base model, on the probe's sample)
+        self.target_miou = resolve_target(cfg, self.meta, self.probe, str(cfg.supernet))
         self.iteration = 0
         self.result = TrainResult()
         self.target = empty_target()
@@ -91,8 +93,8 @@ class Trainer:
         indices = batch_indices(cfg.seed, iteration, cfg.batch_size, len(self.dataset))
         mine = shard(list(enumerate(indices)), self.ctx.rank, self.ctx.world_size)
         return [
-            prepare_sample(self.dataset[i], self.img_size, d.prompt, d.max_objects, d.box_pad,
-                           prompt_rng(cfg.seed, iteration, slot)).to(self.ctx.device)
+            prepare_sample(self.dataset[i], self.img_size, d.training_prompt, cfg.max_objects or d.max_objects, d.box_pad,
+                           prompt_rng(cfg.seed, iteration, slot), box_jitter=d.box_jitter).to(self.ctx.device)
             for slot, i in mine
         ]
 
@@ -151,8 +153,8 @@ class Trainer:
                      "loss": sum(since) / len(since) if since else None,
                      "seconds": seconds, "energy_kwh": kwh}
             self.result.history.append(entry)
-            if update_target(self.target, scores["miou_min"], self.cfg.target_miou, self.iteration, seconds, kwh):
-                log.info("smallest subnet reached mIoU %.3f at iteration %d", self.cfg.target_miou, self.iteration)
+            if update_target(self.target, scores["miou_min"], self.target_miou.value, self.iteration, seconds, kwh):
+                log.info("smallest subnet reached mIoU %.3f at iteration %d", self.target_miou.value, self.iteration)
             run.log_metrics(scores, step=self.iteration)
             bar.show_miou(scores)
         barrier(self.ctx)
@@ -222,9 +224,13 @@ class Trainer:
         """Rank 0: write supernet.pt, metrics.json, history.json; log final metrics and tags."""
         last = self.result.history[-1]
         kwh, seconds = self.kwh(), self.seconds()
+        collapsed, reason = self.probe.collapse_check(last["miou_min"], "min")
+        if collapsed:
+            log.warning("the smallest subnet looks collapsed: %s", reason)
         metrics = {
             **{k: last[k] for k in ("miou_min", "miou_max", "miou_random")},
-            "iterations": self.iteration, **self.target,
+            **self.probe.baseline_metrics(), "collapsed": collapsed,
+            "iterations": self.iteration, **self.target, **self.target_miou.report("target_miou", base_key=None),
             "seconds": seconds, "energy_kwh": kwh, "co2_kg": self.meter.co2_kg(kwh),
             "co2_kg_to_target": (None if self.target["energy_kwh_to_target"] is None
                                  else self.meter.co2_kg(self.target["energy_kwh_to_target"])),
@@ -238,12 +244,12 @@ class Trainer:
                                        "mode": self.cfg.mode, "source": str(self.cfg.supernet)}}
         save_supernet(self.out / "supernet.pt", self.supernet, meta)
         write_outputs(self.out, metrics, self.result.history)
-        # DESIGN.md's common names: `miou`/`params` of the smallest subnet (paper Table I's subject)
+        # docs/contracts.md's common names: `miou`/`params` of the smallest subnet (paper Table I's subject)
         run.log_metrics({**metrics, "miou": metrics["miou_min"], "params": metrics.get("params_min")},
                         step=self.iteration)
         run.set_tags({"energy_method": metrics["energy_method"], "energy_detail": metrics["energy_detail"],
                       "target_reached": str(metrics["iterations_to_target"] is not None).lower()})
         self.result.metrics = metrics
-        log.info("trained %d iterations in %.1f s (%.3g kWh, %s): mIoU min %.3f max %.3f -> %s",
-                 self.iteration, seconds, kwh, metrics["energy_method"], metrics["miou_min"],
-                 metrics["miou_max"], self.out / "supernet.pt")
+        log.info("trained %d iterations in %.1f s (%.3g kWh, %s): mIoU min %.3f max %.3f "
+                 "(trivial baselines: %s) -> %s", self.iteration, seconds, kwh, metrics["energy_method"],
+                 metrics["miou_min"], metrics["miou_max"], self.probe.describe_baselines(), self.out / "supernet.pt")

@@ -1,0 +1,269 @@
+"""The ``pretrain`` stage: train the SAM-family base model that SuperSAM compresses.
+
+The paper starts from a trained SAM; without the official checkpoint (these
+machines have none, and a random SAM scores exactly what predicting
+all-foreground scores) the pipeline first trains one on the domain. The
+recipe is SAM's own (Kirillov et al. 2023, App. A): all of SAM trained,
+20 x focal + Dice on the masks and MSE on the IoU head
+(:func:`supersam.losses.sam_loss`), several prompted objects per image, box
+jitter and random points, rot90/flip/intensity augmentation, AdamW with a
+linear warm-up and cosine decay, gradient clipping. With an official
+checkpoint as ``pretrain.init`` it fine-tunes it (domain adaptation), or with
+``iterations: 0`` passes it through.
+
+Everything random is a pure function of (seed, iteration, slot), so
+``--resume`` continues exactly where an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from supersam.config import ModelConfig, TrackingConfig
+from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
+from supersam.data.augment import augment_sample
+from supersam.data.config import PROMPTS
+from supersam.device import autocast, resolve_device
+from supersam.evaluator import run_eval
+from supersam.io import torch_save, write_json
+from supersam.losses import SamLossWeights, low_res_targets, sam_loss
+from supersam.predict import embed_prompts, encode_images
+from supersam.pretrain.config import TRAJECTORY_FIELDS, PretrainConfig
+from supersam.sam import build_sam, count_params
+from supersam.tracking import start_run
+from supersam.train import checkpointing as ckpt
+from supersam.train.sampling import batch_indices, data_position, prompt_rng
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+
+
+def lr_factor(iteration: int, iterations: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier of 0-based ``iteration``: linear warm-up over ``warmup`` steps, then cosine to ``min_ratio``."""
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    span = max(iterations - warmup - 1, 1)
+    t = min(max(iteration - warmup, 0) / span, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` produced: the checkpoint path and the metrics.json content."""
+
+    checkpoint: Path
+    metrics: dict
+
+
+class Pretrainer:
+    """State of one base-model training run; :meth:`run` drives it.
+
+    Args:
+        model_cfg: architecture (``type``, ``img_size``, ``seed``); ``model.checkpoint``
+            is ignored here (it names this stage's output for the stages after it).
+        data_cfg: the data section; training prompts are ``data.train_prompt``.
+        cfg: the recipe.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig, cfg: PretrainConfig) -> None:
+        self.model_cfg, self.data_cfg, self.cfg = model_cfg, data_cfg, cfg
+        self.out = Path(cfg.out)
+        self.device = resolve_device(cfg.device)
+        loaded = build_sam(model_cfg.type, model_cfg.img_size, cfg.init or None, seed=model_cfg.seed)
+        self.loaded, self.sam = loaded, loaded.model.to(self.device)
+        self.img_size = loaded.img_size
+        self.params = [p for p in self.sam.parameters()]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: lr_factor(i, cfg.iterations, cfg.warmup, cfg.min_lr_ratio))
+        self.weights = SamLossWeights(cfg.focal_weight, cfg.dice_weight, cfg.iou_weight, cfg.focal_alpha)
+        self.dataset = load_split(data_cfg, "train") if cfg.iterations else None
+        self.val = {kind: prepare_split(data_cfg, "val", self.img_size, n_images=cfg.val_images,
+                                        seed=cfg.seed, repeat=False, prompt=kind) for kind in PROMPTS}
+        self.iteration = 0
+        self.losses: list[dict] = []
+        self.history: list[dict] = []
+        self.offset_seconds = 0.0
+
+    # -- data ------------------------------------------------------------------
+    def batch(self, iteration: int) -> list:
+        """Prepared, augmented inputs of 0-based ``iteration`` (pure function of seed and iteration)."""
+        cfg, d = self.cfg, self.data_cfg
+        inputs = []
+        for slot, i in enumerate(batch_indices(cfg.seed, iteration, cfg.batch_size, len(self.dataset))):
+            rng = prompt_rng(cfg.seed, iteration, slot)
+            sample = self.dataset[i]
+            if cfg.augment:
+                sample = augment_sample(sample, rng)
+            inputs.append(prepare_sample(sample, self.img_size, d.training_prompt, cfg.max_objects, d.box_pad,
+                                         rng, box_jitter=d.box_jitter).to(self.device))
+        return inputs
+
+    # -- one step --------------------------------------------------------------
+    def step(self) -> dict:
+        """One optimizer step on this iteration's batch; returns its loss entry."""
+        inputs = self.batch(self.iteration)
+        self.sam.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.cfg.amp):
+            embeddings = encode_images(self.sam, inputs)  # B x D x G x G
+        batch_loss, parts = embeddings.new_zeros((), dtype=torch.float32), {"focal": 0.0, "dice": 0.0, "iou_mse": 0.0}
+        for j, inp in enumerate(inputs):
+            with autocast(self.device, self.cfg.amp):
+                sparse, dense = embed_prompts(self.sam, inp)
+                low_res, iou_pred = self.sam.mask_decoder.predict_masks(
+                    image_embeddings=embeddings[j : j + 1], image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                )  # N x 4 x S/4 x S/4, N x 4
+            target = low_res_targets(inp.gt_masks, inp.input_size, self.img_size)  # N x S/4 x S/4
+            loss, terms = sam_loss(low_res, iou_pred, target, self.weights)
+            batch_loss = batch_loss + loss / len(inputs)
+            for k, v in terms.items():
+                parts[k] += v / len(inputs)
+        batch_loss.backward()
+        total = float(batch_loss.detach())
+        grad_norm = float("nan")
+        if self.cfg.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iteration += 1
+        return {"iteration": self.iteration, "loss": total, **parts, "lr": lr, "grad_norm": grad_norm}
+
+    # -- validation -------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """mIoU (single mask) and predicted foreground fraction per prompt kind on the fixed val sample."""
+        entry: dict = {"iteration": self.iteration, "seconds": self.seconds()}
+        for kind, inputs in self.val.items():
+            result = run_eval(self.sam, inputs, self.device, self.cfg.amp)
+            entry[f"miou_{kind}"] = float(result["miou"])
+            if "fg_fraction" in result:
+                entry[f"fg_fraction_{kind}"] = float(result["fg_fraction"])
+        since = [e["loss"] for e in self.losses if e["iteration"] > (self.history[-1]["iteration"] if self.history else 0)]
+        entry["loss"] = sum(since) / len(since) if since else None
+        self.history.append(entry)
+        log.info("pretrain %d/%d: val mIoU %s", self.iteration, self.cfg.iterations,
+                 ", ".join(f"{k} {entry[f'miou_{k}']:.3f}" for k in self.val))
+        return entry
+
+    def seconds(self) -> float:
+        return self.offset_seconds + time.perf_counter() - self._t0
+
+    # -- checkpoints --------------------------------------------------------------
+    def identity(self) -> dict:
+        """Settings a resumed run must share: the recipe, the architecture and the data."""
+        return {**self.cfg.to_dict(), **{f"model.{k}": v for k, v in vars(self.model_cfg).items() if k != "checkpoint"},
+                **{f"data.{k}": v for k, v in vars(self.data_cfg).items()}}
+
+    def save_state(self) -> None:
+        ckpt.save_training_state(
+            ckpt.checkpoint_path(self.out), self.sam, self.optimizer, self.scheduler, self.iteration,
+            data_position(self.iteration, self.cfg.batch_size, len(self.dataset)), self.identity(),
+            {"losses": self.losses, "history": self.history, "seconds": self.seconds()},
+        )
+
+    def resume(self) -> None:
+        """Continue from ``out/checkpoints/last.pt``.
+
+        Raises:
+            CheckpointError: missing/unreadable file or changed settings.
+        """
+        path = ckpt.checkpoint_path(self.out)
+        state = ckpt.load_training_state(path)
+        identity = self.identity()
+        fields = TRAJECTORY_FIELDS + tuple(k for k in identity if "." in k)
+        ckpt.check_resumable(state["config"], identity, fields, path, section="pretrain")
+        self.sam.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng_states(state["rng"])
+        self.iteration = int(state["iteration"])
+        progress = state["progress"]
+        self.losses, self.history = list(progress["losses"]), list(progress["history"])
+        self.offset_seconds = float(progress["seconds"])
+        log.info("resumed pretraining from %s at iteration %d", path, self.iteration)
+
+    # -- the run -----------------------------------------------------------------
+    def run(self, tracking: TrackingConfig, resume: bool = False, stop_after: int | None = None) -> PretrainResult | None:
+        """Train to ``cfg.iterations`` (or ``stop_after``), then write the base model and its metrics.
+
+        Returns:
+            the result, or None when ``stop_after`` ended the run early (checkpoint saved).
+        """
+        cfg = self.cfg
+        if resume:
+            self.resume()
+        self._t0 = time.perf_counter()
+        end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
+        params = {**{f"pretrain.{k}": v for k, v in cfg.to_dict().items()},
+                  **{f"data.{k}": v for k, v in vars(self.data_cfg).items()},
+                  "model_type": self.model_cfg.type, "img_size": self.img_size}
+        with start_run(tracking, "pretrain", "", params, {"pretrained": bool(cfg.init)}) as run:
+            if not self.history:
+                run.log_metrics(_numeric(self.evaluate()), step=self.iteration)
+            while self.iteration < end:
+                entry = self.step()
+                self.losses.append(entry)
+                if self.iteration % cfg.log_every == 0:
+                    run.log_metrics(_numeric(entry), step=self.iteration)
+                if (cfg.eval_every and self.iteration % cfg.eval_every == 0) or self.iteration == cfg.iterations:
+                    run.log_metrics(_numeric(self.evaluate()), step=self.iteration)
+                if (cfg.save_every and self.iteration % cfg.save_every == 0) or self.iteration == end:
+                    self.save_state()
+            if self.iteration < cfg.iterations:
+                log.info("stopped after iteration %d of %d; continue with --resume", self.iteration, cfg.iterations)
+                return None
+            result = self.finish()
+            run.log_metrics(_numeric(result.metrics))
+            for name in ("metrics.json", "history.json", "config.json"):
+                run.log_artifact(str(self.out / name))
+        return result
+
+    def finish(self) -> PretrainResult:
+        """Write model.pt (official SAM key layout), config.json, metrics.json and history.json."""
+        last = self.history[-1]
+        path = torch_save({k: v.detach().cpu() for k, v in self.sam.state_dict().items()}, self.out / MODEL_FILE)
+        seconds = self.seconds()
+        metrics = {
+            **{k: v for k, v in last.items() if k.startswith(("miou_", "fg_fraction_"))},
+            "miou": last[f"miou_{self.data_cfg.prompt}"], "prompt": self.data_cfg.prompt,
+            "iterations": self.iteration, "seconds": seconds,
+            "images_per_second": self.iteration * self.cfg.batch_size / seconds if seconds > 0 else None,
+            "final_loss": self.losses[-1]["loss"] if self.losses else None,
+            "params": count_params(self.sam), "encoder_params": count_params(self.sam.image_encoder),
+            "model_type": self.model_cfg.type, "img_size": self.img_size, "init": self.cfg.init,
+            "val_images": len(next(iter(self.val.values()))),
+            "val_objects": sum(inp.n_objects for inp in next(iter(self.val.values()))),
+        }
+        write_json(self.out / "config.json", {"model_type": self.model_cfg.type, "img_size": self.img_size,
+                                              "checkpoint": MODEL_FILE, "init": self.cfg.init,
+                                              "iterations": self.iteration, "seed": self.cfg.seed})
+        write_json(self.out / "metrics.json", metrics)
+        write_json(self.out / "history.json", self.history)
+        log.info("base model (%s, %d px, %d params) after %d iterations in %.0f s: val mIoU %s -> %s",
+                 self.model_cfg.type, self.img_size, metrics["params"], self.iteration, seconds,
+                 ", ".join(f"{k} {last[f'miou_{k}']:.3f}" for k in self.val), path)
+        return PretrainResult(path, metrics)
+
+
+def _numeric(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k != "iteration" and isinstance(v, (int, float)) and v is not None}
+
+
+def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: PretrainConfig, tracking: TrackingConfig,
+             resume: bool = False, stop_after: int | None = None) -> PretrainResult | None:
+    """Train (or pass through) the base model; see :class:`Pretrainer`.
+
+    Raises:
+        ConfigError / DataError / CheckpointError: bad settings, data or checkpoint.
+    """
+    return Pretrainer(model_cfg, data_cfg, cfg).run(tracking, resume, stop_after)
