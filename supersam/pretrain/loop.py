@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from supersam.baselines import collapse_check, describe, trivial_baselines
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
 from supersam.data.augment import augment_sample
@@ -88,6 +89,7 @@ class Pretrainer:
         self.dataset = load_split(data_cfg, "train") if cfg.iterations else None
         self.val = {kind: prepare_split(data_cfg, "val", self.img_size, n_images=cfg.val_images,
                                         seed=cfg.seed, repeat=False, prompt=kind) for kind in PROMPTS}
+        self.baselines = {kind: trivial_baselines(inputs) for kind, inputs in self.val.items()}
         self.iteration = 0
         self.losses: list[dict] = []
         self.history: list[dict] = []
@@ -154,6 +156,21 @@ class Pretrainer:
         log.info("pretrain %d/%d: val mIoU %s", self.iteration, self.cfg.iterations,
                  ", ".join(f"{k} {entry[f'miou_{k}']:.3f}" for k in self.val))
         return entry
+
+    def baseline_metrics(self, last: dict, untrained: dict) -> dict:
+        """Per prompt kind: trivial baselines and the untrained model (iteration 0) on the same
+        validation objects, and the collapse flag of the trained model (warned)."""
+        out: dict = {}
+        for kind, baselines in self.baselines.items():
+            out.update({f"baseline_{name}_{kind}": value for name, value in baselines.items()})
+            out[f"baseline_untrained_{kind}"] = untrained[f"miou_{kind}"] if untrained["iteration"] == 0 else None
+            collapsed, reason = collapse_check(last[f"miou_{kind}"], last.get(f"fg_fraction_{kind}", math.nan), baselines)
+            out[f"collapsed_{kind}"] = collapsed
+            log.info("base model, %s prompts: val mIoU %.3f (%s, untrained %.3f)", kind, last[f"miou_{kind}"],
+                     describe(baselines), untrained[f"miou_{kind}"])
+            if collapsed:
+                log.warning("the base model looks collapsed with %s prompts: %s", kind, reason)
+        return out
 
     def seconds(self) -> float:
         return self.offset_seconds + time.perf_counter() - self._t0
@@ -230,12 +247,13 @@ class Pretrainer:
 
     def finish(self) -> PretrainResult:
         """Write model.pt (official SAM key layout), config.json, metrics.json and history.json."""
-        last = self.history[-1]
+        last, untrained = self.history[-1], self.history[0]
         path = torch_save({k: v.detach().cpu() for k, v in self.sam.state_dict().items()}, self.out / MODEL_FILE)
         seconds = self.seconds()
         metrics = {
             **{k: v for k, v in last.items() if k.startswith(("miou_", "fg_fraction_"))},
             "miou": last[f"miou_{self.data_cfg.prompt}"], "prompt": self.data_cfg.prompt,
+            **self.baseline_metrics(last, untrained),
             "iterations": self.iteration, "seconds": seconds,
             "images_per_second": self.iteration * self.cfg.batch_size / seconds if seconds > 0 else None,
             "final_loss": self.losses[-1]["loss"] if self.losses else None,
