@@ -18,6 +18,8 @@ first (:func:`input_to_original`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 
@@ -26,6 +28,8 @@ import torch
 
 from supersam.data.types import ModelInput
 from supersam.metrics import mask_iou
+
+log = logging.getLogger(__name__)
 
 FG_LIMIT = 0.9
 """A model predicting more than this share of the image as foreground (mean over objects) is collapsed."""
@@ -240,3 +244,74 @@ def collapse_check(
 def describe(baselines: Mapping[str, float]) -> str:
     """``all-foreground 0.03, box fill 0.60``: baselines for a log line (2 decimals)."""
     return ", ".join(f"{LABELS.get(k, k)} {v:.2f}" for k, v in baselines.items())
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    """Drop build_sam's "no checkpoint: RANDOM initialisation" warning (the untrained baseline is meant to be)."""
+    logger = logging.getLogger("supersam.sam")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "RANDOM initialisation" not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def untrained_mious(
+    model_type: str, img_size: int, seed: int, inputs_by_kind: dict[str, list], device: torch.device,
+    amp: bool = False, batch_size: int = 1, advance=None,
+) -> dict[str, float]:
+    """Single-mask mIoU of an untrained (randomly initialised) SAM on the same inputs.
+
+    The model is ``build_sam(model_type, img_size, None, seed=seed)``: the full
+    architecture of ``model_type`` (for an exported or supernet subnet too, not
+    the subnet's pruned shape), random weights drawn under ``seed`` (params
+    ``model.seed``, the random start every pipeline stage shares).
+
+    Args:
+        inputs_by_kind: prompt kind -> prepared inputs (the same images in the
+            same order for every kind; encoded once).
+
+    Returns:
+        prompt kind -> mIoU in [0, 1].
+    """
+    from supersam.evaluator import run_eval
+    from supersam.sam import build_sam
+
+    with _quiet_random_init():
+        model = build_sam(model_type, img_size, None, seed=seed).model.to(device)
+    kinds = list(inputs_by_kind)
+    result = run_eval(model, inputs_by_kind[kinds[0]], device, amp, batch_size, advance=advance,
+                      also={k: inputs_by_kind[k] for k in kinds[1:]})
+    del model
+    return {kinds[0]: result["miou"], **{k: r["miou"] for k, r in result.get("also", {}).items()}}
+
+
+def kind_metrics(kind: str, result: dict, baselines: dict[str, float], untrained: float | None) -> dict:
+    """The ``<key>_<kind>`` entries of one prompt kind, and logs its summary (and a collapse warning).
+
+    Args:
+        result: ``run_eval`` result of this kind (``miou``, ``miou_oracle``, ``fg_fraction``).
+        baselines: :func:`trivial_baselines` of this kind's inputs.
+        untrained: mIoU of the untrained model on the same inputs (None = not measured).
+
+    Returns:
+        ``miou_<kind>``, ``miou_oracle_<kind>``, ``fg_fraction_<kind>``,
+        ``baseline_all_foreground_<kind>``, ``baseline_box_fill_box`` or
+        ``baseline_disk_point``, ``baseline_untrained_<kind>``, ``collapsed_<kind>``.
+    """
+    collapsed, reason = collapse_check(result["miou"], result["fg_fraction"], baselines)
+    out = {f"miou_{kind}": result["miou"], f"miou_oracle_{kind}": result["miou_oracle"],
+           f"fg_fraction_{kind}": result["fg_fraction"]}
+    out.update({f"baseline_{name}_{kind}": value for name, value in baselines.items()})
+    out[f"baseline_untrained_{kind}"] = untrained
+    out[f"collapsed_{kind}"] = collapsed
+    shown = ", ".join(f"{LABELS[k]} {v:.2f}" for k, v in {**baselines, "untrained": untrained}.items() if v is not None)
+    log.info("%s prompts: mIoU %.2f (%s)", kind, result["miou"], shown)
+    if collapsed:
+        log.warning("%s prompts: the model looks collapsed: %s", kind, reason)
+    return out

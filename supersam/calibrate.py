@@ -47,7 +47,7 @@ class CalibrateConfig:
     Attributes:
         n_images: calibration images (paper: 100; 0 = the whole split).
         batch_size: images per encoder forward.
-        split: data split the images come from (``train``, ``val``, ``all``).
+        split: data split the images come from (``train``, ``val``, ``all``; ``test`` is refused).
         seed: seed of the data preparation (prompts are unused here).
         out: where the stats artifact is written.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
@@ -248,9 +248,11 @@ def calibrate_wanda(
         ConfigError, CheckpointError, DataError: bad settings, checkpoint or data.
     """
     from supersam.data import prepare_split
+    from supersam.data.config import check_selection_split
 
     if cfg.n_images < 0:
         raise ConfigError(f"calibrate.n_images must be >= 0 (0 = whole split), got {cfg.n_images}")
+    check_selection_split(cfg.split, "calibrate.split")
     if cfg.batch_size < 1:
         raise ConfigError(f"calibrate.batch_size must be >= 1, got {cfg.batch_size}")
     device = resolve_device(cfg.device)

@@ -9,7 +9,6 @@ an untrained model of the same architecture, so a collapsed model shows.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from supersam.baselines import LABELS, collapse_check, trivial_baselines
+from supersam.baselines import kind_metrics, trivial_baselines, untrained_mious
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.data import DataConfig, prepare_split
 from supersam.data.config import PROMPTS, SPLITS
@@ -27,7 +26,7 @@ from supersam.device import resolve_device
 from supersam.evaluator import run_eval
 from supersam.io import write_json
 from supersam.overlays import save_overlay
-from supersam.sam import build_sam, build_sam_from_config, count_params
+from supersam.sam import build_sam_from_config, count_params
 from supersam.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class EvalConfig:
         batch_size: images per encoder forward.
         device: ``auto``, ``cpu``, ``cuda``...
         amp: bf16 autocast.
-        seed: seed of the prompt draw (fixed validation sample).
+        seed: seed of the image sample and prompt draw (fixed evaluation sample).
         name: label of this evaluation in MLflow (run name suffix / variant tag).
     """
 
@@ -148,74 +147,6 @@ def prompt_kinds(cfg: EvalConfig, data_cfg: DataConfig) -> list[str]:
     then the other kinds of ``eval.prompts`` in their order, each once."""
     head = cfg.prompt or data_cfg.prompt
     return [head] + [k for k in dict.fromkeys(cfg.prompts) if k != head]
-
-
-@contextlib.contextmanager
-def _quiet_random_init():
-    """Drop build_sam's "no checkpoint: RANDOM initialisation" warning (the untrained baseline is meant to be)."""
-    logger = logging.getLogger("supersam.sam")
-
-    def keep(record: logging.LogRecord) -> bool:
-        return "RANDOM initialisation" not in record.getMessage()
-
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
-
-
-def untrained_mious(
-    model_type: str, img_size: int, seed: int, inputs_by_kind: dict[str, list], device: torch.device,
-    amp: bool = False, batch_size: int = 1, advance=None,
-) -> dict[str, float]:
-    """Single-mask mIoU of an untrained (randomly initialised) SAM on the same inputs.
-
-    The model is ``build_sam(model_type, img_size, None, seed=seed)``: the full
-    architecture of ``model_type`` (for an exported or supernet subnet too, not
-    the subnet's pruned shape), random weights drawn under ``seed`` (params
-    ``model.seed``, the random start every pipeline stage shares).
-
-    Args:
-        inputs_by_kind: prompt kind -> prepared inputs (the same images in the
-            same order for every kind; encoded once).
-
-    Returns:
-        prompt kind -> mIoU in [0, 1].
-    """
-    with _quiet_random_init():
-        model = build_sam(model_type, img_size, None, seed=seed).model.to(device)
-    kinds = list(inputs_by_kind)
-    result = run_eval(model, inputs_by_kind[kinds[0]], device, amp, batch_size, advance=advance,
-                      also={k: inputs_by_kind[k] for k in kinds[1:]})
-    del model
-    return {kinds[0]: result["miou"], **{k: r["miou"] for k, r in result.get("also", {}).items()}}
-
-
-def kind_metrics(kind: str, result: dict, baselines: dict[str, float], untrained: float) -> dict:
-    """The ``<key>_<kind>`` entries of one prompt kind, and logs its summary (and a collapse warning).
-
-    Args:
-        result: ``run_eval`` result of this kind (``miou``, ``miou_oracle``, ``fg_fraction``).
-        baselines: :func:`supersam.baselines.trivial_baselines` of this kind's inputs.
-        untrained: mIoU of the untrained model on the same inputs.
-
-    Returns:
-        ``miou_<kind>``, ``miou_oracle_<kind>``, ``fg_fraction_<kind>``,
-        ``baseline_all_foreground_<kind>``, ``baseline_box_fill_box`` or
-        ``baseline_disk_point``, ``baseline_untrained_<kind>``, ``collapsed_<kind>``.
-    """
-    collapsed, reason = collapse_check(result["miou"], result["fg_fraction"], baselines)
-    out = {f"miou_{kind}": result["miou"], f"miou_oracle_{kind}": result["miou_oracle"],
-           f"fg_fraction_{kind}": result["fg_fraction"]}
-    out.update({f"baseline_{name}_{kind}": value for name, value in baselines.items()})
-    out[f"baseline_untrained_{kind}"] = untrained
-    out[f"collapsed_{kind}"] = collapsed
-    shown = ", ".join(f"{LABELS[k]} {v:.2f}" for k, v in {**baselines, "untrained": untrained}.items())
-    log.info("%s prompts: mIoU %.2f (%s)", kind, result["miou"], shown)
-    if collapsed:
-        log.warning("%s prompts: the model looks collapsed: %s", kind, reason)
-    return out
 
 
 def evaluate(

@@ -5,7 +5,7 @@ training"): mask loss = 20 x focal + 1 x Dice, the IoU head regressed to the
 predicted mask's IoU with the ground truth by mean-squared error; with several
 mask outputs only the lowest-loss mask is back-propagated. The focal loss is
 torchvision's ``sigmoid_focal_loss`` (alpha 0.25, gamma 2); Dice is the paper's
-Eq. 2 (:func:`supersam.metrics.dice_loss`). SuperSAM's sandwich training keeps
+Eq. 2 (:func:`supersam.metrics.per_mask_dice`). SuperSAM's sandwich training keeps
 plain Dice (paper Sec. III); ``supersam pretrain`` uses this recipe.
 
 The loss is taken on the decoder's low-resolution masks (S/4 x S/4, the
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from supersam.metrics import mask_iou
+from supersam.metrics import mask_iou, per_mask_dice
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,6 @@ def low_res_targets(gt: torch.Tensor, input_size: tuple[int, int], img_size: int
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
     x = F.pad(x, (0, img_size - w, 0, img_size - h))
     return F.avg_pool2d(x, 4)[:, 0]
-
-
-def per_mask_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss per mask: logits and target ... x H x W -> (...)."""
-    prob = torch.sigmoid(logits.float()).flatten(-2)
-    gt = target.float().flatten(-2)
-    return 1.0 - (2.0 * (prob * gt).sum(-1) + eps) / (prob.sum(-1) + gt.sum(-1) + eps)
 
 
 def per_mask_focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25) -> torch.Tensor:

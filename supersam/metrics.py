@@ -11,6 +11,16 @@ from __future__ import annotations
 import torch
 
 
+def per_mask_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss (paper Eq. 2) per mask: logits and target ... x H x W -> (...).
+
+    target may be soft (values in [0, 1]); eps is added to numerator and denominator.
+    """
+    prob = torch.sigmoid(logits.float()).flatten(-2)
+    gt = target.float().flatten(-2)
+    return 1.0 - (2.0 * (prob * gt).sum(-1) + eps) / (prob.sum(-1) + gt.sum(-1) + eps)
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Soft Dice loss, paper Eq. 2: 1 - 2|GT n Pred| / (|GT| + |Pred|), mean over objects.
 
@@ -22,11 +32,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     Returns:
         scalar loss in [0, 1]; ~0 for a perfect prediction, ~1 for a disjoint one.
     """
-    prob = torch.sigmoid(logits.float()).flatten(1)  # N x HW
-    gt = target.float().flatten(1)
-    inter = (prob * gt).sum(1)
-    denom = prob.sum(1) + gt.sum(1)
-    return (1.0 - (2.0 * inter + eps) / (denom + eps)).mean()
+    return per_mask_dice(logits, target, eps).mean()
 
 
 def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

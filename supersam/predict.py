@@ -60,6 +60,30 @@ def decode_masks(
     return logits.float(), iou_pred.float()
 
 
+def decode_low_res(
+    model: nn.Module, embedding: torch.Tensor, prompts: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four low-resolution mask outputs and their predicted IoUs, with autograd.
+
+    Channel 0 is the ``multimask_output=False`` mask, channels 1..3 the multimask
+    outputs (``MaskDecoder.predict_masks``).
+
+    Args:
+        embedding: 1 x D x G x G image embedding of one image.
+        prompts: (sparse, dense) from :func:`embed_prompts` for its N objects.
+
+    Returns:
+        logits N x 4 x S/4 x S/4 (the padded input frame) and predicted IoU N x 4.
+    """
+    sparse, dense = prompts
+    return model.mask_decoder.predict_masks(
+        image_embeddings=embedding,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+    )
+
+
 def decode_all_masks(
     model: nn.Module,
     embedding: torch.Tensor,
@@ -75,13 +99,7 @@ def decode_all_masks(
     Returns:
         logits N x 4 x H x W (float32).
     """
-    sparse, dense = prompts
-    low_res, _ = model.mask_decoder.predict_masks(
-        image_embeddings=embedding,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-    )  # N x 4 x S/4 x S/4
+    low_res, _ = decode_low_res(model, embedding, prompts)  # N x 4 x S/4 x S/4
     return model.postprocess_masks(low_res, inp.input_size, inp.original_size).float()
 
 

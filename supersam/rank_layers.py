@@ -39,7 +39,7 @@ class RankLayersConfig:
 
     Attributes:
         n_images: few-shot images evaluated per measurement (paper: 100).
-        split: data split the images come from.
+        split: data split the images come from (``val``; ``test`` is refused).
         rule: ``count`` (the ``n_prunable`` least important blocks of the greedy
             curve) or ``budget`` (the largest greedy set whose removal costs at
             most ``max_miou_drop``).
@@ -55,7 +55,7 @@ class RankLayersConfig:
     """
 
     n_images: int = 100
-    split: str = "train"
+    split: str = "val"
     rule: str = "count"
     n_prunable: int = 5
     max_miou_drop: float = 0.1
@@ -69,6 +69,9 @@ class RankLayersConfig:
 
     def validate(self, depth: int) -> None:
         """Raises ConfigError naming the offending ``rank_layers.<key>``."""
+        from supersam.data.config import check_selection_split
+
+        check_selection_split(self.split, "rank_layers.split")
         if self.rule not in RULES:
             raise ConfigError(f"rank_layers.rule is {self.rule!r}; use one of {', '.join(RULES)}")
         if self.metric not in METRICS:

@@ -156,7 +156,7 @@ def build_sam_model(model_type: str, img_size: int | None = None) -> nn.Module:
     Args:
         model_type: a key of :data:`ARCHS`.
         img_size: encoder input size S in pixels (multiple of 16); default the
-            architecture's own (1024, or 128 for ``tiny``). The image embedding is
+            architecture's own (1024; 256 for ``vit_ti``, 128 for ``tiny``). The image embedding is
             (prompt_embed_dim x S/16 x S/16), low-res masks are S/4 x S/4.
 
     Raises:

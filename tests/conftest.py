@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 # Busy-waiting OpenMP threads slow tiny-model tests 40-100x when other processes
@@ -53,3 +54,16 @@ def coco_images(shared_data: Path, split: str, img_size: int, n: int) -> list[to
 
     files = sorted((shared_data / "tiny_coco" / f"{split}2017").glob("*.jpg"))[:n]
     return [preprocess_image(np.asarray(Image.open(f).convert("RGB")), img_size)[0] for f in files]
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """Run the ``supersam`` entry point in-process; returns (exit code, stderr); 0 when it returns."""
+    from supersam.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["supersam", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err

@@ -50,7 +50,6 @@ def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, s
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 1 and metrics["n_objects"] == 125  # every nucleus once
     assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["miou_oracle"] <= 1.0
-    assert metrics["miou_oracle"] >= metrics["miou"] - 1e-9 or metrics["miou_oracle"] >= 0
     # both prompt kinds on the same objects; the headline is the --prompt kind
     assert metrics["prompt"] == "box" and metrics["prompts"] == ["box", "point"] and metrics["split"] == "all"
     _check_kind_metrics(metrics, KINDS)

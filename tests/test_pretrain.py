@@ -15,8 +15,9 @@ from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
 from supersam.data.augment import augment_sample
 from supersam.data.prepare import center_points, padded_boxes
 from supersam.data.types import Sample
-from supersam.errors import ConfigError
-from supersam.losses import low_res_targets, per_mask_dice, sam_loss
+from supersam.errors import CheckpointError, ConfigError
+from supersam.losses import low_res_targets, sam_loss
+from supersam.metrics import per_mask_dice
 from supersam.pretrain import PretrainConfig, pretrain
 from supersam.pretrain.loop import lr_factor
 from supersam.sam import build_sam, read_state_dict
@@ -139,7 +140,7 @@ def test_pretrain_writes_a_loadable_base_model_and_resumes_bitwise(shared_data, 
     resumed = pretrain(TINY, data, _cfg(tmp_path / "b"), OFF, resume=True)
     a, b = read_state_dict(full.checkpoint), read_state_dict(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(Exception, match="pretrain.lr"):
+    with pytest.raises(CheckpointError, match="pretrain.lr"):
         pretrain(TINY, data, _cfg(tmp_path / "b", lr=1e-3), OFF, resume=True)
 
 

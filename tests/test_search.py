@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from supersam.evaluator import SubnetEvaluator
 from supersam.sam import build_sam_model
 from supersam.search import Constraints, SearchState, SubnetEncoding, parse_count, run_search
 from supersam.space import SearchSpace, SubnetConfig
+
+from conftest import run_cli
 
 TINY_WINDOWS = (64, 128, 256)
 
@@ -147,18 +148,6 @@ def write_params(tmp_path: Path, shared_data: Path, mlflow_on: bool = False, **s
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    from supersam.cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["supersam", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def test_cli_defaults_after_pipeline_writes_artifacts_and_mlflow(supernet_path, shared_data, tmp_path, monkeypatch, capsys):

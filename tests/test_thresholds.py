@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,8 @@ from supersam.search import SearchConfig
 from supersam.space import SearchSpace
 from supersam.thresholds import MiouThreshold, ResolvedThreshold
 from supersam.train import TrainConfig
+
+from conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,18 +112,6 @@ def random_init_supernet(folder: Path, space: SearchSpace) -> Path:
     save_supernet(path, SuperSam(build_sam_model("tiny", 128), space),
                   {"model_type": "tiny", "img_size": 128, "pretrained": False, "reorder": "none", "checkpoint": ""})
     return path
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    from supersam.cli.main import main
-
-    monkeypatch.setattr(sys, "argv", ["supersam", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def test_search_resolves_relative_min_miou_against_the_base_checkpoint(shared_data, tmp_path, monkeypatch, capsys):

@@ -91,6 +91,9 @@ def test_loss_decreases_and_artifacts(main_run, base_cfg, tracking, supernet_pat
     assert metrics["energy_kwh"] > 0 and metrics["energy_method"] in ("nvml", "rapl", "estimate")
     assert metrics["co2_kg"] == pytest.approx(metrics["energy_kwh"] * 0.437)
     assert metrics["pretrained"] is False and metrics["params_min"] < metrics["params_max"]
+    # trivial baselines on the probe's validation objects, and the collapse flag of the smallest subnet
+    assert 0 < metrics["baseline_all_foreground"] < metrics["baseline_box_fill"] <= 1
+    assert isinstance(metrics["collapsed"], bool)
     history = json.loads(open(f"{out}/history.json").read())
     assert [h["iteration"] for h in history] == [0, 10, 20]
     assert history[0]["loss"] is None and history[1]["loss"] == pytest.approx(np.mean(losses[:10]))
@@ -110,6 +113,23 @@ def test_loss_decreases_and_artifacts(main_run, base_cfg, tracking, supernet_pat
     steps = client.get_metric_history(run.info.run_id, "miou_min")
     assert sorted({m.step for m in steps}) == [0, 10, 20]
     assert len(client.get_metric_history(run.info.run_id, "loss")) == ITERS
+
+
+def test_training_batches_use_the_training_prompts_and_object_cap(base_cfg, data_cfg):
+    from supersam.train.distributed import DistContext
+    from supersam.train.loop import Trainer
+
+    cfg = dataclasses.replace(base_cfg, max_objects=3)
+    data = dataclasses.replace(data_cfg, prompt="box", train_prompt="mixed", box_pad=0, box_jitter=2)
+    trainer = Trainer(cfg, data, DistContext())
+    kinds = set()
+    for iteration in range(8):
+        for inp in trainer.local_batch(iteration):
+            assert inp.n_objects == 3                       # train.max_objects, not data.max_objects (4)
+            kinds.add("box" if inp.boxes is not None else "point")
+    assert kinds == {"box", "point"}                         # data.train_prompt: mixed
+    # the probe keeps the evaluation prompt (data.prompt: box) and every object once
+    assert all(inp.boxes is not None for inp in trainer.probe.evaluator.inputs)
 
 
 def test_learning_rate_follows_schedule(main_run, base_cfg):

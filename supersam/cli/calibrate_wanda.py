@@ -18,7 +18,7 @@ def calibrate_wanda_cli(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="model.checkpoint (.pth); empty = random init."),
     n_images: Optional[int] = typer.Option(None, "--n-images", help="Calibration images (paper: 100; 0 = whole split)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per encoder forward."),
-    split: Optional[str] = typer.Option(None, "--split", help="Data split: train, val or all."),
+    split: Optional[str] = typer.Option(None, "--split", help="Data split: train, val or all (test is held out for eval)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Stats artifact to write (.pt)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast."),

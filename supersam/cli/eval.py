@@ -17,7 +17,7 @@ def eval_cli(
     supernet: Optional[str] = typer.Option(None, help="Supernet checkpoint; evaluates --subnet (default its max subnet)."),
     subnet: Optional[str] = typer.Option(None, help="Subnet JSON file or inline JSON, with --supernet."),
     checkpoint: Optional[str] = typer.Option(None, help="Official SAM .pth for plain SAM; empty = random init."),
-    model_type: Optional[str] = typer.Option(None, "--model-type", help="vit_b, vit_l, vit_h or tiny (plain SAM)."),
+    model_type: Optional[str] = typer.Option(None, "--model-type", help="vit_b, vit_l, vit_h, vit_ti or tiny (plain SAM)."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Encoder input size in px, multiple of 16 (plain SAM)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Data set folder (params `data.root`)."),
     data_kind: Optional[str] = typer.Option(None, "--data-kind", help="coco, sa1b or image_label (params `data.kind`)."),

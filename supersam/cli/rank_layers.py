@@ -21,7 +21,7 @@ def rank_layers_cli(
     drop_prob: Optional[str] = typer.Option(None, "--drop-prob", help="theta_i: a probability (0.5) or 'importance'."),
     metric: Optional[str] = typer.Option(None, help="miou (single mask) or miou_oracle (best of 3)."),
     out: Optional[str] = typer.Option(None, help="Output folder (ranking.json, importance.json/.png, curve.json/.png)."),
-    model_type: Optional[str] = typer.Option(None, "--model-type", help="vit_b, vit_l, vit_h or tiny."),
+    model_type: Optional[str] = typer.Option(None, "--model-type", help="vit_b, vit_l, vit_h, vit_ti or tiny."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Encoder input size in px (multiple of 16)."),
     checkpoint: Optional[str] = typer.Option(None, help="Official SAM .pth; empty = random init."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per encoder forward."),

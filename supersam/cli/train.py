@@ -39,7 +39,9 @@ def train_cli(
     country_iso_code: Optional[str] = typer.Option(None, "--country-iso-code", help="Country for codecarbon's estimate."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Data set folder (params `data.root`)."),
     data_kind: Optional[str] = typer.Option(None, "--data-kind", help="coco, sa1b or image_label."),
-    prompt: Optional[str] = typer.Option(None, help="point or box prompts (params `data.prompt`)."),
+    prompt: Optional[str] = typer.Option(None, help="point or box: the validation probe's prompts (params `data.prompt`)."),
+    train_prompt: Optional[str] = typer.Option(None, "--train-prompt", help="Training prompts: box, point or mixed (params `data.train_prompt`)."),
+    max_objects: Optional[int] = typer.Option(None, "--max-objects", help="Prompted objects per training image (0 = data.max_objects)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop with a checkpoint after N iterations."),
@@ -60,8 +62,10 @@ def train_cli(
         min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, grad_clip=grad_clip, amp=amp, mode=mode,
         n_random=n_random, distill=distill, distill_weight=distill_weight, trainable=parts,
         eval_every=eval_every, val_images=val_images, target_miou=target_miou, save_every=save_every,
-        seed=seed, device=device, emission_factor=emission_factor, country_iso_code=country_iso_code))
-    data_cfg = stage_config(DataConfig, values, "data", dict(root=data_root, kind=data_kind, prompt=prompt))
+        seed=seed, device=device, emission_factor=emission_factor, country_iso_code=country_iso_code,
+        max_objects=max_objects))
+    data_cfg = stage_config(DataConfig, values, "data", dict(root=data_root, kind=data_kind, prompt=prompt,
+                                                             train_prompt=train_prompt))
     tracking = stage_config(TrackingConfig, values, "mlflow", dict(tracking_uri=tracking_uri))
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         if cfg.batch_size < nproc:  # checked here so the launcher fails once, before any rank starts

@@ -1,7 +1,7 @@
 """params.yaml ``data``: which data set, how it is split, filtered and prompted.
 
-One frozen dataclass shared by every stage that reads data (rank-layers,
-calibrate-wanda, train, search, eval). Relative paths resolve against the
+One frozen dataclass shared by every stage that reads data (pretrain,
+rank-layers, calibrate-wanda, train, search, eval). Relative paths resolve against the
 current working directory (the project root when run through DVC).
 """
 
@@ -19,6 +19,21 @@ TRAIN_PROMPTS = PROMPTS + ("mixed",)
 POINT_PLACEMENTS = ("random", "center")
 SPLITS = ("train", "val", "test", "all")
 SPLIT_MODES = ("ordered", "random")
+
+
+def check_selection_split(split: str, key: str) -> None:
+    """Refuse the held-out ``test`` split (or an unknown one) for a stage that selects or trains.
+
+    Ranking, calibration, search and training targets choose things; choosing on
+    the test split would leak it into the figures ``eval`` publishes.
+
+    Raises:
+        ConfigError: naming ``key`` and the splits to use instead.
+    """
+    if split == "test":
+        raise ConfigError(f"{key} is 'test': the test split is held out for `supersam eval`; use val (or train)")
+    if split not in SPLITS:
+        raise ConfigError(f"{key} is {split!r}; use val, train or all")
 
 
 @dataclass(frozen=True)

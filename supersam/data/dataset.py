@@ -86,7 +86,7 @@ def make_reader(cfg: DataConfig, images: str, labels: str) -> Reader:
 
 
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
-    """(n_val, n_test) units: round(n * fraction) each, at least one per non-empty side when n >= 3."""
+    """(n_val, n_test) units: round(n * fraction) each, at least one per non-zero fraction while a unit is left for train."""
     def share(fraction: float) -> int:
         return int(np.floor(n * fraction + 0.5))
 
@@ -170,6 +170,9 @@ def load_split(cfg: DataConfig, split: str) -> SegDataset:
     if split not in SPLITS:
         raise ConfigError(f"data split {split!r} is unknown; use one of {', '.join(SPLITS)}")
     cfg.validate()
+    if split == "test" and not cfg.test_images and cfg.test_fraction <= 0:
+        raise ConfigError("the test split is empty: data.test_fraction is 0 and data.test_images is not set; "
+                          "set one of them, or evaluate another split (--split val or all)")
     entries: list[tuple[Reader, Item]] = []
     for images, labels, sub in _sources(cfg, split):
         reader = make_reader(cfg, images, labels)
@@ -191,7 +194,8 @@ def load_split(cfg: DataConfig, split: str) -> SegDataset:
     entries = [entries[i] for i in cap_indices(len(entries), cfg.max_images, cfg.seed)]
     if not entries:
         raise DataError(f"split {split!r} of {cfg.root} is empty (val_fraction={cfg.val_fraction}, "
-                        f"min_area={cfg.min_area}); lower data.min_area, change data.val_fraction or use split 'all'")
+                        f"test_fraction={cfg.test_fraction}, min_area={cfg.min_area}); lower data.min_area, "
+                        "change data.val_fraction/test_fraction or use split 'all'")
     description = f"{cfg.kind} {cfg.root} [{split}]"
     ds = SegDataset(entries, description)
     logger.info("%s: %d images, %d objects", description, len(ds), sum(ds.object_counts))

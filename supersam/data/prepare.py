@@ -147,15 +147,16 @@ def prepare_sample(
 
 def prepare_split(
     cfg: DataConfig, split: str, img_size: int, n_images: int = 0, seed: int | None = None,
-    repeat: bool = True, prompt: str | None = None,
+    repeat: bool = False, prompt: str | None = None,
 ) -> list[ModelInput]:
     """A fixed list of SAM inputs for evaluation/calibration, identical for the same arguments.
 
     ``n_images`` > 0 takes a seeded random subset of the split (in split
     order); each image's prompts come from ``np.random.default_rng([seed,
     index])``, so an image gets the same prompts whatever ``n_images`` is.
-    ``seed`` defaults to ``cfg.seed``; ``repeat=False`` keeps each object once
-    (unbiased mIoU when an image has fewer than ``max_objects`` objects);
+    ``seed`` defaults to ``cfg.seed``; each object is prompted once (unbiased
+    mIoU when an image has fewer than ``max_objects`` objects; ``repeat=True``
+    repeats objects up to the cap as training batches do);
     ``prompt`` overrides ``cfg.prompt`` (same objects, other prompt kind).
     Points are placed by ``cfg.point``.
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from supersam.baselines import collapse_check, describe, trivial_baselines
+from supersam.baselines import kind_metrics, trivial_baselines, untrained_mious
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
 from supersam.data.augment import augment_sample
@@ -35,7 +35,7 @@ from supersam.device import autocast, resolve_device
 from supersam.evaluator import run_eval
 from supersam.io import torch_save, write_json
 from supersam.losses import SamLossWeights, low_res_targets, sam_loss
-from supersam.predict import embed_prompts, encode_images
+from supersam.predict import decode_low_res, embed_prompts, encode_images
 from supersam.pretrain.config import TRAJECTORY_FIELDS, PretrainConfig
 from supersam.sam import build_sam, count_params
 from supersam.tracking import start_run
@@ -120,11 +120,7 @@ class Pretrainer:
         batch_loss, parts = embeddings.new_zeros((), dtype=torch.float32), {"focal": 0.0, "dice": 0.0, "iou_mse": 0.0}
         for j, inp in enumerate(inputs):
             with autocast(self.device, self.cfg.amp):
-                sparse, dense = embed_prompts(self.sam, inp)
-                low_res, iou_pred = self.sam.mask_decoder.predict_masks(
-                    image_embeddings=embeddings[j : j + 1], image_pe=self.sam.prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                )  # N x 4 x S/4 x S/4, N x 4
+                low_res, iou_pred = decode_low_res(self.sam, embeddings[j : j + 1], embed_prompts(self.sam, inp))
             target = low_res_targets(inp.gt_masks, inp.input_size, self.img_size)  # N x S/4 x S/4
             loss, terms = sam_loss(low_res, iou_pred, target, self.weights)
             batch_loss = batch_loss + loss / len(inputs)
@@ -142,14 +138,20 @@ class Pretrainer:
         return {"iteration": self.iteration, "loss": total, **parts, "lr": lr, "grad_norm": grad_norm}
 
     # -- validation -------------------------------------------------------------
+    def validate(self) -> dict[str, dict]:
+        """``run_eval`` results per prompt kind on the fixed val sample (images encoded once)."""
+        kinds = list(self.val)
+        result = run_eval(self.sam, self.val[kinds[0]], self.device, self.cfg.amp,
+                          also={k: self.val[k] for k in kinds[1:]})
+        return {kinds[0]: result, **result.get("also", {})}
+
     def evaluate(self) -> dict:
         """mIoU (single mask) and predicted foreground fraction per prompt kind on the fixed val sample."""
         entry: dict = {"iteration": self.iteration, "seconds": self.seconds()}
-        for kind, inputs in self.val.items():
-            result = run_eval(self.sam, inputs, self.device, self.cfg.amp)
+        self.last_results = self.validate()
+        for kind, result in self.last_results.items():
             entry[f"miou_{kind}"] = float(result["miou"])
-            if "fg_fraction" in result:
-                entry[f"fg_fraction_{kind}"] = float(result["fg_fraction"])
+            entry[f"fg_fraction_{kind}"] = float(result["fg_fraction"])
         since = [e["loss"] for e in self.losses if e["iteration"] > (self.history[-1]["iteration"] if self.history else 0)]
         entry["loss"] = sum(since) / len(since) if since else None
         self.history.append(entry)
@@ -157,19 +159,21 @@ class Pretrainer:
                  ", ".join(f"{k} {entry[f'miou_{k}']:.3f}" for k in self.val))
         return entry
 
-    def baseline_metrics(self, last: dict, untrained: dict) -> dict:
-        """Per prompt kind: trivial baselines and the untrained model (iteration 0) on the same
-        validation objects, and the collapse flag of the trained model (warned)."""
+    def baseline_metrics(self) -> dict:
+        """Per prompt kind, on the same validation objects: trivial baselines, the untrained
+        model and the collapse flag of the trained model (:func:`supersam.baselines.kind_metrics`).
+
+        The untrained model is iteration 0 of a run from random initialisation; with
+        ``init`` it is a randomly initialised model of the same type, evaluated here.
+        """
+        if self.cfg.init or self.history[0]["iteration"] != 0:
+            untrained = untrained_mious(self.model_cfg.type, self.img_size, self.model_cfg.seed, self.val,
+                                        self.device, self.cfg.amp)
+        else:
+            untrained = {kind: self.history[0][f"miou_{kind}"] for kind in self.val}
         out: dict = {}
-        for kind, baselines in self.baselines.items():
-            out.update({f"baseline_{name}_{kind}": value for name, value in baselines.items()})
-            out[f"baseline_untrained_{kind}"] = untrained[f"miou_{kind}"] if untrained["iteration"] == 0 else None
-            collapsed, reason = collapse_check(last[f"miou_{kind}"], last.get(f"fg_fraction_{kind}", math.nan), baselines)
-            out[f"collapsed_{kind}"] = collapsed
-            log.info("base model, %s prompts: val mIoU %.3f (%s, untrained %.3f)", kind, last[f"miou_{kind}"],
-                     describe(baselines), untrained[f"miou_{kind}"])
-            if collapsed:
-                log.warning("the base model looks collapsed with %s prompts: %s", kind, reason)
+        for kind, result in self.last_results.items():
+            out.update(kind_metrics(kind, result, self.baselines[kind], untrained[kind]))
         return out
 
     def seconds(self) -> float:
@@ -199,6 +203,7 @@ class Pretrainer:
         identity = self.identity()
         fields = TRAJECTORY_FIELDS + tuple(k for k in identity if "." in k)
         ckpt.check_resumable(state["config"], identity, fields, path, section="pretrain")
+        ckpt.check_data_position(state, len(self.dataset), path)
         self.sam.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -247,13 +252,13 @@ class Pretrainer:
 
     def finish(self) -> PretrainResult:
         """Write model.pt (official SAM key layout), config.json, metrics.json and history.json."""
-        last, untrained = self.history[-1], self.history[0]
+        last = self.history[-1]
         path = torch_save({k: v.detach().cpu() for k, v in self.sam.state_dict().items()}, self.out / MODEL_FILE)
         seconds = self.seconds()
         metrics = {
             **{k: v for k, v in last.items() if k.startswith(("miou_", "fg_fraction_"))},
             "miou": last[f"miou_{self.data_cfg.prompt}"], "prompt": self.data_cfg.prompt,
-            **self.baseline_metrics(last, untrained),
+            **self.baseline_metrics(),
             "iterations": self.iteration, "seconds": seconds,
             "images_per_second": self.iteration * self.cfg.batch_size / seconds if seconds > 0 else None,
             "final_loss": self.losses[-1]["loss"] if self.losses else None,
@@ -274,7 +279,8 @@ class Pretrainer:
 
 
 def _numeric(entry: dict) -> dict:
-    return {k: v for k, v in entry.items() if k != "iteration" and isinstance(v, (int, float)) and v is not None}
+    """``entry`` without its step counter (the tracker drops non-numeric values itself)."""
+    return {k: v for k, v in entry.items() if k != "iteration"}
 
 
 def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: PretrainConfig, tracking: TrackingConfig,

@@ -71,7 +71,7 @@ class SearchConfig:
         time_limit: seconds of search (0 = no limit).
         seed: seeds the search (Python/NumPy RNGs before OpenTuner, or the random
             search); the validation sample is fixed by ``data.seed``.
-        split: data split evaluated (``val``).
+        split: data split evaluated (``val``; ``test`` is refused: it is held out for eval).
         n_images: images in the fixed validation sample (0 = whole split).
         batch_size: images per image-encoder forward.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -135,6 +135,9 @@ class SearchConfig:
         Raises:
             ConfigError: naming the offending ``search.<key>`` and the fix.
         """
+        from supersam.data.config import check_selection_split
+
+        check_selection_split(self.split, "search.split")
         for key, allowed in (("objective", OBJECTIVES), ("technique", TECHNIQUES), ("metric", METRICS)):
             value = getattr(self, key)
             if value not in allowed:

@@ -33,12 +33,14 @@ def train(
 
     Per iteration the max, min and ``n_random`` random subnets run forward +
     backward on the same batch (Dice loss, paper Eq. 2, single-mask output,
-    the data's point or box prompts); gradients accumulate in the shared
+    ``data.train_prompt`` prompts, ``train.max_objects`` objects per image);
+    gradients accumulate in the shared
     weights, then one AdamW step (``mode=sequential``: a step per subnet). The
     LR decays linearly from ``lr`` to ``lr * min_lr_ratio``. Every
     ``eval_every`` iterations the smallest, largest and a fixed random subnet
     are evaluated (mIoU) on ``val_images`` validation images; the first
-    iteration where the smallest reaches ``target_miou`` is recorded with the
+    iteration where the smallest reaches ``target_miou`` (absolute, or relative
+    to the base model: ``0.98x``) is recorded with the
     wall time (s) and energy (kWh) up to it (paper Table I).
 
     Run under ``torchrun --nproc_per_node K -m supersam.train ...`` (or

@@ -127,3 +127,15 @@ def check_resumable(
                 f"cannot resume from {path}: {label} was {saved.get(name)!r}, now {current.get(name)!r}; "
                 "restore the setting or start fresh without --resume"
             )
+
+
+def check_data_position(state: dict[str, Any], dataset_len: int, path: Path) -> None:
+    """Refuse to resume when the training split changed size (the batches would differ).
+
+    Raises:
+        CheckpointError: naming both sizes and the fix.
+    """
+    n = state["data_position"].get("dataset_len")
+    if n != dataset_len:
+        raise CheckpointError(f"cannot resume from {path}: the training split had {n} images, now "
+                              f"{dataset_len}; restore the data settings or start fresh")

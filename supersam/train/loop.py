@@ -127,10 +127,7 @@ class Trainer:
         identity = self.identity()
         fields = TRAJECTORY_FIELDS + tuple(k for k in identity if k.startswith("data."))
         ckpt.check_resumable(state["config"], identity, fields, path)
-        n = state["data_position"].get("dataset_len")
-        if n != len(self.dataset):
-            raise CheckpointError(f"cannot resume from {path}: the training split had {n} images, now "
-                                  f"{len(self.dataset)}; restore the data settings or start fresh")
+        ckpt.check_data_position(state, len(self.dataset), path)
         self.supernet.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
