@@ -22,6 +22,8 @@ import yaml
 
 from conftest import ROOT, SHARED_DATA
 
+pytestmark = pytest.mark.slow  # a whole `dvc repro` (~3 min on 2 cores)
+
 VARIANTS = ["none", "magnitude", "wanda"]
 BIN = Path(sys.executable).parent
 
