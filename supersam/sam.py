@@ -206,7 +206,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path or leave it empty for random init")
+        raise CheckpointError(f"checkpoint {path} does not exist; run `supersam pretrain` (or `dvc repro`) to train the base model, "
+                              "point model.checkpoint at an existing file, or leave it empty for random init")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError...
