@@ -79,9 +79,9 @@ class Pretrainer:
         self.out = Path(cfg.out)
         self.device = resolve_device(cfg.device)
         loaded = build_sam(model_cfg.type, model_cfg.img_size, cfg.init or None, seed=model_cfg.seed)
-        self.loaded, self.sam = loaded, loaded.model.to(self.device)
+        self.sam = loaded.model.to(self.device)
         self.img_size = loaded.img_size
-        self.params = [p for p in self.sam.parameters()]
+        self.params = list(self.sam.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: lr_factor(i, cfg.iterations, cfg.warmup, cfg.min_lr_ratio))
@@ -199,15 +199,10 @@ class Pretrainer:
             CheckpointError: missing/unreadable file or changed settings.
         """
         path = ckpt.checkpoint_path(self.out)
-        state = ckpt.load_training_state(path)
         identity = self.identity()
         fields = TRAJECTORY_FIELDS + tuple(k for k in identity if "." in k)
-        ckpt.check_resumable(state["config"], identity, fields, path, section="pretrain")
-        ckpt.check_data_position(state, len(self.dataset), path)
-        self.sam.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.restore_rng_states(state["rng"])
+        state = ckpt.restore_training_state(path, identity, fields, self.sam, self.optimizer, self.scheduler,
+                                            len(self.dataset), section="pretrain")
         self.iteration = int(state["iteration"])
         progress = state["progress"]
         self.losses, self.history = list(progress["losses"]), list(progress["history"])

@@ -139,3 +139,36 @@ def check_data_position(state: dict[str, Any], dataset_len: int, path: Path) -> 
     if n != dataset_len:
         raise CheckpointError(f"cannot resume from {path}: the training split had {n} images, now "
                               f"{dataset_len}; restore the data settings or start fresh")
+
+
+def restore_training_state(
+    path: str | Path,
+    identity: dict[str, Any],
+    fields: tuple[str, ...],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    dataset_len: int,
+    section: str = "train",
+) -> dict[str, Any]:
+    """Load a :func:`save_training_state` checkpoint into a run after checking it may continue.
+
+    Checks the trajectory-defining settings (:func:`check_resumable`) and the
+    training split's size (:func:`check_data_position`), then restores the
+    weights, optimizer, scheduler and global RNG states.
+
+    Returns:
+        the checkpoint dict (``iteration``, ``progress``, ...) for the caller's own bookkeeping.
+
+    Raises:
+        CheckpointError: missing/unreadable file, changed settings or training split.
+    """
+    path = Path(path)
+    state = load_training_state(path)
+    check_resumable(state["config"], identity, fields, path, section)
+    check_data_position(state, dataset_len, path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_states(state["rng"])
+    return state

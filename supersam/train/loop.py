@@ -123,15 +123,10 @@ class Trainer:
             CheckpointError: missing/unreadable file, changed settings or data set size.
         """
         path = ckpt.checkpoint_path(self.out)
-        state = ckpt.load_training_state(path)
         identity = self.identity()
         fields = TRAJECTORY_FIELDS + tuple(k for k in identity if k.startswith("data."))
-        ckpt.check_resumable(state["config"], identity, fields, path)
-        ckpt.check_data_position(state, len(self.dataset), path)
-        self.supernet.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.restore_rng_states(state["rng"])
+        state = ckpt.restore_training_state(path, identity, fields, self.supernet, self.optimizer, self.scheduler,
+                                            len(self.dataset))
         self.iteration = int(state["iteration"])
         progress = state["progress"]
         self.result.losses, self.result.history = list(progress["losses"]), list(progress["history"])
