@@ -13,10 +13,10 @@ __version__ = "0.1.0"
 def load_model(path, device="cpu"):
     """Load an exported subnet directory as a standard ``segment_anything`` ``Sam``.
 
-    See :func:`supersam.export.load_model`; imported lazily so ``import supersam``
+    See :func:`supersam.checkpoint.load_model`; imported lazily so ``import supersam``
     stays cheap.
     """
-    from supersam.export import load_model as _load
+    from supersam.checkpoint import load_model as _load
 
     return _load(path, device=device)
 

@@ -279,7 +279,7 @@ def untrained_mious(
     Returns:
         prompt kind -> mIoU in [0, 1].
     """
-    from supersam.evaluator import run_eval
+    from supersam.scoring import run_eval
     from supersam.sam import build_sam
 
     with _quiet_random_init():

@@ -1,60 +1,67 @@
-"""Supernet checkpoints (``supernet.pt``): the shared weights, the search space and provenance.
+"""Loading and saving models: supernet checkpoints and exported subnets (one loader, ``io.load_torch``).
 
-File layout (a dict readable with ``torch.load(weights_only=True)``)::
+``supernet.pt`` (a dict readable with ``torch.load(weights_only=True)``)::
 
-    {"format": "supersam-supernet/1",
-     "meta": {"model_type", "img_size", "pretrained", "reorder", "space": {...}, ...},
+    {"format": "supersam-supernet/2",
+     "meta": SupernetMeta.to_dict(),                # architecture, img_size, variant, provenance
+     "space": SearchSpace.to_dict(),
      "state_dict": {official SAM keys -> tensors},   # also loadable as a SAM checkpoint
      "pixel_mean": [3 floats], "pixel_std": [3 floats]}
 
 Because the weights sit under ``state_dict`` in the official key layout,
 ``supersam.sam.build_sam(checkpoint="supernet.pt")`` loads its max subnet as a plain SAM.
+
+An export folder holds ``model.pt`` (the standalone Sam's state dict) and
+``config.json`` (:class:`supersam.artifacts.ExportManifest`); :func:`load_model`
+returns a standard ``segment_anything.modeling.Sam`` from it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
+from segment_anything.modeling import Sam
 from torch import nn
 
-from supersam.elastic import SuperSam
+from supersam import paths
+from supersam.artifacts import ExportManifest, SupernetMeta
+from supersam.elastic import EncoderSpec, SuperSam, build_encoder
 from supersam.errors import CheckpointError, ConfigError, SupersamError
-from supersam.io import torch_save
-from supersam.sam import PIXEL_MEAN, PIXEL_STD, build_sam_model
+from supersam.io import load_torch, read_json, torch_save
+from supersam.sam import PIXEL_MEAN, PIXEL_STD, build_sam_model, read_state_dict
 from supersam.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-FORMAT = "supersam-supernet/1"
-REQUIRED_META = ("model_type", "img_size", "pretrained", "reorder")
+FORMAT = "supersam-supernet/2"
 
 
-def save_supernet(path: str | Path, supernet: SuperSam, meta: dict[str, Any]) -> Path:
-    """Write ``supernet`` (weights, search space) and ``meta`` to ``path`` atomically.
+def save_supernet(path: str | Path, supernet: SuperSam, meta: SupernetMeta | None = None) -> Path:
+    """Write ``supernet`` (weights, search space, its :class:`SupernetMeta`) to ``path`` atomically.
 
-    ``meta`` must hold model_type, img_size, pretrained and reorder; anything else
-    JSON-serialisable is kept (non-JSON values are stored as strings).
+    Args:
+        meta: when given, becomes ``supernet.meta`` first.
 
     Raises:
-        ConfigError: a required meta key is missing.
+        ConfigError: the supernet carries no :class:`SupernetMeta`.
     """
-    for key in REQUIRED_META:
-        if key not in meta:
-            raise ConfigError(f"supernet meta is missing {key!r}; pass {', '.join(REQUIRED_META)}")
-    meta = json.loads(json.dumps({**meta, "space": supernet.space.to_dict()}, default=str))
+    if meta is not None:
+        supernet.meta = meta
+    meta = supernet.meta
+    if meta is None:
+        raise ConfigError("the supernet has no metadata; build it with SuperSam(sam, space, meta=SupernetMeta(...))")
     payload = {
         "format": FORMAT,
-        "meta": meta,
+        "meta": meta.to_dict(),
+        "space": supernet.space.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in supernet.sam.state_dict().items()},
         "pixel_mean": supernet.sam.pixel_mean.flatten().tolist(),
         "pixel_std": supernet.sam.pixel_std.flatten().tolist(),
     }
     torch_save(payload, path)
-    log.info("saved supernet (%s, %d px, reorder=%s) to %s", meta["model_type"], meta["img_size"], meta["reorder"], path)
+    log.info("saved supernet (%s, %d px, variant %s) to %s", meta.model_type, meta.img_size, meta.variant, path)
     return Path(path)
 
 
@@ -85,56 +92,82 @@ def set_pixel_stats(sam: nn.Module, mean: list[float], std: list[float]) -> None
     sam.pixel_std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
 
-def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(
-            f"supernet checkpoint {path} does not exist; run supersam build-supernet or train first, or fix the path"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # RuntimeError, UnpicklingError, EOFError, ...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise CheckpointError(
-            f"supernet checkpoint {path} cannot be read ({reason}); re-create it with supersam build-supernet"
-        ) from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not a supersam supernet checkpoint (no {FORMAT!r} format tag); "
-            "pass a supernet.pt written by supersam build-supernet or train"
-        )
-    meta, state = obj.get("meta"), obj.get("state_dict")
-    if not isinstance(meta, dict) or not isinstance(state, dict) or any(k not in meta for k in (*REQUIRED_META, "space")):
-        raise CheckpointError(f"supernet checkpoint {path} lacks its meta or weights; re-create it with supersam build-supernet")
-    return obj
-
-
-def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> tuple[SuperSam, dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_supernet` (``torch.load(weights_only=True)``).
+def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> SuperSam:
+    """Read a checkpoint written by :func:`save_supernet`.
 
     The model is built on the meta device and the stored tensors assigned, so
     loading costs no random initialisation.
 
     Returns:
-        (supernet on ``device`` with the max subnet active, meta dict incl. ``space``).
+        the supernet on ``device`` with the max subnet active; ``.meta`` is its
+        :class:`SupernetMeta`, ``.space`` its search space.
 
     Raises:
         CheckpointError: missing or corrupt file, not a supernet checkpoint, or
             weights that do not match the recorded model type / image size / space.
     """
     path = Path(path)
-    obj = _read(path)
-    meta = obj["meta"]
+    fix = "re-create it with supersam build-supernet"
+    obj = load_torch(path, "supernet checkpoint", "run supersam build-supernet or train first, or fix the path", fix)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        found = obj.get("format") if isinstance(obj, dict) else None
+        raise CheckpointError(
+            f"{path} is not a supersam supernet checkpoint of format {FORMAT!r} (found {found!r}); "
+            "pass a supernet.pt written by this version's supersam build-supernet or train"
+        )
+    if not isinstance(obj.get("state_dict"), dict) or not isinstance(obj.get("space"), dict):
+        raise CheckpointError(f"supernet checkpoint {path} lacks its weights or search space; {fix}")
+    meta = SupernetMeta.from_dict(obj.get("meta"), f"supernet checkpoint {path}")
     try:
-        space = SearchSpace.from_dict(meta["space"])
+        space = SearchSpace.from_dict(obj["space"])
         with torch.device("meta"):
-            sam = build_sam_model(meta["model_type"], meta["img_size"])
+            sam = build_sam_model(meta.model_type, meta.img_size)
     except SupersamError as exc:
-        raise CheckpointError(f"supernet checkpoint {path} has invalid meta: {exc}") from None
+        raise CheckpointError(f"supernet checkpoint {path} has an invalid space or meta: {exc}") from None
     assign_state(sam, obj["state_dict"], f"supernet checkpoint {path}")
     set_pixel_stats(sam, obj.get("pixel_mean", list(PIXEL_MEAN)), obj.get("pixel_std", list(PIXEL_STD)))
     try:
-        supernet = SuperSam(sam, space)
+        supernet = SuperSam(sam, space, meta)
     except ConfigError as exc:
         raise CheckpointError(f"supernet checkpoint {path}: {exc}") from None
-    log.debug("loaded supernet %s (%s, %d px, reorder=%s)", path, meta["model_type"], meta["img_size"], meta["reorder"])
-    return supernet.to(torch.device(device)), meta
+    log.debug("loaded supernet %s (%s, %d px, variant %s)", path, meta.model_type, meta.img_size, meta.variant)
+    return supernet.to(torch.device(device))
+
+
+def read_export_manifest(path: str | Path) -> ExportManifest:
+    """``config.json`` of an export folder.
+
+    Raises:
+        CheckpointError: not an export folder or an invalid config.
+    """
+    path = Path(path)
+    config = path / paths.EXPORT_CONFIG_FILE
+    if not config.is_file():
+        raise CheckpointError(f"{path} is not an exported supersam model (no config.json); run supersam export first")
+    try:
+        data = read_json(config, "export config")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    return ExportManifest.from_dict(data, f"{config}")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Sam:
+    """Load an export folder as a standard ``segment_anything.modeling.Sam`` (eval mode).
+
+    Raises:
+        CheckpointError: not an export folder, or weights that do not match its config.
+    """
+    path = Path(path)
+    manifest = read_export_manifest(path)
+    state = read_state_dict(path / paths.EXPORT_WEIGHTS_FILE)
+    try:
+        with torch.device("meta"):
+            sam = build_sam_model(manifest.model_type, manifest.img_size)
+        sam.image_encoder = build_encoder(
+            EncoderSpec.from_dict(manifest.encoder), manifest.block_mlp_dims, manifest.global_attn_indexes
+        )
+    except (SupersamError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}/config.json is invalid ({exc}); re-run supersam export") from None
+    assign_state(sam, state, f"exported model {path}")
+    set_pixel_stats(sam, manifest.pixel_mean, manifest.pixel_std)
+    return sam.to(torch.device(device)).eval()

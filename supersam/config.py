@@ -1,33 +1,49 @@
-"""Typed configuration from params.yaml sections, with CLI flags overriding.
+"""The config schema: typed params.yaml sections, ``-p/--params`` and ``--set`` overrides.
 
-Each stage owns a frozen dataclass (e.g. ``EvalConfig``) whose fields are the
-keys of its params.yaml section. :func:`stage_config` reads the section, rejects
-unknown keys naming them, applies flag overrides (``None`` = not given) and
-coerces scalars to the field types.
+Each params.yaml section is a frozen dataclass (e.g. ``EvalConfig`` for ``eval``)
+whose fields are the section's keys; :func:`build_config` validates a section
+against it with pydantic (unknown keys and wrong types are one-line
+:class:`ConfigError` naming ``section.key``). Every command reads one params
+file (``-p/--params``, default ./params.yaml) and applies repeatable
+``--set section.key=value`` overrides (:func:`apply_sets`; values are YAML, so
+``--set train.iterations=48`` is an int and ``--set eval.prompts=[box]`` a list),
+then the few flags the command keeps. docs/architecture.md, "Configuration".
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import types
-import typing
+import functools
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from supersam import paths
 from supersam.errors import ConfigError
 
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
 
+# The sections of params.yaml (plus the top-level ``variants`` list). A section that
+# is not here is a typo: read_params refuses it instead of silently ignoring it.
+SECTIONS = ("variants", "model", "data", "mlflow", "pretrain", "rank_layers", "calibrate", "space",
+            "supernet", "train", "search", "export", "eval")
+
+# Lax coercion as YAML and the command line need it ("48" -> 48, 0.84 -> "0.84" for
+# fields such as min_miou that also take "0.95x"), but unknown keys are errors.
+_PYDANTIC = ConfigDict(extra="forbid", coerce_numbers_to_str=True, arbitrary_types_allowed=True)
+
 
 def read_params(path: str | Path | None = DEFAULT_PARAMS) -> dict[str, Any]:
-    """Read params.yaml into a dict; a missing default file gives ``{}``.
+    """Read params.yaml into a dict of sections; a missing default file gives ``{}``.
 
     Raises:
-        ConfigError: an explicitly named file is missing, or the YAML is invalid.
+        ConfigError: an explicitly named file is missing, the YAML is invalid, or a
+            section name is unknown.
     """
     if path is None:
         return {}
@@ -42,62 +58,97 @@ def read_params(path: str | Path | None = DEFAULT_PARAMS) -> dict[str, Any]:
         raise ConfigError(f"params file {path} is not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(f"params file {path} must hold a mapping of sections")
+    _check_sections(data, f"params file {path}")
     return data
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if value is None:
-        return None
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where) if len(inner) == 1 else value
-    if dataclasses.is_dataclass(hint):
-        return build_config(hint, value, where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        item = args[0] if args else Any
-        items = [_coerce(v, item, where) for v in value]
-        return tuple(items) if origin is tuple else items
+def _check_sections(values: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section {unknown[0]!r}; known sections: {', '.join(SECTIONS)}")
+
+
+def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
+    """``"section.key=value"`` -> (("section", "key"), value parsed as YAML).
+
+    Raises:
+        ConfigError: no ``=``, an empty key, or an unknown section.
+    """
+    key, sep, text = item.partition("=")
+    parts = tuple(p.strip() for p in key.split("."))
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. --set train.iterations=48")
+    if parts[0] not in SECTIONS:
+        raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}; known sections: {', '.join(SECTIONS)}")
+    if len(parts) == 1 and parts[0] != "variants":
+        raise ConfigError(f"--set {item!r} names a whole section; set one key, e.g. --set {parts[0]}.KEY=VALUE")
     try:
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() in ("true", "1", "yes"):
-                    return True
-                if value.lower() in ("false", "0", "no"):
-                    return False
-                raise ValueError
-            return bool(value)
-        if hint is int:
-            as_float = float(value)
-            if as_float != int(as_float):
-                raise ValueError
-            return int(as_float)
-        if hint in (float, str):
-            return hint(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}") from None
-    return value
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # not YAML (e.g. an unbalanced bracket in a path): keep the text
+    return parts, value
+
+
+def apply_sets(values: dict[str, Any], sets: Sequence[str] = (), flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of ``values`` with ``--set`` items, then non-None ``flags`` applied.
+
+    Args:
+        values: params as read by :func:`read_params`.
+        sets: ``["train.iterations=48", "data.root=/my/data", ...]`` (later wins).
+        flags: ``{"search.max_params": "60e6", ...}``: a command's own flags by
+            dotted key; ``None`` means the flag was not given.
+
+    Raises:
+        ConfigError: a malformed ``--set``, an unknown section, or a key path that
+            runs through a non-mapping value.
+    """
+    out = copy.deepcopy(values)
+    items = [parse_set(s) for s in sets]
+    items += [(tuple(k.split(".")), v) for k, v in (flags or {}).items() if v is not None]
+    for parts, value in items:
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {'.'.join(parts)}: {'.'.join(parts[:depth + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(cls: type) -> TypeAdapter:
+    if "__pydantic_config__" not in cls.__dict__:
+        cls.__pydantic_config__ = _PYDANTIC  # class attribute: the instances stay frozen dataclasses
+    return TypeAdapter(cls)
+
+
+def _message(exc: ValidationError, cls: type, where: str) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+    key = f"{where}.{loc}" if loc else where
+    if err["type"] == "unexpected_keyword_argument":
+        names = ", ".join(f.name for f in dataclasses.fields(cls))
+        return f"unknown key {key}; known keys: {names}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg[0].lower()}{msg[1:]}, got {err['input']!r}" if "input" in err else f"{key}: {msg}"
 
 
 def build_config(cls: type[T], values: dict[str, Any] | None, where: str) -> T:
-    """Build dataclass ``cls`` from ``values``, naming unknown keys and bad types.
+    """Validate ``values`` against dataclass ``cls`` (pydantic, lax coercion, no extra keys).
 
     Raises:
-        ConfigError: unknown key, wrong type, or a non-mapping section.
+        ConfigError: unknown key, wrong type, or a non-mapping section, naming ``where.key``.
     """
-    values = values or {}
+    values = {} if values is None else values
     if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown key {where}.{unknown[0]}; known keys: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
-    return cls(**kwargs)
+        raise ConfigError(f"{where} must be a mapping of keys, got {values!r}")
+    try:
+        return _adapter(cls).validate_python(values)
+    except ValidationError as exc:
+        raise ConfigError(_message(exc, cls, where)) from None
 
 
 def stage_config(

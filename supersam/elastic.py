@@ -26,7 +26,8 @@ from segment_anything.modeling.common import MLPBlock
 from torch import nn
 
 from supersam.errors import ConfigError
-from supersam.space import SUBNET_KINDS, SearchSpace, SubnetConfig
+from supersam.artifacts import SupernetMeta
+from supersam.space import SUBNET_KINDS, SearchSpace, SubnetConfig, subnet_macs, subnet_params
 
 
 class ElasticMLP(nn.Module):
@@ -35,7 +36,7 @@ class ElasticMLP(nn.Module):
     Shares ``mlp``'s ``lin1``, ``lin2`` and ``act`` modules. Input/output: ... x C.
     At width d the forward uses ``lin1.weight[:d]`` (d x C), ``lin1.bias[:d]`` and
     ``lin2.weight[:, :d]`` (C x d): views, so gradients land in the shared weights
-    (zero outside the window). At full width it is exactly ``MLPBlock.forward``.
+    (zero beyond the first d units). At full width it is exactly ``MLPBlock.forward``.
     """
 
     def __init__(self, mlp: MLPBlock) -> None:
@@ -178,12 +179,14 @@ class SuperSam(nn.Module):
             :mod:`supersam.predict` and ``SamPredictor``. ``state_dict()`` keys are the
             official SAM layout under ``sam.``.
         space: the :class:`SearchSpace`; its depth and mlp_dim must match ``sam``.
+        meta: what the supernet is (architecture, img_size, variant, provenance);
+            needed by :meth:`params`, :meth:`macs` and ``checkpoint.save_supernet``.
 
     Raises:
         ConfigError: the space does not fit the model.
     """
 
-    def __init__(self, sam: Sam, space: SearchSpace) -> None:
+    def __init__(self, sam: Sam, space: SearchSpace, meta: SupernetMeta | None = None) -> None:
         super().__init__()
         blocks = sam.image_encoder.blocks
         if len(blocks) != space.depth:
@@ -201,8 +204,42 @@ class SuperSam(nn.Module):
             sam.image_encoder = ElasticImageEncoderViT(sam.image_encoder)
         self.sam = sam
         self.space = space
+        self.meta = meta
         self._active = space.max_subnet()
         self.sam.image_encoder.set_active(self._active)
+
+    def _meta(self) -> SupernetMeta:
+        if self.meta is None:
+            raise ConfigError("this supernet has no metadata (model type, img_size); load it with "
+                              "checkpoint.load_supernet or pass meta=SupernetMeta(...)")
+        return self.meta
+
+    def params(self, subnet: SubnetConfig | dict | None = None) -> int:
+        """Parameters (elements) of all of SAM for ``subnet`` (default: the active one) at ``meta.img_size``.
+
+        Equals ``sum(p.numel())`` of the model :meth:`get_active_subnet` returns.
+
+        Raises:
+            ConfigError: no ``meta``, or ``subnet`` is not in the search space.
+        """
+        cfg = self._subnet(subnet)
+        return subnet_params(self._meta().model_type, self._meta().img_size, cfg)
+
+    def macs(self, subnet: SubnetConfig | dict | None = None) -> int:
+        """MACs of one image + one prompt through ``subnet`` (default: active) at ``meta.img_size``.
+
+        Raises:
+            ConfigError: no ``meta``, or ``subnet`` is not in the search space.
+        """
+        cfg = self._subnet(subnet)
+        return subnet_macs(self._meta().model_type, self._meta().img_size, cfg)
+
+    def _subnet(self, subnet: SubnetConfig | dict | None) -> SubnetConfig:
+        if subnet is None:
+            return self._active
+        cfg = subnet if isinstance(subnet, SubnetConfig) else SubnetConfig.from_dict(subnet)
+        self.space.validate(cfg)
+        return cfg
 
     @property
     def active_subnet(self) -> SubnetConfig:

@@ -17,16 +17,17 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from supersam import paths
 from supersam.baselines import kind_metrics, trivial_baselines, untrained_mious
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.data import DataConfig, prepare_split
 from supersam.data.config import PROMPTS, SPLITS
-from supersam.errors import ConfigError
 from supersam.device import resolve_device
-from supersam.evaluator import run_eval
+from supersam.errors import ConfigError
 from supersam.io import write_json
 from supersam.overlays import save_overlay
 from supersam.sam import build_sam_from_config, count_params
+from supersam.scoring import run_eval
 from supersam.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class EvalConfig:
             the ``data`` section's.
         prompts: prompt kinds the same objects are also evaluated with
             (``miou_<kind>`` etc.); the headline kind is always included.
-        out: output folder (metrics.json, overlays/).
+        out: output folder (metrics.json, overlays/); "" = ``outputs/eval/<name>``
+            (``outputs/eval`` without a name; :mod:`supersam.paths`).
         overlays: number of overlay PNGs to save.
         batch_size: images per encoder forward.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -63,7 +65,7 @@ class EvalConfig:
     n_images: int = 0
     prompt: str = ""
     prompts: tuple[str, ...] = ("box", "point")
-    out: str = "outputs/eval"
+    out: str = ""
     overlays: int = 4
     batch_size: int = 1
     device: str = "auto"
@@ -110,25 +112,23 @@ def load_for_eval(cfg: EvalConfig, model_cfg: ModelConfig) -> LoadedForEval:
         ConfigError / CheckpointError: bad paths, subnet or checkpoint.
     """
     if cfg.model:
-        from supersam.export import load_model, read_export_config
+        from supersam.checkpoint import load_model, read_export_manifest
 
         model = load_model(cfg.model)
-        meta = read_export_config(cfg.model)
-        info = {"source": f"export:{cfg.model}", "model_type": meta["model_type"], "variant": meta.get("reorder", ""),
-                "pretrained": bool(meta.get("pretrained", False)), "subnet": meta.get("subnet")}
+        manifest = read_export_manifest(cfg.model)
+        info = {"source": f"export:{cfg.model}", "model_type": manifest.model_type, "variant": manifest.variant,
+                "pretrained": manifest.pretrained, "subnet": manifest.subnet, "params": manifest.params}
         return LoadedForEval(model, info)
     if cfg.supernet:
         from supersam.checkpoint import load_supernet
         from supersam.space import SubnetConfig
 
-        supernet, meta = load_supernet(cfg.supernet)
+        supernet = load_supernet(cfg.supernet)
         subnet = SubnetConfig.load(cfg.subnet) if cfg.subnet else supernet.space.max_subnet()
         supernet.set_active_subnet(subnet)
-        from supersam.space import subnet_params
-
-        info = {"source": f"supernet:{cfg.supernet}", "model_type": meta["model_type"],
-                "variant": meta.get("reorder", ""), "pretrained": bool(meta.get("pretrained", False)), "subnet": subnet.to_dict(),
-                "params": subnet_params(meta["model_type"], meta["img_size"], subnet)}
+        meta = supernet.meta
+        info = {"source": f"supernet:{cfg.supernet}", "model_type": meta.model_type, "variant": meta.variant,
+                "pretrained": meta.pretrained, "subnet": subnet.to_dict(), "params": supernet.params(subnet)}
         return LoadedForEval(supernet.sam, info)
     loaded = build_sam_from_config(model_cfg)
     info = {"source": f"sam:{model_cfg.type}", "model_type": model_cfg.type, "pretrained": loaded.pretrained}
@@ -184,7 +184,7 @@ def evaluate(
     inputs = {kind: prepare_split(data_cfg, cfg.split, img_size, n_images=cfg.n_images, seed=cfg.seed,
                                   repeat=False, prompt=kind)
               for kind in kinds}
-    out = Path(cfg.out)
+    out = Path(cfg.out) if cfg.out else (paths.eval_dir(cfg.name) if cfg.name else paths.EVAL_DIR)
     (out / "overlays").mkdir(parents=True, exist_ok=True)  # a declared DVC output, even when empty
     saved: list[Path] = []
 

@@ -59,6 +59,29 @@ def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     return _atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
 
 
+def load_torch(path: str | Path, what: str, missing_fix: str, corrupt_fix: str) -> Any:
+    """The one loader of ``.pt``/``.pth`` files: ``torch.load(map_location="cpu", weights_only=True)``.
+
+    Args:
+        path: file to read.
+        what: what the file is, for messages (``"supernet checkpoint"``).
+        missing_fix / corrupt_fix: the fix each one-line error names.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a weights-only torch file.
+    """
+    from supersam.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist; {missing_fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # RuntimeError, UnpicklingError, EOFError, ... depending on the damage
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise CheckpointError(f"{what} {path} cannot be read ({reason}); {corrupt_fix}") from None
+
+
 def read_json(path: str | Path, what: str = "file") -> Any:
     """Read a JSON file, raising a one-line :class:`ConfigError` naming it on failure."""
     from supersam.errors import ConfigError

@@ -16,11 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from supersam import paths
+from supersam.artifacts import LayerRanking
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.errors import ConfigError
 from supersam.io import write_json
 from supersam.sam import get_arch
-from supersam.search.plots import plot_curve, plot_importance
+from supersam.plots import plot_curve, plot_importance
 from supersam.space import SubnetConfig
 from supersam.tracking import start_run
 
@@ -61,7 +63,7 @@ class RankLayersConfig:
     max_miou_drop: float = 0.1
     drop_prob: str = "0.5"
     metric: str = "miou"
-    out: str = "outputs/rank_layers"
+    out: str = str(paths.RANK_LAYERS_DIR)
     device: str = "auto"
     amp: bool = False
     batch_size: int = 1
@@ -195,7 +197,7 @@ def _measure(cfg: RankLayersConfig, model: ModelConfig, data: Any) -> tuple[dict
     """Build SAM and the few-shot evaluator; returns (provenance, evaluate)."""
     from supersam.data import prepare_split
     from supersam.device import resolve_device
-    from supersam.evaluator import SubnetEvaluator
+    from supersam.scoring import SubnetEvaluator
     from supersam.sam import build_sam_from_config
 
     arch = get_arch(model.type)
@@ -212,21 +214,21 @@ def _measure(cfg: RankLayersConfig, model: ModelConfig, data: Any) -> tuple[dict
     return info, lambda dropped: evaluator.evaluate(skipper.subnet(dropped))
 
 
-def _write_outputs(out: Path, ranking: dict[str, Any], metric: str) -> tuple[str, ...]:
+def _write_outputs(out: Path, ranking: LayerRanking) -> tuple[str, ...]:
     """ranking.json, DVC plot data (importance.json: block/miou_drop, curve.json: params/miou) and PNGs."""
-    prunable, model_type = ranking["prunable"], ranking["model_type"]
-    write_json(out / "ranking.json", ranking)
+    prunable, model_type, metric = ranking.prunable, ranking.model_type, ranking.metric
+    ranking.save(out / paths.RANKING.name)
     write_json(out / "importance.json", [
         {"block": s["block"], "miou_drop": s["importance"], "params": s["params"], "miou": s[metric],
-         "prunable": s["block"] in prunable} for s in ranking["single"]])
-    write_json(out / "curve.json", [{"step": k, **p} for k, p in enumerate(ranking["curve"])])
-    plot_importance(out / "importance.png", ranking["importance"], prunable, metric, f"{model_type} layer importance")
-    plot_curve(out / "curve.png", ranking["curve"], len(prunable), metric, f"{model_type} greedy layer removal")
-    return ("ranking.json", "importance.json", "curve.json", "importance.png", "curve.png")
+         "prunable": s["block"] in prunable} for s in ranking.single])
+    write_json(out / "curve.json", [{"step": k, **p} for k, p in enumerate(ranking.curve)])
+    plot_importance(out / "importance.png", ranking.importance, prunable, metric, f"{model_type} layer importance")
+    plot_curve(out / "curve.png", ranking.curve, len(prunable), metric, f"{model_type} greedy layer removal")
+    return (paths.RANKING.name, "importance.json", "curve.json", "importance.png", "curve.png")
 
 
 def rank_layers(cfg: RankLayersConfig, model: ModelConfig, data: Any, tracking: TrackingConfig,
-                evaluate: DropEvaluate | None = None) -> dict[str, Any]:
+                evaluate: DropEvaluate | None = None) -> LayerRanking:
     """Rank encoder blocks by few-shot importance and choose the prunable set (paper Sec. III, Fig. 3).
 
     Args:
@@ -238,9 +240,7 @@ def rank_layers(cfg: RankLayersConfig, model: ModelConfig, data: Any, tracking: 
             miou_oracle); by default SAM is built and evaluated on ``data``.
 
     Returns:
-        the ``ranking.json`` dict: model_type, img_size, pretrained, n_images,
-        metric, baseline_miou, importance (one per block), single, curve,
-        prunable, drop_probs.
+        the :class:`~supersam.artifacts.LayerRanking` written to ``ranking.json``.
 
     Raises:
         ConfigError / CheckpointError / DataError: bad params, checkpoint or data.
@@ -255,16 +255,16 @@ def rank_layers(cfg: RankLayersConfig, model: ModelConfig, data: Any, tracking: 
     curve = greedy_curve(evaluate, importance, base)
     prunable = choose_prunable(curve, cfg.rule, cfg.n_prunable, cfg.max_miou_drop, cfg.metric)
     probs = drop_probabilities(importance, prunable, cfg.drop_prob)
-    ranking = {
-        "model_type": model.type, "img_size": info["img_size"], "pretrained": info["pretrained"],
-        "n_images": info["n_images"], "metric": cfg.metric, "rule": cfg.rule,
-        "baseline_miou": float(base[cfg.metric]), "baseline": _point(base),
-        "importance": [float(v) for v in importance],
-        "single": [{"block": s["block"], **_point(s), "importance": float(s["importance"])} for s in single],
-        "curve": curve, "prunable": list(prunable), "drop_probs": list(probs),
-    }
+    ranking = LayerRanking(
+        model_type=model.type, img_size=info["img_size"], pretrained=info["pretrained"],
+        n_images=info["n_images"], metric=cfg.metric, rule=cfg.rule,
+        baseline_miou=float(base[cfg.metric]), baseline=_point(base),
+        importance=[float(v) for v in importance],
+        single=[{"block": s["block"], **_point(s), "importance": float(s["importance"])} for s in single],
+        curve=curve, prunable=list(prunable), drop_probs=list(probs),
+    )
     out = Path(cfg.out)
-    names = _write_outputs(out, ranking, cfg.metric)
+    names = _write_outputs(out, ranking)
     chosen = curve[len(prunable)]
     log.info("prunable blocks %s (theta %s): %d params, %s %.4f vs %.4f full", list(prunable), list(probs),
              chosen["params"], cfg.metric, chosen[cfg.metric], base[cfg.metric])

@@ -1,19 +1,20 @@
-"""MLP hidden-unit reordering criteria (paper Sec. III, Eq. 1), function preserving.
+"""MLP hidden-unit reordering, one registered variant per criterion (paper Sec. III, Eq. 1), function preserving.
 
-For each encoder block, a criterion scores the MLP's hidden units twice: once
+Pure functions over weights and calibration statistics (docs/method.md, "Wanda
+score and MLP reordering"). For each encoder block, a variant scores the MLP's hidden units twice: once
 from the rows of ``lin1`` (hidden x C) and once from the columns of ``lin2``
 (C x hidden). The two scores are combined per unit (mean of their ranks, as
 the paper does, or mean of the raw scores, as the reference code does), the
 units are sorted by descending combined score (stable), and lin1's rows +
 bias and lin2's columns are permuted together in place. The MLP computes the
-same function afterwards; a slicing window w then keeps the w best units.
+same function afterwards; a slice of width d then keeps the d best units.
 
 Every block is reordered, block 0 included: docs/contracts.md keeps block 0 at full
 width, where the permutation is harmless (function preserving), and treating
 all blocks alike keeps the supernet independent of which blocks may be sliced.
 
-Criteria live in :data:`CRITERIA`; add one with :func:`register_criterion`,
-e.g. a disturbed-Taylor criterion (SlimSAM, arXiv 2312.05284) would register
+Variants live in :data:`VARIANTS`; add one with :func:`register_variant`,
+e.g. a disturbed-Taylor variant (SlimSAM, arXiv 2312.05284) would register
 ``stats_kind="taylor"`` and read accumulated |w * dL/dw| per unit from its
 calibration stats.
 """
@@ -28,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from supersam.calibrate import ActivationStats, encoder_blocks
+from supersam.activation_stats import ActivationStats, encoder_blocks
 from supersam.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ ScoreFn = Callable[[nn.Module, Mapping[str, torch.Tensor] | None], UnitScores | 
 
 
 @dataclass(frozen=True)
-class Criterion:
-    """A registered reordering criterion.
+class Variant:
+    """A registered reordering variant (the criterion that orders the MLP units).
 
     Attributes:
         name: registry key (``none``, ``magnitude``, ``wanda``, ...).
@@ -68,28 +69,28 @@ class Criterion:
     description: str
 
 
-CRITERIA: dict[str, Criterion] = {}
+VARIANTS: dict[str, Variant] = {}
 
 
-def register_criterion(name: str, stats_kind: str | None = None) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator adding ``fn(mlp, block_stats) -> UnitScores | None`` to :data:`CRITERIA`."""
+def register_variant(name: str, stats_kind: str | None = None) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator adding ``fn(mlp, block_stats) -> UnitScores | None`` to :data:`VARIANTS`."""
     def decorate(fn: ScoreFn) -> ScoreFn:
         doc = (fn.__doc__ or name).strip().splitlines()[0]
-        CRITERIA[name] = Criterion(name, fn, stats_kind, doc)
+        VARIANTS[name] = Variant(name, fn, stats_kind, doc)
         return fn
 
     return decorate
 
 
-def get_criterion(name: str) -> Criterion:
-    """The criterion called ``name``.
+def get_variant(name: str) -> Variant:
+    """The reordering variant called ``name``.
 
     Raises:
         ConfigError: unknown name (lists the known ones).
     """
-    if name not in CRITERIA:
-        raise ConfigError(f"unknown reordering criterion {name!r}; use one of {', '.join(CRITERIA)}")
-    return CRITERIA[name]
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown reordering variant {name!r}; use one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
 
 
 def _weights(mlp: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,20 +98,20 @@ def _weights(mlp: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return mlp.lin1.weight.detach().double().abs(), mlp.lin2.weight.detach().double().abs()
 
 
-@register_criterion("none")
+@register_variant("none")
 def no_scores(mlp: nn.Module, block_stats: Mapping[str, torch.Tensor] | None) -> None:
     """Identity: keep the original unit order (paper's "no reordering")."""
     return None
 
 
-@register_criterion("magnitude")
+@register_variant("magnitude")
 def magnitude_scores(mlp: nn.Module, block_stats: Mapping[str, torch.Tensor] | None) -> UnitScores:
     """Weight magnitude: lin1 row sum_j |W1[i,j]|, lin2 column sum_k |W2[k,i]|."""
     w1, w2 = _weights(mlp)
     return UnitScores(w1.sum(dim=1), w2.sum(dim=0))
 
 
-@register_criterion("wanda", stats_kind="wanda")
+@register_variant("wanda", stats_kind="wanda")
 def wanda_scores(mlp: nn.Module, block_stats: Mapping[str, torch.Tensor] | None) -> UnitScores:
     """Wanda (Eq. 1): lin1 row sum_j |W1[i,j]| ||X_j||, lin2 column ||H_i|| sum_k |W2[k,i]|.
 
@@ -168,13 +169,13 @@ def permute_mlp_(mlp: nn.Module, order: torch.Tensor) -> None:
     mlp.lin2.weight.copy_(mlp.lin2.weight[:, order])
 
 
-def _block_stats(crit: Criterion, stats: ActivationStats | None, index: int, mlp: nn.Module):
+def _block_stats(crit: Variant, stats: ActivationStats | None, index: int, mlp: nn.Module):
     if crit.stats_kind is None:
         return None
     if stats is None:
-        raise ConfigError(f"criterion {crit.name} needs calibration stats; run `supersam calibrate-wanda` and set supernet.stats")
+        raise ConfigError(f"variant {crit.name} needs calibration stats; run `supersam calibrate-wanda` and set supernet.stats")
     if stats.kind != crit.stats_kind:
-        raise ConfigError(f"criterion {crit.name} needs {crit.stats_kind} stats, got {stats.kind} stats; point supernet.stats to the right file")
+        raise ConfigError(f"variant {crit.name} needs {crit.stats_kind} stats, got {stats.kind} stats; point supernet.stats to the right file")
     if index >= len(stats.blocks):
         raise ConfigError(f"calibration stats have {len(stats.blocks)} blocks, the model has more; rerun calibrate-wanda for this model")
     block = stats.blocks[index]
@@ -186,13 +187,13 @@ def _block_stats(crit: Criterion, stats: ActivationStats | None, index: int, mlp
 
 
 def reorder_sam(
-    sam: nn.Module, criterion: str = "wanda", stats: ActivationStats | None = None, combine: str = "rank"
+    sam: nn.Module, variant: str = "wanda", stats: ActivationStats | None = None, combine: str = "rank"
 ) -> list[torch.Tensor]:
     """Reorder the MLP hidden units of every image-encoder block in place (Sec. III).
 
     Args:
         sam: a ``segment_anything`` Sam (or its image encoder).
-        criterion: a key of :data:`CRITERIA` (``none``, ``magnitude``, ``wanda``).
+        variant: a key of :data:`VARIANTS` (``none``, ``magnitude``, ``wanda``).
         stats: calibration stats (required by ``wanda``); checked per block for shape.
         combine: ``rank`` (paper) or ``score`` (reference code).
 
@@ -201,9 +202,9 @@ def reorder_sam(
         ``order[k]`` (identity for ``none``).
 
     Raises:
-        ConfigError: unknown criterion/combination, missing or mismatched stats.
+        ConfigError: unknown variant/combination, missing or mismatched stats.
     """
-    crit = get_criterion(criterion)
+    crit = get_variant(variant)
     if combine not in COMBINES:
         raise ConfigError(f"unknown score combination {combine!r}; use one of {', '.join(COMBINES)}")
     blocks = encoder_blocks(sam)
@@ -219,5 +220,5 @@ def reorder_sam(
         permute_mlp_(block.mlp, order)
         orders.append(order.cpu())
     moved = sum(int((o != torch.arange(o.numel())).sum()) for o in orders) / max(1, sum(o.numel() for o in orders))
-    log.info("reordered %d MLPs by %s (%s): %.1f%% of hidden units moved", len(blocks), criterion, combine, 100 * moved)
+    log.info("reordered %d MLPs by %s (%s): %.1f%% of hidden units moved", len(blocks), variant, combine, 100 * moved)
     return orders

@@ -21,7 +21,7 @@ the global-attention blocks ((2*S/16-1) x head_dim) linearly.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from supersam.errors import CheckpointError, ConfigError
+from supersam.io import load_torch
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,6 @@ class LoadedSam:
     img_size: int
     pretrained: bool
     checkpoint: str | None = None
-    info: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
         """Fields to put in metrics files and MLflow params/tags."""
@@ -204,18 +204,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointError: file missing, truncated, or not a torch state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; run `supersam pretrain` (or `dvc repro`) to train the base model, "
-                              "point model.checkpoint at an existing file, or leave it empty for random init")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError...
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read as a torch state dict ({reason}); "
-            "re-download it or point to the official sam_vit_*.pth file"
-        ) from None
+    obj = load_torch(path, "checkpoint",
+                     "run `supersam pretrain` (or `dvc repro`) to train the base model, point model.checkpoint "
+                     "at an existing file, or leave it empty for random init",
+                     "re-download it or point to the official sam_vit_*.pth file")
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -313,7 +305,7 @@ def build_sam(
             "no SAM checkpoint given: %s runs from RANDOM initialisation (pretrained=false); "
             "numbers measure the pipeline, not SAM's quality", model_type,
         )
-        return LoadedSam(model, model_type, size, pretrained=False, info={"init_seed": seed})
+        return LoadedSam(model, model_type, size, pretrained=False)
     state = read_state_dict(checkpoint)
     load_state_into(model, state, str(checkpoint), model_type)
     log.info("loaded %s checkpoint %s at %d px", model_type, checkpoint, size)

@@ -4,7 +4,7 @@ Paper Sec. III ("Search Space design"): two elastic dimensions over the image
 encoder. (1) Layer elasticity: each block i of the prunable set is dropped with
 probability theta_i (paper: blocks 1, 2, 5, 6, 9, theta 0.5). (2) MLP
 elasticity: every kept block but block 0 keeps the first w hidden units of its
-(reordered) MLP for a window w in {768, 1020, 1536, 2304, 3072} (vit_b).
+(reordered) MLP for an MLP dim d in {768, 1020, 1536, 2304, 3072} (vit_b).
 Block 0 is protected from both.
 
 A subnet is a :class:`SubnetConfig` (docs/contracts.md, "Subnet config").
@@ -27,9 +27,9 @@ from supersam.sam import PATCH_SIZE, check_img_size, get_arch
 
 PAPER_PRUNABLE = (1, 2, 5, 6, 9)
 PAPER_DROP_PROB = 0.5
-PAPER_WINDOWS = (768, 1020, 1536, 2304, 3072)  # vit_b, MLP width 3072
-# the paper's windows as fractions of the full MLP width: 0.25, 0.332, 0.5, 0.75, 1
-PAPER_WINDOW_FRACTIONS = tuple(v / PAPER_WINDOWS[-1] for v in PAPER_WINDOWS)
+PAPER_MLP_DIMS = (768, 1020, 1536, 2304, 3072)  # vit_b, MLP width 3072
+# the paper's MLP dims as fractions of the full MLP width: 0.25, 0.332, 0.5, 0.75, 1
+PAPER_MLP_DIM_FRACTIONS = tuple(v / PAPER_MLP_DIMS[-1] for v in PAPER_MLP_DIMS)
 SUBNET_KINDS = ("max", "min", "random")
 
 
@@ -116,7 +116,7 @@ class SubnetConfig:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Prunable blocks with drop probabilities theta_i, and the MLP windows (paper Sec. III).
+    """Prunable blocks with drop probabilities theta_i, and the MLP dims (paper Sec. III).
 
     Attributes:
         depth: number of encoder blocks (12 for vit_b).
@@ -124,18 +124,18 @@ class SearchSpace:
         prunable: blocks that may be dropped (ascending; never block 0).
         drop_probs: theta_i, the probability each prunable block is dropped by
             :meth:`sample` (same order as ``prunable``).
-        windows: allowed MLP widths, strictly ascending, the last == ``mlp_dim``.
+        mlp_dim_choices: allowed MLP widths, strictly ascending, the last == ``mlp_dim``.
 
     Raises:
         ConfigError: block 0 or a missing block in ``prunable``, a probability
-            outside [0, 1], badly ordered windows or ones not ending at ``mlp_dim``.
+            outside [0, 1], badly ordered mlp_dim_choices or ones not ending at ``mlp_dim``.
     """
 
     depth: int
     mlp_dim: int
     prunable: tuple[int, ...]
     drop_probs: tuple[float, ...]
-    windows: tuple[int, ...]
+    mlp_dim_choices: tuple[int, ...]
 
     def __post_init__(self) -> None:
         prunable = _int_tuple(self.prunable, "search space prunable")
@@ -147,7 +147,7 @@ class SearchSpace:
         pairs = sorted(zip(prunable, probs))
         object.__setattr__(self, "prunable", tuple(b for b, _ in pairs))
         object.__setattr__(self, "drop_probs", tuple(p for _, p in pairs))
-        object.__setattr__(self, "windows", _int_tuple(self.windows, "search space windows"))
+        object.__setattr__(self, "mlp_dim_choices", _int_tuple(self.mlp_dim_choices, "search space mlp_dim_choices"))
         self._check()
 
     def _check(self) -> None:
@@ -163,23 +163,23 @@ class SearchSpace:
         for b, p in zip(self.prunable, self.drop_probs):
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"search space drop probability {p} of block {b} is outside [0, 1]")
-        w = self.windows
+        w = self.mlp_dim_choices
         if not w or any(v <= 0 for v in w) or any(a >= b for a, b in zip(w, w[1:])):
-            raise ConfigError(f"search space windows {list(w)} must be positive and strictly ascending")
+            raise ConfigError(f"search space mlp_dim_choices {list(w)} must be positive and strictly ascending")
         if w[-1] != self.mlp_dim:
-            raise ConfigError(f"search space windows {list(w)} must end with the full MLP width {self.mlp_dim}; add it")
+            raise ConfigError(f"search space mlp_dim_choices {list(w)} must end with the full MLP width {self.mlp_dim}; add it")
 
     @classmethod
     def for_arch(
-        cls, model_type: str, prunable: Any = None, drop_probs: Any = None, windows: Any = None
+        cls, model_type: str, prunable: Any = None, drop_probs: Any = None, mlp_dim_choices: Any = None
     ) -> SearchSpace:
         """Space for SAM ``model_type``; unset parts default to the paper's.
 
-        Defaults: prunable (1, 2, 5, 6, 9), theta_i = 0.5, windows (768, 1020,
+        Defaults: prunable (1, 2, 5, 6, 9), theta_i = 0.5, mlp_dim_choices (768, 1020,
         1536, 2304, 3072) scaled by mlp_dim / 3072 (vit_ti: 192, 255, 384, 576,
-        768; tiny: 64, 85, 128, 192, 256). ``windows`` given as numbers <= 1 are
+        768; tiny: 64, 85, 128, 192, 256). ``mlp_dim_choices`` given as numbers <= 1 are
         fractions of the model's MLP width (rounded; the paper's are
-        :data:`PAPER_WINDOW_FRACTIONS`), so one setting serves every model type;
+        :data:`PAPER_MLP_DIM_FRACTIONS`), so one setting serves every model type;
         numbers > 1 are absolute widths. ``drop_probs`` may be one float for
         every prunable block.
 
@@ -190,13 +190,13 @@ class SearchSpace:
         prunable = tuple(PAPER_PRUNABLE if prunable is None else prunable)
         if drop_probs is None or isinstance(drop_probs, (int, float)):
             drop_probs = (PAPER_DROP_PROB if drop_probs is None else float(drop_probs),) * len(prunable)
-        if windows is None:
-            windows = PAPER_WINDOW_FRACTIONS
-        if windows and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in windows):
-            windows = tuple(round(float(v) * arch.mlp_dim) for v in windows)
-        elif isinstance(windows, (list, tuple)):
-            windows = tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in windows)
-        return cls(arch.depth, arch.mlp_dim, prunable, tuple(drop_probs), tuple(windows))
+        if mlp_dim_choices is None:
+            mlp_dim_choices = PAPER_MLP_DIM_FRACTIONS
+        if mlp_dim_choices and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in mlp_dim_choices):
+            mlp_dim_choices = tuple(round(float(v) * arch.mlp_dim) for v in mlp_dim_choices)
+        elif isinstance(mlp_dim_choices, (list, tuple)):
+            mlp_dim_choices = tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in mlp_dim_choices)
+        return cls(arch.depth, arch.mlp_dim, prunable, tuple(drop_probs), tuple(mlp_dim_choices))
 
     def validate(self, cfg: SubnetConfig) -> None:
         """Check that ``cfg`` belongs to this space.
@@ -204,7 +204,7 @@ class SearchSpace:
         Raises:
             ConfigError: naming the offending entry (wrong length, block 0 dropped
                 or sliced, kept_layers inconsistent with mlp_dims, a non-prunable
-                block dropped, a width that is not a window).
+                block dropped, a width that is not an allowed MLP dim).
         """
         dims, kept = cfg.mlp_dims, cfg.kept_layers
         if len(dims) != self.depth:
@@ -225,7 +225,7 @@ class SearchSpace:
         for i, d in enumerate(dims):
             if i in kept_set and d == 0:
                 raise ConfigError(
-                    f"subnet mlp_dims[{i}]=0 but block {i} is in kept_layers; give it a window or drop it from kept_layers"
+                    f"subnet mlp_dims[{i}]=0 but block {i} is in kept_layers; give it an allowed MLP dim or drop it from kept_layers"
                 )
             if i not in kept_set and d != 0:
                 raise ConfigError(
@@ -236,41 +236,41 @@ class SearchSpace:
                     f"subnet drops block {i}, which is not prunable "
                     f"(prunable: {', '.join(map(str, self.prunable))}); keep block {i}"
                 )
-            if d and d not in self.windows:
-                raise ConfigError(f"subnet mlp_dims[{i}]={d} is not a window of the search space {list(self.windows)}")
+            if d and d not in self.mlp_dim_choices:
+                raise ConfigError(f"subnet mlp_dims[{i}]={d} is not an allowed MLP dim of the search space {list(self.mlp_dim_choices)}")
 
     def max_subnet(self) -> SubnetConfig:
         """Every block kept at full width (= the original SAM)."""
         return SubnetConfig(tuple(range(self.depth)), (self.mlp_dim,) * self.depth)
 
     def min_subnet(self) -> SubnetConfig:
-        """Every prunable block dropped, every other block but 0 at the smallest window."""
-        dims = [0 if i in self.prunable else self.windows[0] for i in range(self.depth)]
+        """Every prunable block dropped, every other block but 0 at the smallest MLP dim."""
+        dims = [0 if i in self.prunable else self.mlp_dim_choices[0] for i in range(self.depth)]
         dims[0] = self.mlp_dim
         return SubnetConfig.from_mlp_dims(dims)
 
     def sample(self, generator: torch.Generator | None = None) -> SubnetConfig:
         """Random subnet: prunable block i dropped with probability theta_i, each kept
-        block but 0 at a window drawn uniformly (paper Sec. III). Deterministic under
+        block but 0 at an MLP dim drawn uniformly (paper Sec. III). Deterministic under
         ``generator`` (always draws len(prunable) + depth numbers)."""
         drop = (torch.rand(len(self.prunable), generator=generator) < torch.tensor(self.drop_probs)).tolist()
-        picks = torch.randint(len(self.windows), (self.depth,), generator=generator).tolist()
+        picks = torch.randint(len(self.mlp_dim_choices), (self.depth,), generator=generator).tolist()
         dropped = {b for b, d in zip(self.prunable, drop) if d}
-        dims = [0 if i in dropped else self.windows[picks[i]] for i in range(self.depth)]
+        dims = [0 if i in dropped else self.mlp_dim_choices[picks[i]] for i in range(self.depth)]
         dims[0] = self.mlp_dim
         return SubnetConfig.from_mlp_dims(dims)
 
     def size(self) -> int:
         """Number of distinct subnets: |W|^(fixed blocks but 0) * (|W| + 1)^|prunable|."""
-        n_windows = len(self.windows)
+        n_choices = len(self.mlp_dim_choices)
         fixed = self.depth - 1 - len(self.prunable)
-        return n_windows**fixed * (n_windows + 1) ** len(self.prunable)
+        return n_choices**fixed * (n_choices + 1) ** len(self.prunable)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``search_space.json``)."""
         return {
             "depth": self.depth, "mlp_dim": self.mlp_dim, "prunable": list(self.prunable),
-            "drop_probs": list(self.drop_probs), "windows": list(self.windows),
+            "drop_probs": list(self.drop_probs), "mlp_dim_choices": list(self.mlp_dim_choices),
         }
 
     @classmethod
@@ -280,12 +280,12 @@ class SearchSpace:
         Raises:
             ConfigError: not a mapping, a key missing, or an invalid space.
         """
-        keys = ("depth", "mlp_dim", "prunable", "drop_probs", "windows")
+        keys = ("depth", "mlp_dim", "prunable", "drop_probs", "mlp_dim_choices")
         if not isinstance(data, dict) or any(k not in data for k in keys):
             raise ConfigError(f"search space must be a mapping with keys {', '.join(keys)}, got {data!r}"[:300])
         try:
             return cls(int(data["depth"]), int(data["mlp_dim"]), tuple(data["prunable"]),
-                       tuple(data["drop_probs"]), tuple(data["windows"]))
+                       tuple(data["drop_probs"]), tuple(data["mlp_dim_choices"]))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"search space has a malformed entry ({exc})") from None
 

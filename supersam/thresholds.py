@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supersam.artifacts import SupernetMeta
 from supersam.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -136,12 +137,12 @@ class ResolvedThreshold:
         return f"{self.value:.4f} ({self.setting} of base {self.base_miou:.4f})"
 
 
-def base_checkpoint(threshold: MiouThreshold, meta: dict[str, Any], what: str, source: str = "the supernet") -> str | None:
+def base_checkpoint(threshold: MiouThreshold, meta: SupernetMeta, what: str, source: str = "the supernet") -> str | None:
     """The base model checkpoint a relative ``threshold`` is measured against (None when absolute).
 
     Args:
         threshold: the parsed threshold.
-        meta: supernet checkpoint meta (``checkpoint`` = the base model's path, "" for random init).
+        meta: the supernet's metadata (``checkpoint`` = the base model's path, "" for random init).
         what: the setting's name for messages.
         source: the supernet's path for messages.
 
@@ -151,7 +152,7 @@ def base_checkpoint(threshold: MiouThreshold, meta: dict[str, Any], what: str, s
     """
     if not threshold.relative:
         return None
-    path = str(meta.get("checkpoint") or "")
+    path = meta.checkpoint
     if not path:
         raise ConfigError(
             f"{what} {threshold} is relative, but a relative threshold needs a base model checkpoint and "
@@ -166,23 +167,23 @@ def base_checkpoint(threshold: MiouThreshold, meta: dict[str, Any], what: str, s
     return path
 
 
-def measure_base_miou(meta: dict[str, Any], inputs: Sequence[Any], device: Any, metric: str = "miou",
+def measure_base_miou(meta: SupernetMeta, inputs: Sequence[Any], device: Any, metric: str = "miou",
                       amp: bool = False, batch_size: int = 1) -> float:
     """mIoU (``metric``) of the base model recorded in a supernet's ``meta`` on ``inputs``.
 
-    The model is ``build_sam(meta["model_type"], meta["img_size"], meta["checkpoint"])``
-    evaluated by :func:`supersam.evaluator.run_eval` with its own prompt encoder.
+    The model is ``build_sam(meta.model_type, meta.img_size, meta.checkpoint)``
+    evaluated by :func:`supersam.scoring.run_eval` with its own prompt encoder.
 
     Raises:
         CheckpointError: unreadable base checkpoint.
     """
     import torch
 
-    from supersam.evaluator import run_eval
+    from supersam.scoring import run_eval
     from supersam.sam import build_sam
 
     device = torch.device(device)
-    loaded = build_sam(meta["model_type"], int(meta["img_size"]), meta["checkpoint"])
+    loaded = build_sam(meta.model_type, meta.img_size, meta.checkpoint)
     model = loaded.model.to(device)
     try:
         result = run_eval(model, inputs, device, amp=amp, batch_size=batch_size)
@@ -191,7 +192,7 @@ def measure_base_miou(meta: dict[str, Any], inputs: Sequence[Any], device: Any, 
     return float(result[metric])
 
 
-def resolve_threshold(setting: Any, meta: dict[str, Any], inputs: Sequence[Any], device: Any, *, what: str,
+def resolve_threshold(setting: Any, meta: SupernetMeta, inputs: Sequence[Any], device: Any, *, what: str,
                       source: str = "the supernet", metric: str = "miou", amp: bool = False,
                       batch_size: int = 1) -> ResolvedThreshold:
     """Resolve a threshold setting to an absolute mIoU on the validation sample ``inputs``.
@@ -201,7 +202,7 @@ def resolve_threshold(setting: Any, meta: dict[str, Any], inputs: Sequence[Any],
 
     Args:
         setting: as given (``0.8``, ``"0.95x"``, ``"95%"``).
-        meta: the supernet's meta (``model_type``, ``img_size``, ``checkpoint``).
+        meta: the supernet's metadata (``model_type``, ``img_size``, ``checkpoint``).
         inputs: the validation sample the threshold is checked on.
         device: evaluation device.
         what: the setting's name for messages (``search.min_miou``).
@@ -221,7 +222,7 @@ def resolve_threshold(setting: Any, meta: dict[str, Any], inputs: Sequence[Any],
     base = measure_base_miou(meta, inputs, device, metric, amp, batch_size)
     value = threshold.resolve(base)
     log.info("%s %s: base model %s has %s %.4f on the %d validation images -> threshold %.4f",
-             what, text, meta["checkpoint"], metric, base, len(inputs), value)
+             what, text, meta.checkpoint, metric, base, len(inputs), value)
     if value > 1.0:
         log.warning("%s %s resolves to %.4f > 1: no model can reach it", what, text, value)
     return ResolvedThreshold(value, text, base)

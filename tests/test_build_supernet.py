@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from supersam.artifacts import LayerRanking
 from supersam.build_supernet import SpaceConfig, SupernetConfig, build_supernet
 from supersam.calibrate import CalibrateConfig, calibrate_wanda
 from supersam.sam import build_sam_from_config as build_model
@@ -42,17 +43,18 @@ def stats_path(shared_data, tmp_path_factory) -> Path:
 def test_wanda_supernet_is_reordered_and_function_preserving(shared_data, stats_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow puts run artifacts under ./mlruns
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    cfg = SupernetConfig(reorder="wanda", stats=str(stats_path), out=str(tmp_path / "supernet" / "{reorder}"))
-    out = build_supernet(TINY, SpaceConfig(), cfg, tracking)
+    cfg = SupernetConfig(variant="wanda", stats=str(stats_path), out=str(tmp_path / "supernet" / "wanda"))
+    out = build_supernet(TINY, SpaceConfig(ranking=""), cfg, tracking)
     assert out == tmp_path / "supernet" / "wanda"
-    supernet, meta = load_supernet(out / "supernet.pt")
-    assert (meta["model_type"], meta["img_size"], meta["pretrained"], meta["reorder"], meta["combine"]) == ("tiny", 128, False, "wanda", "rank")
-    assert meta["stats_n_images"] == 3 and meta["stats"] == str(stats_path)
+    supernet = load_supernet(out / "supernet.pt")
+    meta = supernet.meta
+    assert (meta.model_type, meta.img_size, meta.pretrained, meta.variant, meta.combine) == ("tiny", 128, False, "wanda", "rank")
+    assert meta.stats_n_images == 3 and meta.stats == str(stats_path)
     space = json.loads((out / "search_space.json").read_text())
     assert space == {"depth": 12, "mlp_dim": 256, "prunable": [1, 2, 5, 6, 9], "drop_probs": [0.5] * 5,
-                     "windows": [64, 85, 128, 192, 256]}
+                     "mlp_dim_choices": [64, 85, 128, 192, 256]}
 
-    from supersam.calibrate import ActivationStats
+    from supersam.activation_stats import ActivationStats
     original = build_model(TINY).model
     expected = build_model(TINY).model
     orders = reorder_sam(expected, "wanda", ActivationStats.load(stats_path), "rank")
@@ -74,25 +76,26 @@ def test_wanda_supernet_is_reordered_and_function_preserving(shared_data, stats_
 
 def test_none_and_magnitude_variants_with_ranking(tmp_path):
     ranking = tmp_path / "ranking.json"
-    ranking.write_text(json.dumps({"model_type": "tiny", "img_size": 128, "prunable": [3, 4, 10], "drop_probs": [0.2, 0.7, 0.4]}))
-    space_cfg = SpaceConfig(prunable=(1,), drop_probs=(0.9,), windows=(128, 256), ranking=str(ranking))
-    out = build_supernet(TINY, space_cfg, SupernetConfig(reorder="none", stats="", out=str(tmp_path / "{reorder}")), OFF)
+    LayerRanking("tiny", 128, False, 2, "miou", "count", 0.5, {}, [0.0] * 12, [], [], [3, 4, 10], [0.2, 0.7, 0.4]).save(ranking)
+    space_cfg = SpaceConfig(prunable=(1,), drop_probs=(0.9,), mlp_dim_choices=(128, 256), ranking=str(ranking))
+    out = build_supernet(TINY, space_cfg, SupernetConfig(variant="none", stats="", out=str(tmp_path / "none")), OFF)
     assert json.loads((out / "search_space.json").read_text()) == {
-        "depth": 12, "mlp_dim": 256, "prunable": [3, 4, 10], "drop_probs": [0.2, 0.7, 0.4], "windows": [128, 256]}
-    supernet, meta = load_supernet(out / "supernet.pt")
+        "depth": 12, "mlp_dim": 256, "prunable": [3, 4, 10], "drop_probs": [0.2, 0.7, 0.4], "mlp_dim_choices": [128, 256]}
+    supernet = load_supernet(out / "supernet.pt")
+    meta = supernet.meta
     reference = build_model(TINY).model.state_dict()
-    assert meta["reorder"] == "none" and meta["stats"] == "" and meta["ranking"] == str(ranking)
+    assert meta.variant == "none" and meta.stats == "" and meta.ranking == str(ranking)
     assert all(torch.equal(v, reference[k]) for k, v in supernet.sam.state_dict().items())
 
-    out = build_supernet(TINY, SpaceConfig(), SupernetConfig(reorder="magnitude", combine="score", stats="", out=str(tmp_path / "{reorder}")), OFF)
+    out = build_supernet(TINY, SpaceConfig(ranking=""), SupernetConfig(variant="magnitude", combine="score", stats="", out=str(tmp_path / "magnitude")), OFF)
     assert out.name == "magnitude"
-    mlp = load_supernet(out / "supernet.pt")[0].sam.image_encoder.blocks[4].mlp
+    mlp = load_supernet(out / "supernet.pt").sam.image_encoder.blocks[4].mlp
     combined = (mlp.lin1.weight.abs().double().sum(1) + mlp.lin2.weight.abs().double().sum(0)) / 2
     assert torch.all(combined[:-1] >= combined[1:])
 
-    ranking.write_text(json.dumps({"model_type": "vit_b", "prunable": [1], "drop_probs": [0.5]}))
+    LayerRanking("vit_b", 1024, True, 2, "miou", "count", 0.5, {}, [0.0] * 12, [], [], [1], [0.5]).save(ranking)
     with pytest.raises(ConfigError, match="layer ranking .* is for vit_b, the model is tiny"):
-        build_supernet(TINY, SpaceConfig(ranking=str(ranking)), SupernetConfig(reorder="none", out=str(tmp_path / "x")), OFF)
+        build_supernet(TINY, SpaceConfig(ranking=str(ranking)), SupernetConfig(variant="none", out=str(tmp_path / "x")), OFF)
 
 
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
@@ -108,7 +111,8 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
 def write_params(tmp_path: Path, stats: Path) -> Path:
     params = {
         "model": {"type": "tiny", "img_size": 128},
-        "supernet": {"reorder": "wanda", "stats": str(stats), "out": str(tmp_path / "out" / "{reorder}")},
+        "space": {"ranking": ""},
+        "supernet": {"variant": "wanda", "stats": str(stats), "out": str(tmp_path / "out" / "wanda")},
         "mlflow": {"enabled": False},
     }
     path = tmp_path / "params.yaml"
@@ -120,18 +124,23 @@ def test_cli_bad_input_is_one_line_exit_1(stats_path, tmp_path, monkeypatch, cap
     params = write_params(tmp_path, stats_path)
     base = ["build-supernet", "--params", str(params)]
     cases = {
-        "--reorder=taylor": "unknown reordering criterion 'taylor'; use one of none, magnitude, wanda",
-        "--stats=" + str(tmp_path / "nope.pt"): "do not exist; run `supersam calibrate-wanda`",
-        "--img-size=64": "are for img_size 128, but the model has 64",
-        "--combine=median": "unknown supernet.combine 'median'",
+        ("--variant", "taylor"): "unknown reordering variant 'taylor'; use one of none, magnitude, wanda",
+        ("--set", "supernet.stats=" + str(tmp_path / "nope.pt")): "does not exist; run `supersam calibrate-wanda`",
+        ("--set", "model.img_size=64"): "are for img_size 128, but the model has 64",
+        ("--set", "supernet.combine=median"): "unknown supernet.combine 'median'",
+        ("--set", "supernet.combne=rank"): "unknown key supernet.combne; known keys: variant, combine, stats, out",
+        ("--set", "supernt.combine=rank"): "unknown section 'supernt'",
+        ("--set", "model.img_size=big"): "model.img_size: input should be a valid integer",
+        ("--set", "model.img_size"): "must look like section.key=value",
     }
     for flag, message in cases.items():
-        code, err = run_cli([*base, flag], monkeypatch, capsys)
+        code, err = run_cli([*base, *flag], monkeypatch, capsys)
         assert code == 1 and message in err and "Traceback" not in err, (flag, err)
         error_lines = [line for line in err.splitlines() if "error:" in line]
         assert len(error_lines) == 1 and message in error_lines[0]
     assert not (tmp_path / "out").exists()
-    code, err = run_cli([*base, "--reorder", "magnitude"], monkeypatch, capsys)
+    code, err = run_cli([*base, "--variant", "magnitude", "--set", f"supernet.out={tmp_path / 'out' / 'magnitude'}"],
+                        monkeypatch, capsys)
     assert code == 0 and (tmp_path / "out" / "magnitude" / "supernet.pt").is_file()
 
 
@@ -140,6 +149,6 @@ def test_installed_entry_point_refuses_other_checkpoint_stats(stats_path, tmp_pa
     fake = tmp_path / "sam_tiny.pth"
     torch.save(build_model(TINY).model.state_dict(), fake)
     proc = subprocess.run([str(ROOT / ".venv" / "bin" / "supersam"), "build-supernet", "--params", str(params),
-                           "--checkpoint", str(fake)], capture_output=True, text=True, cwd=tmp_path)
+                           "--set", f"model.checkpoint={fake}"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "are for checkpoint <random init>, but the model has" in proc.stderr and "Traceback" not in proc.stderr

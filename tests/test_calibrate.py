@@ -13,9 +13,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from supersam.sam import build_sam_from_config as build_model
-from supersam.calibrate import (
-    ActivationStats, collect_mlp_sq_norms, record_mlp_inputs, weights_digest,
-)
+from supersam.activation_stats import ActivationStats, collect_mlp_sq_norms, record_mlp_inputs, weights_digest
 from supersam.config import ModelConfig
 from supersam.errors import CheckpointError, ConfigError
 from supersam.sam import build_sam_model
@@ -107,7 +105,7 @@ def test_stats_artifact_round_trip_and_refusals(shared_data, tmp_path):
     with pytest.raises(ConfigError, match="measured on different weights"):
         back.check_matches(other)
 
-    with pytest.raises(ConfigError, match="do not exist; run `supersam calibrate-wanda`"):
+    with pytest.raises(CheckpointError, match="does not exist; run `supersam calibrate-wanda`"):
         ActivationStats.load(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="cannot be read"):
@@ -137,7 +135,8 @@ def test_calibrate_wanda_cli_writes_stats_and_logs_run(shared_data, tmp_path, mo
     monkeypatch.chdir(tmp_path)  # MLflow puts run artifacts under ./mlruns
 
     params = write_params(tmp_path, shared_data)
-    result = CliRunner().invoke(app, ["calibrate-wanda", "--params", str(params), "--n-images", "2", "--device", "cpu"])
+    result = CliRunner().invoke(app, ["calibrate-wanda", "--params", str(params), "--set", "calibrate.n_images=2",
+                                          "--set", "calibrate.device=cpu"])
     assert result.exit_code == 0, result.output
     stats = ActivationStats.load(tmp_path / "calib" / "wanda_stats.pt")
     assert (stats.model_type, stats.img_size, stats.n_images, stats.n_tokens, stats.pretrained) == ("tiny", 128, 2, 128, False)

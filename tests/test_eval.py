@@ -31,19 +31,18 @@ def _check_kind_metrics(metrics: dict, kinds) -> None:
         trivial = {name: metrics[f"baseline_{name}_{kind}"] for name in ("all_foreground", shaped[kind])}
         expected, _ = collapse_check(metrics[f"miou_{kind}"], metrics[f"fg_fraction_{kind}"], trivial)
         assert metrics[f"collapsed_{kind}"] is expected
-    for kind in set(KINDS) - set(kinds):
-        assert f"miou_{kind}" not in metrics
+    assert {kind for kind in KINDS if f"miou_{kind}" in metrics} == set(kinds)  # exactly the asked kinds
 
 
 def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, shared_data):
     out = tmp_path / "eval"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [
-        "eval", "--params", _empty_params(tmp_path), "--model-type", "tiny", "--img-size", "128",
-        "--data-kind", "image_label", "--data-root", str(shared_data / "dsb2018_nuclei"),
-        "--images", "img2d.tif", "--labels", "mask2d.tif", "--label-mode", "instance",
-        "--min-area", "0", "--max-objects", "0", "--split", "all", "--prompt", "box",
-        "--out", str(out), "--overlays", "1", "--tracking-uri", uri, "--device", "cpu",
+        "eval", "--params", _empty_params(tmp_path), "--set", "model.type=tiny", "--set", "model.img_size=128",
+        "--set", "data.kind=image_label", "--data-root", str(shared_data / "dsb2018_nuclei"),
+        "--set", "data.images=img2d.tif", "--set", "data.labels=mask2d.tif", "--set", "data.label_mode=instance",
+        "--set", "data.min_area=0", "--set", "data.max_objects=0", "--split", "all", "--set", "eval.prompt=box",
+        "--out", str(out), "--set", "eval.overlays=1", "--set", f"mlflow.tracking_uri={uri}", "--set", "eval.device=cpu",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -86,11 +85,11 @@ def test_eval_is_deterministic_for_the_same_seed(tmp_path, shared_data):
     # default split: test (here the held-out 20 % of the EM slices); only point prompts
     params = _empty_params(tmp_path, "data:\n  test_fraction: 0.2\n")
     base = [
-        "eval", "--params", params, "--model-type", "tiny",
-        "--data-kind", "image_label", "--data-root", str(shared_data / "isbi2012_em"),
-        "--images", "image", "--labels", "label", "--label-mode", "binary", "--n-images", "2",
-        "--prompt", "point", "--prompts", "point", "--overlays", "0",
-        "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--device", "cpu",
+        "eval", "--params", params, "--set", "model.type=tiny",
+        "--set", "data.kind=image_label", "--data-root", str(shared_data / "isbi2012_em"),
+        "--set", "data.images=image", "--set", "data.labels=label", "--set", "data.label_mode=binary",
+        "--set", "eval.n_images=2", "--set", "eval.prompt=point", "--set", "eval.prompts=[point]",
+        "--set", "eval.overlays=0", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db", "--set", "eval.device=cpu",
     ]
     runs = []
     for name in ("a", "b"):
@@ -106,7 +105,7 @@ def test_eval_is_deterministic_for_the_same_seed(tmp_path, shared_data):
 def test_run_eval_with_other_prompts_matches_separate_runs(shared_data):
     """``also`` decodes other prompt sets from the same embeddings: same numbers as their own run."""
     from supersam.data import DataConfig, prepare_split
-    from supersam.evaluator import run_eval
+    from supersam.scoring import run_eval
     from supersam.sam import build_sam
 
     data = DataConfig(root=str(shared_data / "isbi2012_em"), max_objects=4, point="center")
@@ -142,7 +141,9 @@ def test_eval_rejects_conflicting_or_bad_options(tmp_path):
             bad.validate()
     EvalConfig().validate()
     assert EvalConfig().split == "test" and EvalConfig().prompts == ("box", "point")
-    result = CliRunner().invoke(app, ["eval", "--params", _empty_params(tmp_path), "--batch-size", "0"])
+    result = CliRunner().invoke(app, ["eval", "--params", _empty_params(tmp_path), "--set", "eval.batch_size=0"])
     assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
-    result = CliRunner().invoke(app, ["eval", "--params", _empty_params(tmp_path), "--prompts", "box,oval"])
+    result = CliRunner().invoke(app, ["eval", "--params", _empty_params(tmp_path), "--set", "eval.prompts=[box,oval]"])
     assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
+    result = CliRunner().invoke(app, ["eval", "--params", _empty_params(tmp_path), "--set", "eval.prompts=box"])
+    assert result.exit_code != 0 and "eval.prompts: input should be a valid tuple" in str(result.exception)

@@ -21,18 +21,20 @@ from segment_anything.modeling import Sam
 from typer.testing import CliRunner
 
 import supersam
+from supersam.artifacts import SupernetMeta
 from supersam.checkpoint import load_supernet, save_supernet
 from supersam.cli.main import app
 from supersam.elastic import SuperSam
 from supersam.errors import CheckpointError, ConfigError
-from supersam.export import export_subnet, load_model, read_export_config
+from supersam.checkpoint import load_model, read_export_manifest
+from supersam.export import export_subnet
 from supersam.sam import build_sam, build_sam_model, count_params
 from supersam.space import SearchSpace, SubnetConfig, subnet_macs, subnet_params
 
 TINY = SearchSpace.for_arch("tiny")
 VIT_B = SearchSpace.for_arch("vit_b")
 MIXED = SubnetConfig.from_mlp_dims([256, 0, 128, 64, 256, 0, 85, 192, 64, 0, 128, 256])
-META = {"model_type": "tiny", "img_size": 128, "pretrained": False, "reorder": "none", "note": Path("x")}
+META = SupernetMeta("tiny", 128, False, "none", provenance={"note": "x"})
 SUPERSAM_BIN = Path(sys.executable).parent / "supersam"
 
 
@@ -63,9 +65,10 @@ def coco_image(shared_data):
 
 def test_checkpoint_round_trip_and_official_layout(supernet_file, device):
     path, original = supernet_file
-    loaded, meta = load_supernet(path, device=device)
-    assert {k: meta[k] for k in ("model_type", "img_size", "pretrained", "reorder", "note")} == {**META, "note": "x"}
-    assert SearchSpace.from_dict(meta["space"]) == TINY == loaded.space
+    loaded = load_supernet(path, device=device)
+    meta = loaded.meta
+    assert meta == META and SupernetMeta.from_dict(META.to_dict()) == META
+    assert loaded.space == TINY
     assert loaded.active_subnet == TINY.max_subnet()
     expected = original.state_dict()
     for key, value in loaded.state_dict().items():
@@ -89,8 +92,17 @@ def test_checkpoint_errors_are_one_line(tmp_path, supernet_file):
         with pytest.raises(CheckpointError, match=match) as err:
             load_supernet(bad)
         assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="supernet meta is missing 'reorder'"):
-        save_supernet(tmp_path / "x.pt", supernet, {"model_type": "tiny", "img_size": 128, "pretrained": False})
+    with pytest.raises(ConfigError, match="the supernet has no metadata"):
+        save_supernet(tmp_path / "x.pt", SuperSam(build_sam_model("tiny", 128), TINY))
+    stale = tmp_path / "stale.pt"  # a checkpoint of the previous format: refused with the fix
+    torch.save({"format": "supersam-supernet/1", "meta": {}, "state_dict": {}}, stale)
+    with pytest.raises(CheckpointError, match="found 'supersam-supernet/1'.*build-supernet or train"):
+        load_supernet(stale)
+    bad_meta = dict(META.to_dict(), format="supersam-supernet-meta/1")
+    with pytest.raises(CheckpointError, match="has format 'supersam-supernet-meta/1'"):
+        SupernetMeta.from_dict(bad_meta)
+    with pytest.raises(CheckpointError, match="lacks 'variant'"):
+        SupernetMeta.from_dict({k: v for k, v in META.to_dict().items() if k != "variant"})
 
 
 def test_export_writes_a_standard_sam(supernet_file, tmp_path, device):
@@ -98,14 +110,14 @@ def test_export_writes_a_standard_sam(supernet_file, tmp_path, device):
     out = export_subnet(path, MIXED.to_dict(), tmp_path / "model")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.pt"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp dirs left behind
-    config = read_export_config(out)
-    assert config["subnet"] == MIXED.to_dict() and config["pretrained"] is False
-    assert config["block_mlp_dims"] == [256, 128, 64, 256, 85, 192, 64, 128, 256]
-    assert config["global_attn_indexes"] == [1, 6, 8]  # kept global blocks 2, 8, 11 at their new positions
-    assert config["params"] == subnet_params("tiny", 128, MIXED)
-    assert config["macs"] == subnet_macs("tiny", 128, MIXED)
+    config = read_export_manifest(out)
+    assert config.subnet == MIXED.to_dict() and config.pretrained is False
+    assert config.block_mlp_dims == [256, 128, 64, 256, 85, 192, 64, 128, 256]
+    assert config.global_attn_indexes == [1, 6, 8]  # kept global blocks 2, 8, 11 at their new positions
+    assert config.params == subnet_params("tiny", 128, MIXED)
+    assert config.macs == subnet_macs("tiny", 128, MIXED)
     model = supersam.load_model(out, device=device)
-    assert type(model) is Sam and count_params(model) == config["params"]
+    assert type(model) is Sam and count_params(model) == config.params
     supernet.set_active_subnet(MIXED)
     images = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
@@ -117,7 +129,7 @@ def test_export_replaces_atomically_and_refuses_foreign_dirs(supernet_file, tmp_
     out = tmp_path / "model"
     export_subnet(path, MIXED, out)
     export_subnet(path, TINY.min_subnet(), out)
-    assert read_export_config(out)["subnet"] == TINY.min_subnet().to_dict()
+    assert read_export_manifest(out).subnet == TINY.min_subnet().to_dict()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -166,7 +178,7 @@ def test_vit_b_at_256_counts_and_outputs(device):
 def test_sam_predictor_on_exported_model_with_a_point_prompt(supernet_file, tmp_path, coco_image, device):
     path, _ = supernet_file
     out = export_subnet(path, MIXED, tmp_path / "model")
-    supernet, _ = load_supernet(path, device=device)
+    supernet = load_supernet(path, device=device)
     supernet.set_active_subnet(MIXED)
     point, label = np.array([[300.0, 280.0]]), np.array([1])
     results = []
@@ -204,11 +216,11 @@ def test_cli_reads_params_yaml_and_flags_override(supernet_file, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["export", "--params", str(params)])
     assert result.exit_code == 0, result.output
-    config = read_export_config(tmp_path / "from_params")
-    assert config["subnet"] == MIXED.to_dict()
+    config = read_export_manifest(tmp_path / "from_params")
+    assert config.subnet == MIXED.to_dict()
     run = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("supersam").experiment_id])[0]
     assert run.data.tags["stage"] == "export" and run.data.tags["variant"] == "none"
-    assert run.data.metrics["params"] == config["params"] and run.data.tags["pretrained"] == "false"
+    assert run.data.metrics["params"] == config.params and run.data.tags["pretrained"] == "false"
     bad = json.dumps({"kept_layers": list(range(1, 12)), "mlp_dims": [0] + [256] * 11})
     result = runner.invoke(app, ["export", "--params", str(params), "--subnet", bad, "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, ConfigError) and "drops block 0" in str(result.exception)

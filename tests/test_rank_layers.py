@@ -11,10 +11,11 @@ import torch
 import yaml
 from torch import nn
 
+from supersam.artifacts import LayerRanking
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.data import DataConfig, prepare_split
 from supersam.errors import ConfigError
-from supersam.evaluator import run_eval
+from supersam.scoring import run_eval
 from supersam.rank_layers import (
     RankLayersConfig, _BlockSkipper, choose_prunable, drop_probabilities, rank_layers,
 )
@@ -38,12 +39,12 @@ def test_rules_never_pick_block_0_and_follow_the_curve(tmp_path):
     evaluate = fake_evaluate(importance)
     cfg = RankLayersConfig(out=str(tmp_path / "count"), drop_prob="importance")
     ranking = rank_layers(cfg, TINY, None, OFF, evaluate=evaluate)
-    assert ranking["prunable"] == [1, 2, 5, 6, 9]  # the paper's set, by construction
-    assert len(ranking["importance"]) == 12 and ranking["importance"][0] == pytest.approx(-0.05)
-    probs = dict(zip(ranking["prunable"], ranking["drop_probs"]))
+    assert ranking.prunable == [1, 2, 5, 6, 9]  # the paper's set, by construction
+    assert len(ranking.importance) == 12 and ranking.importance[0] == pytest.approx(-0.05)
+    probs = dict(zip(ranking.prunable, ranking.drop_probs))
     assert probs[2] == 0.9 and probs[1] == 0.1 and all(0.1 <= p <= 0.9 for p in probs.values())
     assert probs[5] > probs[6] > probs[9]  # less important -> dropped more often
-    curve = ranking["curve"]
+    curve = ranking.curve
     assert [p["dropped"][-1] for p in curve[1:6]] == [2, 5, 6, 9, 1] and len(curve) == 12
     assert all(0 not in p["dropped"] for p in curve)
     budget = choose_prunable(curve, "budget", 0, 0.1, "miou")
@@ -103,21 +104,21 @@ def test_cli_ranks_every_block_on_real_data(shared_data, tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 0, capsys.readouterr().err
-    ranking = json.loads((out / "ranking.json").read_text())
-    assert len(ranking["importance"]) == 12 and len(ranking["single"]) == 12
-    assert len(ranking["prunable"]) == 4 and 0 not in ranking["prunable"] and ranking["drop_probs"] == [0.5] * 4
-    assert ranking["n_images"] == 2 and ranking["pretrained"] is False and ranking["model_type"] == "tiny"
-    curve = ranking["curve"]
+    ranking = LayerRanking.load(out / "ranking.json")
+    assert len(ranking.importance) == 12 and len(ranking.single) == 12
+    assert len(ranking.prunable) == 4 and 0 not in ranking.prunable and ranking.drop_probs == [0.5] * 4
+    assert ranking.n_images == 2 and ranking.pretrained is False and ranking.model_type == "tiny"
+    curve = ranking.curve
     params = [p["params"] for p in curve]
     assert params[0] == 712_931 and all(a > b for a, b in zip(params, params[1:])) and len(curve) == 12
-    assert sorted(curve[4]["dropped"]) == ranking["prunable"]
-    for block, single in enumerate(ranking["single"]):
+    assert sorted(curve[4]["dropped"]) == ranking.prunable
+    for block, single in enumerate(ranking.single):
         assert single["block"] == block
-        assert single["importance"] == pytest.approx(ranking["baseline_miou"] - single["miou"])
+        assert single["importance"] == pytest.approx(ranking.baseline_miou - single["miou"])
         assert 0.0 <= single["miou"] <= 1.0
     importance = json.loads((out / "importance.json").read_text())
     assert [p["block"] for p in importance] == list(range(12))
-    assert [p["miou_drop"] for p in importance] == ranking["importance"]
+    assert [p["miou_drop"] for p in importance] == ranking.importance
     assert [p["params"] for p in json.loads((out / "curve.json").read_text())] == params
     for name in ("importance.png", "curve.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

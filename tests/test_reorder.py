@@ -8,10 +8,10 @@ import torch
 from segment_anything.modeling.common import MLPBlock
 from torch import nn
 
-from supersam.calibrate import ActivationStats, SquaredNormAccumulator, collect_mlp_sq_norms
+from supersam.activation_stats import ActivationStats, SquaredNormAccumulator, collect_mlp_sq_norms
 from supersam.errors import ConfigError
 from supersam.reorder import (
-    CRITERIA, UnitScores, combine_scores, magnitude_scores, permute_mlp_, ranks, register_criterion,
+    VARIANTS, UnitScores, combine_scores, magnitude_scores, permute_mlp_, ranks, register_variant,
     reorder_sam, unit_order, wanda_scores,
 )
 from supersam.sam import build_sam_model
@@ -108,7 +108,7 @@ def test_tiny_reordering_preserves_function(shared_data, criterion, combine):
         # the reordered model's own scores now come out sorted
         for i, block in enumerate(sam.image_encoder.blocks):
             block_stats = {"lin1": stats.blocks[i]["lin1"], "lin2": stats.blocks[i]["lin2"][orders[i]]}
-            combined = combine_scores(CRITERIA[criterion].score(block.mlp, block_stats), combine)
+            combined = combine_scores(VARIANTS[criterion].score(block.mlp, block_stats), combine)
             assert torch.all(combined[:-1] >= combined[1:])
 
 
@@ -129,7 +129,7 @@ def test_vit_b_256_wanda_reordering_preserves_function(shared_data):
 
 def test_bad_inputs_are_one_line_config_errors(shared_data):
     sam = build_sam_model("tiny")
-    with pytest.raises(ConfigError, match="unknown reordering criterion 'random'; use one of none, magnitude, wanda"):
+    with pytest.raises(ConfigError, match="unknown reordering variant 'random'; use one of none, magnitude, wanda"):
         reorder_sam(sam, "random")
     with pytest.raises(ConfigError, match="needs calibration stats"):
         reorder_sam(sam, "wanda", None)
@@ -146,7 +146,7 @@ def test_bad_inputs_are_one_line_config_errors(shared_data):
 
 
 def test_registry_accepts_new_criterion():
-    @register_criterion("reverse-index")
+    @register_variant("reverse-index")
     def reverse(mlp, block_stats):
         """Test criterion: later units first."""
         idx = torch.arange(mlp.lin1.out_features, dtype=torch.float64)
@@ -155,6 +155,6 @@ def test_registry_accepts_new_criterion():
     try:
         mlp = hand_mlp()
         assert reorder_sam(one_block_model(mlp), "reverse-index")[0].tolist() == [2, 1, 0]
-        assert CRITERIA["reverse-index"].description == "Test criterion: later units first."
+        assert VARIANTS["reverse-index"].description == "Test criterion: later units first."
     finally:
-        CRITERIA.pop("reverse-index")
+        VARIANTS.pop("reverse-index")

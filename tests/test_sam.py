@@ -108,7 +108,7 @@ def test_cli_wrong_checkpoint_is_one_line_and_exit_1(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("{}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "supersam.cli.main", "eval", "--model-type", "vit_b", "--img-size", "256",
+        [sys.executable, "-m", "supersam.cli.main", "eval", "--set", "model.type=vit_b", "--set", "model.img_size=256",
          "--checkpoint", str(path), "--params", str(params)],
         capture_output=True, text=True, cwd=tmp_path,
     )

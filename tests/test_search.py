@@ -12,18 +12,19 @@ import pytest
 import torch
 import yaml
 
+from supersam.artifacts import SupernetMeta
 from supersam.checkpoint import save_supernet
 from supersam.data import DataConfig, prepare_split
 from supersam.elastic import SuperSam
 from supersam.errors import ConfigError
-from supersam.evaluator import SubnetEvaluator
+from supersam.scoring import SubnetEvaluator
 from supersam.sam import build_sam_model
 from supersam.search import Constraints, SearchState, SubnetEncoding, parse_count, run_search
 from supersam.space import SearchSpace, SubnetConfig
 
 from conftest import run_cli
 
-TINY_WINDOWS = (64, 128, 256)
+TINY_MLP_DIMS = (64, 128, 256)
 
 
 def em_data(shared_data: Path) -> DataConfig:
@@ -33,9 +34,9 @@ def em_data(shared_data: Path) -> DataConfig:
 @pytest.fixture(scope="module")
 def supernet_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    supernet = SuperSam(build_sam_model("tiny"), SearchSpace.for_arch("tiny", windows=TINY_WINDOWS))
+    supernet = SuperSam(build_sam_model("tiny"), SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS))
     path = tmp_path_factory.mktemp("supernet") / "outputs" / "train" / "wanda" / "supernet.pt"
-    save_supernet(path, supernet, {"model_type": "tiny", "img_size": 128, "pretrained": False, "reorder": "wanda"})
+    save_supernet(path, supernet, SupernetMeta("tiny", 128, False, "wanda"))
     return path
 
 
@@ -43,7 +44,7 @@ def supernet_path(tmp_path_factory) -> Path:
 def evaluator(supernet_path, shared_data) -> SubnetEvaluator:
     from supersam.checkpoint import load_supernet
 
-    supernet, _ = load_supernet(supernet_path)
+    supernet = load_supernet(supernet_path)
     inputs = prepare_split(em_data(shared_data), "val", 128, n_images=2)
     return SubnetEvaluator(supernet, inputs, torch.device("cpu"), model_type="tiny")
 
@@ -58,12 +59,12 @@ def test_parse_count_accepts_the_documented_forms_and_rejects_others():
 
 
 def test_encoding_is_canonical_and_matches_the_space():
-    space = SearchSpace.for_arch("tiny", prunable=(1, 2), windows=TINY_WINDOWS)
+    space = SearchSpace.for_arch("tiny", prunable=(1, 2), mlp_dim_choices=TINY_MLP_DIMS)
     enc = SubnetEncoding.from_space(space, widths={b: (256,) for b in range(3, 12)})
     names = [n for n, _ in enc.parameters()]
-    assert names == ["keep_01", "keep_02", "window_01", "window_02"]  # block 0 never searched
-    a = enc.decode({"keep_01": False, "keep_02": True, "window_01": 64, "window_02": 128})
-    b = enc.decode({"keep_01": False, "keep_02": True, "window_01": 256, "window_02": 128})
+    assert names == ["keep_01", "keep_02", "mlp_dim_01", "mlp_dim_02"]  # block 0 never searched
+    a = enc.decode({"keep_01": False, "keep_02": True, "mlp_dim_01": 64, "mlp_dim_02": 128})
+    b = enc.decode({"keep_01": False, "keep_02": True, "mlp_dim_01": 256, "mlp_dim_02": 128})
     assert a == b and a.mlp_dims[:3] == (256, 0, 128) and a.kept_layers[:2] == (0, 2)
     subnets = list(enc.all_subnets())
     assert enc.size() == len(set(subnets)) == 16
@@ -110,7 +111,7 @@ def test_opentuner_is_seeded_memoised_and_leaves_logging_alone(tmp_path, monkeyp
 def test_search_finds_the_exhaustive_best_on_real_data(evaluator, tmp_path):
     space = evaluator.supernet.space
     enc = SubnetEncoding.from_space(space, widths={b: (256,) for b in range(1, 12) if b not in (1, 2)})
-    enc = SubnetEncoding(enc.widths, (1, 2))  # 2 prunable blocks x 3 windows: 16 subnets
+    enc = SubnetEncoding(enc.widths, (1, 2))  # 2 prunable blocks x 3 mlp_dim_choices: 16 subnets
     cache: dict = {}
 
     def cached(sub):
@@ -161,7 +162,7 @@ def test_cli_defaults_after_pipeline_writes_artifacts_and_mlflow(supernet_path, 
     candidates = json.loads((out / "candidates.json").read_text())
     pareto = json.loads((out / "pareto.json").read_text())
     best = SubnetConfig.load(out / "best_subnet.json")
-    evaluator_space = SearchSpace.for_arch("tiny", windows=TINY_WINDOWS)
+    evaluator_space = SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS)
     evaluator_space.validate(best)
     assert metrics["feasible"] is True and metrics["n_evaluations"] == len(candidates) == 6
     assert metrics["constraints"] == {"max_params": 60_000_000, "min_miou": 0.0, "objective": "min-params", "metric": "miou"}
@@ -185,15 +186,15 @@ def test_cli_infeasible_strict_impossible_and_reproducible(supernet_path, shared
     assert "Traceback" not in err and not (tmp_path / "c").exists()
     runs = []
     for name in ("a", "b"):  # infeasible: exit 0, feasible false, same seed -> same candidates
-        code, err = run_cli([*base, "--seed", "7", "--out", str(tmp_path / name)], monkeypatch, capsys)
+        code, err = run_cli([*base, "--set", "search.seed=7", "--out", str(tmp_path / name)], monkeypatch, capsys)
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         cands = json.loads((tmp_path / name / "candidates.json").read_text())
         assert code == 0 and metrics["feasible"] is False and "closest" in err
         assert all(not c["feasible"] and (c["miou"] < 0.99 or c["params"] > 500_000) for c in cands)
         runs.append([(c["subnet"], c["params"], c["miou"]) for c in cands])
     assert runs[0] == runs[1] and len(runs[0]) == 3
-    code, err = run_cli([*base, "--strict", "--out", str(tmp_path / "d")], monkeypatch, capsys)
-    assert code == 1 and "--strict" in err and (tmp_path / "d" / "metrics.json").is_file()
+    code, err = run_cli([*base, "--set", "search.strict=true", "--out", str(tmp_path / "d")], monkeypatch, capsys)
+    assert code == 1 and "search.strict" in err and (tmp_path / "d" / "metrics.json").is_file()
 
 
 def test_evaluator_gives_identical_miou_on_repeated_calls(evaluator):

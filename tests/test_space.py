@@ -30,10 +30,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_paper_defaults_and_scaled_windows():
     assert VIT_B.prunable == (1, 2, 5, 6, 9) and VIT_B.drop_probs == (0.5,) * 5
-    assert VIT_B.windows == (768, 1020, 1536, 2304, 3072)
-    assert TINY.windows == (64, 85, 128, 192, 256)
-    assert SearchSpace.for_arch("vit_l").windows == (1024, 1360, 2048, 3072, 4096)
-    custom = SearchSpace.for_arch("tiny", prunable=[9, 1], drop_probs=[0.9, 0.1], windows=[128, 256])
+    assert VIT_B.mlp_dim_choices == (768, 1020, 1536, 2304, 3072)
+    assert TINY.mlp_dim_choices == (64, 85, 128, 192, 256)
+    assert SearchSpace.for_arch("vit_l").mlp_dim_choices == (1024, 1360, 2048, 3072, 4096)
+    custom = SearchSpace.for_arch("tiny", prunable=[9, 1], drop_probs=[0.9, 0.1], mlp_dim_choices=[128, 256])
     assert custom.prunable == (1, 9) and custom.drop_probs == (0.1, 0.9)  # sorted together
 
 
@@ -76,7 +76,7 @@ def test_analytic_counts_match_meta_built_subnets(model_type, img_size):
         assert subnet_macs("vit_b", 1024, cfgs[0]) == 487_851_018_752
 
 
-@pytest.mark.parametrize("img_size", [128, 144])  # 144: 9x9 grid, windows of 4 need padding
+@pytest.mark.parametrize("img_size", [128, 144])  # 144: 9x9 grid, mlp_dim_choices of 4 need padding
 def test_analytic_macs_match_flop_counter_on_tiny_subnets(img_size):
     with torch.device("meta"):
         supernet = SuperSam(build_sam_model("tiny", img_size), TINY)
@@ -91,7 +91,7 @@ def test_analytic_macs_match_flop_counter_on_tiny_subnets(img_size):
 
 def test_size_formula_and_brute_force():
     assert VIT_B.size() == 5**6 * 6**5 == 121_500_000
-    space = SearchSpace(depth=5, mlp_dim=256, prunable=(1, 3), drop_probs=(0.5, 0.5), windows=(64, 128, 256))
+    space = SearchSpace(depth=5, mlp_dim=256, prunable=(1, 3), drop_probs=(0.5, 0.5), mlp_dim_choices=(64, 128, 256))
     valid = 0
     for dims in itertools.product([0, 64, 128, 256], repeat=4):
         try:
@@ -125,7 +125,7 @@ def test_random_sampling_follows_theta_and_uniform_windows():
         assert abs(rate - theta) < 0.03, (block, rate, theta)
     assert all(cfg.mlp_dims[0] == 256 for cfg in samples)
     widths = [cfg.mlp_dims[i] for cfg in samples for i in (3, 4, 7, 8, 10, 11)]  # never dropped
-    for w in space.windows:
+    for w in space.mlp_dim_choices:
         assert abs(widths.count(w) / len(widths) - 0.2) < 0.02
 
 
@@ -133,7 +133,7 @@ def test_random_sampling_follows_theta_and_uniform_windows():
     ([0, 256, 256, 256, 256, 256, 256, 256, 256, 256, 256, 256], None, "drops block 0"),
     ([128] + [256] * 11, None, r"slices block 0 \(mlp_dims\[0\]=128\)"),
     ([256, 256, 256, 0] + [256] * 8, None, "drops block 3, which is not prunable"),
-    ([256, 256, 256, 100] + [256] * 8, None, r"mlp_dims\[3\]=100 is not a window"),
+    ([256, 256, 256, 100] + [256] * 8, None, r"mlp_dims\[3\]=100 is not an allowed MLP dim"),
     ([256] * 11, None, "mlp_dims has 11 entries but the encoder has 12 blocks"),
     ([256] * 12, [0, 1, 2], r"mlp_dims\[3\]=256 but block 3 is not in kept_layers"),
     ([256, 0] + [256] * 10, list(range(12)), r"mlp_dims\[1\]=0 but block 1 is in kept_layers"),
@@ -153,8 +153,8 @@ def test_validation_names_the_offending_entry(dims, kept, match):
     ({"prunable": [1, 1]}, "repeats a block"),
     ({"prunable": [1, 2], "drop_probs": [0.5]}, "one probability per prunable block"),
     ({"drop_probs": 1.5}, "outside \\[0, 1\\]"),
-    ({"windows": [128, 64, 256]}, "strictly ascending"),
-    ({"windows": [64, 128]}, "must end with the full MLP width 256"),
+    ({"mlp_dim_choices": [128, 64, 256]}, "strictly ascending"),
+    ({"mlp_dim_choices": [64, 128]}, "must end with the full MLP width 256"),
 ])
 def test_invalid_search_spaces(kwargs, match):
     with pytest.raises(ConfigError, match=match):

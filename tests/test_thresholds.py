@@ -9,12 +9,13 @@ import pytest
 import torch
 import yaml
 
+from supersam.artifacts import SupernetMeta
 from supersam.checkpoint import save_supernet
 from supersam.config import build_config
 from supersam.data import DataConfig, prepare_split
 from supersam.elastic import SuperSam
 from supersam.errors import ConfigError
-from supersam.evaluator import SubnetEvaluator, run_eval
+from supersam.scoring import SubnetEvaluator, run_eval
 from supersam.sam import build_sam, build_sam_model
 from supersam.search import SearchConfig
 from supersam.space import SearchSpace
@@ -25,7 +26,7 @@ from conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_WINDOWS = (64, 128, 256)
+TINY_MLP_DIMS = (64, 128, 256)
 CPU = torch.device("cpu")
 
 
@@ -102,7 +103,7 @@ def supernet_from_checkpoint(folder: Path, space: SearchSpace, perturb: bool) ->
                 for p in block.parameters():
                     p.add_(0.5 * torch.randn_like(p))
     path = folder / "supernet.pt"
-    save_supernet(path, supernet, {**loaded.describe(), "reorder": "none"})
+    save_supernet(path, supernet, SupernetMeta(loaded.model_type, loaded.img_size, loaded.pretrained, "none", loaded.checkpoint or ""))
     return base, path
 
 
@@ -110,12 +111,12 @@ def random_init_supernet(folder: Path, space: SearchSpace) -> Path:
     torch.manual_seed(0)
     path = folder / "random_supernet.pt"
     save_supernet(path, SuperSam(build_sam_model("tiny", 128), space),
-                  {"model_type": "tiny", "img_size": 128, "pretrained": False, "reorder": "none", "checkpoint": ""})
+                  SupernetMeta("tiny", 128, False, "none"))
     return path
 
 
 def test_search_resolves_relative_min_miou_against_the_base_checkpoint(shared_data, tmp_path, monkeypatch, capsys):
-    space = SearchSpace.for_arch("tiny", windows=TINY_WINDOWS)
+    space = SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS)
     base, supernet_path = supernet_from_checkpoint(tmp_path, space, perturb=True)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
@@ -140,7 +141,7 @@ def test_search_resolves_relative_min_miou_against_the_base_checkpoint(shared_da
     # the trained (here: perturbed) supernet's max subnet is not the base model
     from supersam.checkpoint import load_supernet
 
-    supernet, _ = load_supernet(supernet_path)
+    supernet = load_supernet(supernet_path)
     max_miou = SubnetEvaluator(supernet, inputs, CPU, model_type="tiny").evaluate(space.max_subnet())["miou"]
     assert abs(max_miou - expected) > 1e-4
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from supersam.artifacts import SupernetMeta
 from supersam.checkpoint import load_supernet, save_supernet
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample
@@ -19,13 +20,13 @@ from supersam.errors import CheckpointError, ConfigError
 from supersam.sam import build_sam_model
 from supersam.space import SearchSpace
 from supersam.train import TrainConfig, train
-from supersam.train import checkpointing as ckpt
+from supersam import resume as ckpt
 from supersam.train import energy as energy_mod
 from supersam.train.distributed import DistContext
 from supersam.train.energy import EnergyMeter
 from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
 from supersam.train.probe import empty_target, update_target
-from supersam.train.sampling import batch_indices, lr_factor
+from supersam.sampling import batch_indices, lr_factor
 from supersam.train.sandwich import _optimizer_step, batch_loss, draw_subnets, frozen_prompts, train_step
 
 ITERS = 20
@@ -47,7 +48,7 @@ def supernet_path(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("supernet") / "supernet.pt"
     supernet = SuperSam(build_sam_model("tiny", 128), SearchSpace.for_arch("tiny"))
-    save_supernet(path, supernet, {"model_type": "tiny", "img_size": 128, "pretrained": False, "reorder": "none"})
+    save_supernet(path, supernet, SupernetMeta("tiny", 128, False, "none"))
     return path
 
 
@@ -98,9 +99,10 @@ def test_loss_decreases_and_artifacts(main_run, base_cfg, tracking, supernet_pat
     assert [h["iteration"] for h in history] == [0, 10, 20]
     assert history[0]["loss"] is None and history[1]["loss"] == pytest.approx(np.mean(losses[:10]))
     assert history[-1]["miou_min"] == metrics["miou_min"]
-    trained, meta = load_supernet(f"{out}/supernet.pt")
-    original, _ = load_supernet(supernet_path)
-    assert meta["reorder"] == "none" and meta["train"]["iterations"] == ITERS
+    trained = load_supernet(f"{out}/supernet.pt")
+    meta = trained.meta
+    original = load_supernet(supernet_path)
+    assert meta.variant == "none" and meta.provenance["train"]["iterations"] == ITERS
     key = "sam.image_encoder.blocks.3.mlp.lin1.weight"
     assert not torch.equal(trained.state_dict()[key], original.state_dict()[key])
     key = "sam.prompt_encoder.point_embeddings.0.weight"
@@ -174,7 +176,7 @@ def test_resume_reproduces_uninterrupted_run(main_run, base_cfg, data_cfg, tmp_p
 
 
 def _setup(supernet_path, data_cfg, **overrides):
-    supernet, _ = load_supernet(supernet_path)
+    supernet = load_supernet(supernet_path)
     cfg = TrainConfig(supernet=str(supernet_path), lr=1e-3, device="cpu", **overrides)
     params = set_trainable(supernet, cfg.trainable)
     opt = build_optimizer(params, cfg)
@@ -210,7 +212,7 @@ def test_one_step_updates_exactly_the_touched_weights(supernet_path, data_cfg):
 
 
 def test_untouched_mlp_rows_and_dropped_blocks_stay(supernet_path, data_cfg):
-    """Min + random subnet (no max): lin1 rows beyond every window used and dropped blocks keep
+    """Min + random subnet (no max): lin1 rows beyond every MLP dim used and dropped blocks keep
     their values (rows only see AdamW's decoupled decay, exactly p * (1 - lr * wd))."""
     supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg, weight_decay=0.01)
     _, subnets = draw_subnets(supernet.space, 0, 0, 1)
@@ -321,10 +323,10 @@ def test_cli_flags_override_params(base_cfg, data_cfg, tmp_path, monkeypatch):
               "data": vars(data_cfg), "mlflow": {"enabled": False}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["train", "--params", "params.yaml", "--iterations", "2", "--mode",
-                                      "sequential", "--trainable", "mask_decoder", "--no-progress"])
+    result = CliRunner().invoke(app, ["train", "--params", "params.yaml", "--set", "train.iterations=2", "--set",
+                                      "train.mode=sequential", "--set", "train.trainable=[mask_decoder]", "--no-progress"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert metrics["iterations"] == 2
-    result = CliRunner().invoke(app, ["train", "--params", "params.yaml", "--mode", "zigzag"])
+    result = CliRunner().invoke(app, ["train", "--params", "params.yaml", "--set", "train.mode=zigzag"])
     assert isinstance(result.exception, ConfigError) and "train.mode" in str(result.exception)

@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
+from supersam.artifacts import SupernetMeta
 from supersam.checkpoint import save_supernet
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig
@@ -45,7 +46,7 @@ def setup(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     torch.manual_seed(0)
     supernet = SuperSam(build_sam_model("tiny", 128), SearchSpace.for_arch("tiny"))
-    save_supernet(root / "supernet.pt", supernet, {"model_type": "tiny", "img_size": 128, "pretrained": False, "reorder": "wanda"})
+    save_supernet(root / "supernet.pt", supernet, SupernetMeta("tiny", 128, False, "wanda"))
     data = DataConfig(kind="image_label", root=str(shared_data / "dsb2018_nuclei"), images="img2d.tif",
                       labels="mask2d.tif", label_mode="instance", patch=128, min_area=20, max_objects=4, box_pad=5)
     cfg = TrainConfig(supernet=str(root / "supernet.pt"), out=str(root / "ddp"), iterations=4, batch_size=2,

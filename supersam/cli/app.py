@@ -1,13 +1,17 @@
-"""The Typer app and what every command shares: params file option, logging, errors.
+"""The Typer app and what every command shares: ``-p/--params``, ``--set``, logging.
 
 Command modules (one per pipeline stage, named after it) only parse options
-and call a same-named plain library function that carries the docstring.
+and call a same-named stage function that carries the docstring. Each command
+keeps as flags only what users type often (its inputs, outputs and the search
+constraints); every params.yaml key is reachable with ``--set section.key=value``
+(docs/architecture.md, "Configuration").
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -23,12 +27,30 @@ app = typer.Typer(
 
 console = Console(stderr=True)
 
-PARAMS_HELP = "params.yaml to read this stage's section from; flags override it."
+PARAMS_HELP = "params.yaml to read the settings from; --set and flags override it."
+SET_HELP = ("Override one params.yaml key, e.g. --set train.iterations=48 or --set data.root=/my/data "
+            "(repeatable; values are read as YAML, so numbers, booleans and lists keep their type).")
 
 
 def params_option() -> Path:
-    """The ``--params`` option every command takes (default ./params.yaml)."""
+    """The ``-p/--params`` option every command takes (default ./params.yaml)."""
     return typer.Option(Path("params.yaml"), "--params", "-p", help=PARAMS_HELP)
+
+
+def set_option() -> list[str]:
+    """The repeatable ``--set section.key=value`` option every command takes."""
+    return typer.Option([], "--set", help=SET_HELP, metavar="SECTION.KEY=VALUE")
+
+
+def load_params(params: Path, sets: list[str], flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """params.yaml, then ``--set`` items, then the command's own flags (by dotted key; None = not given).
+
+    Raises:
+        ConfigError: unreadable params file, a malformed ``--set`` or an unknown section.
+    """
+    from supersam.config import apply_sets, read_params
+
+    return apply_sets(read_params(params), sets, flags)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from supersam import paths
 from supersam.errors import ConfigError
 
 # Settings that define the optimisation trajectory: a resumed run must match them.
@@ -44,7 +45,7 @@ class PretrainConfig:
     """
 
     init: str = ""
-    out: str = "outputs/pretrain"
+    out: str = str(paths.PRETRAIN_DIR)
     iterations: int = 1000
     batch_size: int = 4
     max_objects: int = 16

@@ -26,25 +26,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from supersam import paths
+from supersam import resume as ckpt
 from supersam.baselines import kind_metrics, trivial_baselines, untrained_mious
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
 from supersam.data.augment import augment_sample
 from supersam.data.config import PROMPTS
 from supersam.device import autocast, resolve_device
-from supersam.evaluator import run_eval
 from supersam.io import torch_save, write_json
 from supersam.losses import SamLossWeights, low_res_targets, sam_loss
 from supersam.predict import decode_low_res, embed_prompts, encode_images
 from supersam.pretrain.config import TRAJECTORY_FIELDS, PretrainConfig
 from supersam.sam import build_sam, count_params
+from supersam.sampling import batch_indices, data_position, prompt_rng
+from supersam.scoring import run_eval
 from supersam.tracking import start_run
-from supersam.train import checkpointing as ckpt
-from supersam.train.sampling import batch_indices, data_position, prompt_rng
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = paths.BASE_MODEL.name
 
 
 def lr_factor(iteration: int, iterations: int, warmup: int, min_ratio: float) -> float:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from supersam import paths
 from supersam.errors import ConfigError
 from supersam.thresholds import MiouThreshold, setting_text
 
@@ -53,10 +54,11 @@ class SearchConfig:
     Attributes:
         variant: reordering variant whose trained supernet is searched
             (``none``, ``magnitude``, ``wanda``); picks the default paths.
-        supernet: supernet checkpoint ("" = ``outputs/train/<variant>/supernet.pt``).
+        supernet: supernet checkpoint ("" = ``outputs/train/<variant>/supernet.pt``, :mod:`supersam.paths`).
         space: search_space.json to search ("" = the space stored in the
             supernet checkpoint); must be a sub-space of the supernet's.
-        out: output folder ("" = ``outputs/search/<variant>``).
+        out: output folder ("" = ``runs/search/<variant>``; the pipeline passes
+            ``outputs/search/<variant>``).
         max_params: constraint, parameters of all of SAM (``60e6``, ``60M``...).
         min_miou: constraint, mIoU on the fixed validation sample: absolute in
             [0, 1] (``0.8``) or a factor of the base model's mIoU on the same
@@ -114,7 +116,7 @@ class SearchConfig:
     @property
     def supernet_path(self) -> Path:
         """The supernet checkpoint to load."""
-        return Path(self.supernet or f"outputs/train/{self.variant}/supernet.pt")
+        return Path(self.supernet or paths.trained_supernet(self.variant))
 
     def out_dir(self, variant: str | None = None) -> Path:
         """Where the search artifacts go: ``out``, else ``runs/search/<variant>``.
@@ -122,7 +124,7 @@ class SearchConfig:
         The pipeline passes ``--out outputs/search/<variant>``; a search run by
         hand writes under ``runs/`` so it never overwrites DVC-tracked outputs.
         """
-        return Path(self.out or f"runs/search/{variant or self.variant}")
+        return Path(self.out or paths.user_search_dir(variant or self.variant))
 
     @property
     def max_params_count(self) -> int:

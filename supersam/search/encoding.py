@@ -1,11 +1,11 @@
-"""The search's view of a space: keep/drop per prunable block, a window per block.
+"""The search's view of a space: keep/drop per prunable block, an MLP dim per block.
 
 Parameters (names sort in block order):
 - ``keep_BB`` (bool) for every prunable block BB;
-- ``window_BB`` (one of the block's widths) for every block with more than one
+- ``mlp_dim_BB`` (one of the block's widths) for every block with more than one
   allowed width. Block 0 is fixed at the full width (paper Sec. III).
 
-:meth:`SubnetEncoding.decode` canonicalises: the window of a dropped block is
+:meth:`SubnetEncoding.decode` canonicalises: the MLP dim of a dropped block is
 irrelevant, so configurations that differ only there map to one subnet.
 """
 
@@ -50,14 +50,14 @@ class SubnetEncoding:
     @classmethod
     def from_space(cls, space: Any, widths: Mapping[int, Sequence[int]] | None = None,
                    make_subnet: Callable | None = None) -> "SubnetEncoding":
-        """Encoding of a ``SearchSpace`` (every block but 0 takes every window).
+        """Encoding of a ``SearchSpace`` (every block but 0 takes every MLP dim).
 
         Args:
-            space: ``supersam.space.SearchSpace`` (depth, mlp_dim, prunable, windows).
+            space: ``supersam.space.SearchSpace`` (depth, mlp_dim, prunable, mlp_dim_choices).
             widths: optional per-block override of the allowed widths (a
-                narrower sub-space, e.g. to search only some blocks' windows).
+                narrower sub-space, e.g. to search only some blocks' mlp_dim_choices).
         """
-        per_block = [(space.mlp_dim,)] + [tuple(space.windows)] * (space.depth - 1)
+        per_block = [(space.mlp_dim,)] + [tuple(space.mlp_dim_choices)] * (space.depth - 1)
         for block, allowed in (widths or {}).items():
             per_block[block] = tuple(sorted(allowed))
         return cls(tuple(per_block), tuple(sorted(space.prunable)), make_subnet or _default_subnet)
@@ -70,18 +70,18 @@ class SubnetEncoding:
     def parameters(self) -> list[tuple[str, Any]]:
         """(name, ``"bool"`` or tuple of options) for every searched parameter, in name order."""
         params: list[tuple[str, Any]] = [(f"keep_{b:02d}", BOOL) for b in self.prunable]
-        params += [(f"window_{b:02d}", w) for b, w in enumerate(self.widths) if len(w) > 1]
+        params += [(f"mlp_dim_{b:02d}", w) for b, w in enumerate(self.widths) if len(w) > 1]
         return sorted(params)
 
     def decode(self, values: Mapping[str, Any]) -> Any:
-        """Canonical subnet of a parameter assignment (dropped blocks' windows ignored)."""
+        """Canonical subnet of a parameter assignment (dropped blocks' mlp_dim_choices ignored)."""
         kept, dims = [], []
         for b, allowed in enumerate(self.widths):
             if b in self.prunable and not values[f"keep_{b:02d}"]:
                 dims.append(0)
                 continue
             kept.append(b)
-            dims.append(int(values[f"window_{b:02d}"]) if len(allowed) > 1 else allowed[0])
+            dims.append(int(values[f"mlp_dim_{b:02d}"]) if len(allowed) > 1 else allowed[0])
         return self.make_subnet(tuple(kept), tuple(dims))
 
     def size(self) -> int:

@@ -2,7 +2,7 @@
 
 ``opentuner.api.TuningRunManager`` proposes configurations of a
 ``ConfigurationManipulator`` (a ``BooleanParameter`` per prunable block, an
-``EnumParameter`` of windows per elastic block); each is canonicalised to a
+``EnumParameter`` of mlp_dim_choices per elastic block); each is canonicalised to a
 subnet, evaluated once through :class:`SearchState` (cached results are
 reported back too) and its score reported as the ``time`` OpenTuner minimises.
 

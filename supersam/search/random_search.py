@@ -16,7 +16,7 @@ MAX_REPEATS = 1000  # consecutive already-seen draws before giving up (space nea
 def run_random(encoding: SubnetEncoding, state: SearchState, seed: int = 0) -> None:
     """Evaluate uniformly random subnets into ``state`` until it is done.
 
-    Each draw flips a fair coin per prunable block and picks a window uniformly
+    Each draw flips a fair coin per prunable block and picks an MLP dim uniformly
     per block; already-evaluated subnets are skipped (not counted against the
     budget). Deterministic under ``seed``.
     """

@@ -11,12 +11,9 @@ from supersam.baselines import collapse_check, describe
 from supersam.io import write_json
 from supersam.search.objective import Candidate, SearchState
 from supersam.search.pareto import pareto_front
-from supersam.search.plots import plot_pareto
+from supersam.plots import plot_pareto
 
 log = logging.getLogger(__name__)
-
-ARTIFACTS = ("best_subnet.json", "candidates.json", "pareto.json", "pareto.png", "metrics.json")
-
 
 def _describe(c: Candidate, metric: str) -> str:
     return f"{c.params / 1e6:.3f}M params, {metric} {c.value(metric):.4f}"

@@ -75,7 +75,7 @@ def _space(cfg: SearchConfig, supernet: Any) -> Any:
         return supernet.space
     space, outer = SearchSpace.load(cfg.space), supernet.space
     if (space.depth, space.mlp_dim) != (outer.depth, outer.mlp_dim) or not set(space.prunable) <= set(outer.prunable) \
-            or not set(space.windows) <= set(outer.windows):
+            or not set(space.mlp_dim_choices) <= set(outer.mlp_dim_choices):
         raise ConfigError(f"search space {cfg.space} is not a sub-space of the supernet's {outer.to_dict()}; "
                           "use the supernet's search_space.json or a narrower one")
     return space
@@ -86,7 +86,7 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
 
     Loads the supernet (``cfg.supernet_path``), evaluates subnets on a fixed
     validation sample (``data``, split ``cfg.split``, ``cfg.n_images`` images,
-    prompts fixed by ``data.seed``) with :class:`supersam.evaluator.SubnetEvaluator`,
+    prompts fixed by ``data.seed``) with :class:`supersam.scoring.SubnetEvaluator`,
     searches with OpenTuner or random search, and writes best_subnet.json,
     candidates.json, pareto.json/.png and metrics.json into ``cfg.out_dir``
     plus an MLflow run (stage=search). The sample's trivial baselines
@@ -107,17 +107,17 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
     from supersam.checkpoint import load_supernet
     from supersam.data import prepare_split
     from supersam.device import resolve_device
-    from supersam.evaluator import SubnetEvaluator
-    from supersam.space import subnet_params
+    from supersam.scoring import SubnetEvaluator
     from supersam.tracking import start_run
 
     cfg.validate()
     device = resolve_device(cfg.device)
-    supernet, meta = load_supernet(cfg.supernet_path, device)
-    model_type, img_size, pretrained = meta["model_type"], int(meta["img_size"]), bool(meta["pretrained"])
-    variant = str(meta.get("reorder") or cfg.variant)  # the supernet's own reordering criterion
+    supernet = load_supernet(cfg.supernet_path, device)
+    meta = supernet.meta
+    model_type, img_size, pretrained = meta.model_type, meta.img_size, meta.pretrained
+    variant = meta.variant  # the supernet's own reordering variant
     encoding = SubnetEncoding.from_space(_space(cfg, supernet))
-    smallest = check_reachable(encoding, lambda s: subnet_params(model_type, img_size, s), cfg.max_params_count)
+    smallest = check_reachable(encoding, supernet.params, cfg.max_params_count)
     base_checkpoint(cfg.min_miou_threshold, meta, "search.min_miou", str(cfg.supernet_path))  # refuse early
     if not pretrained:
         log.warning("the supernet comes from a randomly initialised SAM (pretrained=false): mIoUs are not meaningful")
@@ -149,7 +149,7 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
     extra = {
         "pretrained": pretrained, "technique": cfg.technique, "seed": cfg.seed, "budget": cfg.budget,
         "time_limit": cfg.time_limit, "space_size": encoding.size(), "smallest_params": smallest,
-        "largest_params": subnet_params(model_type, img_size, encoding.largest()),
+        "largest_params": supernet.params(encoding.largest()),
         "model_type": model_type, "img_size": img_size, "n_images": len(inputs),
         "variant": variant, "supernet": str(cfg.supernet_path), **collapse, **min_miou.report("min_miou"),
     }

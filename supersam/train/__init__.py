@@ -1,11 +1,12 @@
 """Sandwich-rule training of a SuperSAM supernet (paper Sec. III "NAS Training", Table I).
 
-Modules: :mod:`config` (TrainConfig), :mod:`sampling` (randomness as a pure
-function of seed and iteration), :mod:`sandwich` (one iteration),
+Modules: :mod:`config` (TrainConfig), :mod:`sandwich` (one iteration),
 :mod:`optim` (trainable parts, AdamW, LambdaLR), :mod:`probe` (periodic
-validation, time/energy to target), :mod:`checkpointing` (atomic resumable
-state), :mod:`energy` (NVML / RAPL / estimate), :mod:`distributed` (multi-process
-gradient all-reduce), :mod:`loop` (the run).
+validation, time/energy to target), :mod:`energy` (NVML / RAPL / estimate),
+:mod:`distributed` (multi-process gradient all-reduce), :mod:`loop` (the run).
+Core modules it shares with ``pretrain``: :mod:`supersam.sampling` (randomness as
+a pure function of seed and iteration) and :mod:`supersam.resume` (atomic
+resumable state).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
+from supersam import paths
 from supersam.errors import ConfigError
 from supersam.thresholds import MiouThreshold, setting_text
 
@@ -13,7 +15,7 @@ MODES = ("sandwich", "sequential")
 
 # Fields that define the optimisation trajectory: a resumed run must match them.
 TRAJECTORY_FIELDS = (
-    "supernet", "iterations", "batch_size", "max_objects", "lr", "min_lr_ratio", "weight_decay",
+    "variant", "supernet", "iterations", "batch_size", "max_objects", "lr", "min_lr_ratio", "weight_decay",
     "grad_clip", "amp", "mode", "n_random", "distill", "distill_weight", "trainable", "seed",
 )
 
@@ -23,8 +25,11 @@ class TrainConfig:
     """Sandwich-rule supernet training (paper Sec. III; Yu & Huang 2019).
 
     Attributes:
-        supernet: input supernet.pt written by ``build-supernet``.
-        out: output folder: supernet.pt, metrics.json, history.json, checkpoints/.
+        variant: reordering variant trained; picks the default paths
+            (``outputs/supernet/<variant>/supernet.pt`` -> ``outputs/train/<variant>``).
+        supernet: input supernet.pt written by ``build-supernet`` ("" = the variant's).
+        out: output folder: supernet.pt, metrics.json, history.json, checkpoints/
+            ("" = ``outputs/train/<variant>``).
         iterations: optimizer iterations (one batch each); the LR decays over them.
         batch_size: images per iteration, summed over all processes (DDP shards it).
         max_objects: prompted objects per training image (random subset, or
@@ -57,8 +62,9 @@ class TrainConfig:
         log_every: log the training loss to MLflow every this many iterations.
     """
 
-    supernet: str = "outputs/supernet/wanda/supernet.pt"
-    out: str = "outputs/train/wanda"
+    variant: str = "wanda"
+    supernet: str = ""
+    out: str = ""
     iterations: int = 200
     batch_size: int = 2
     max_objects: int = 0
@@ -87,6 +93,16 @@ class TrainConfig:
         if not isinstance(self.target_miou, str):  # a number given in code: keep the setting as text
             object.__setattr__(self, "target_miou", setting_text(self.target_miou))
         self.validate()
+
+    @property
+    def supernet_path(self) -> Path:
+        """The supernet checkpoint to train: ``supernet``, else the variant's built supernet."""
+        return Path(self.supernet or paths.built_supernet(self.variant))
+
+    @property
+    def out_dir(self) -> Path:
+        """The output folder: ``out``, else ``outputs/train/<variant>``."""
+        return Path(self.out or paths.train_dir(self.variant))
 
     @property
     def target_threshold(self) -> MiouThreshold:

@@ -1,7 +1,7 @@
 """The training run: data position, periodic evaluation, checkpoints, metrics, MLflow.
 
 Paper Sec. III "NAS Training" and Table I. Everything random is a pure
-function of (seed, iteration) (:mod:`supersam.train.sampling`), so ``resume``
+function of (seed, iteration) (:mod:`supersam.sampling`), so ``resume``
 continues exactly where an uninterrupted run would be.
 """
 
@@ -12,19 +12,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supersam import paths
+from supersam import resume as ckpt
 from supersam.checkpoint import load_supernet, save_supernet
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample
 from supersam.errors import CheckpointError
+from supersam.sampling import batch_indices, data_position, prompt_rng, shard
 from supersam.tracking import start_run
-from supersam.train import checkpointing as ckpt
 from supersam.train.config import TRAJECTORY_FIELDS, TrainConfig
 from supersam.train.distributed import DistContext, barrier, broadcast_params, check_batch
 from supersam.train.energy import EnergyMeter
 from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
 from supersam.train.probe import ValidationProbe, empty_target, resolve_target, update_target
 from supersam.train.report import TrainProgress, write_outputs
-from supersam.train.sampling import batch_indices, data_position, prompt_rng, shard
 from supersam.train.sandwich import StepResult, train_step
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,14 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data_cfg: DataConfig, ctx: DistContext) -> None:
         self.cfg, self.data_cfg, self.ctx = cfg, data_cfg, ctx
-        self.out = Path(cfg.out)
+        self.out = cfg.out_dir
         check_batch(ctx, cfg.batch_size)
-        self.supernet, self.meta = load_supernet(cfg.supernet, device=ctx.device)
-        self.model_type, self.img_size = self.meta["model_type"], int(self.meta["img_size"])
-        if not self.meta.get("pretrained", False) and ctx.is_main:
+        self.supernet = load_supernet(cfg.supernet_path, device=ctx.device)
+        self.meta = self.supernet.meta
+        self.model_type, self.img_size = self.meta.model_type, self.meta.img_size
+        if not self.meta.pretrained and ctx.is_main:
             log.warning("%s was built from a randomly initialised SAM (pretrained=false): "
-                        "the mIoU figures are not comparable to the paper's", cfg.supernet)
+                        "the mIoU figures are not comparable to the paper's", cfg.supernet_path)
         self.params = set_trainable(self.supernet, cfg.trainable)
         broadcast_params(self.supernet, ctx)
         self.optimizer = build_optimizer(self.params, cfg)
@@ -71,7 +73,7 @@ class Trainer:
         if ctx.is_main:
             self.probe = ValidationProbe(self.supernet, data_cfg, self.img_size, cfg, ctx.device, self.model_type)
         # the absolute target mIoU (a relative train.target_miou: against the base model, on the probe's sample)
-        self.target_miou = resolve_target(cfg, self.meta, self.probe, str(cfg.supernet))
+        self.target_miou = resolve_target(cfg, self.meta, self.probe, str(cfg.supernet_path))
         self.iteration = 0
         self.result = TrainResult()
         self.target = empty_target()
@@ -173,10 +175,9 @@ class Trainer:
         self._t0 = time.perf_counter()
         if main:
             self.meter.start()
-        variant = str(self.meta.get("reorder", ""))
-        run_ctx = start_run(tracking if main else TrackingConfig(enabled=False), "train", variant,
+        run_ctx = start_run(tracking if main else TrackingConfig(enabled=False), "train", self.meta.variant,
                             params=self.mlflow_params(),
-                            tags={"pretrained": bool(self.meta.get("pretrained", False)),
+                            tags={"pretrained": self.meta.pretrained,
                                   "energy_method": self.meter.method, "resumed_from": self.iteration})
         end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
         try:
@@ -227,14 +228,15 @@ class Trainer:
             "co2_kg_to_target": (None if self.target["energy_kwh_to_target"] is None
                                  else self.meter.co2_kg(self.target["energy_kwh_to_target"])),
             "energy_method": self.meter.method, "energy_detail": self.meter.detail,
-            "pretrained": bool(self.meta.get("pretrained", False)), **self.probe.params(),
+            "pretrained": self.meta.pretrained, **self.probe.params(),
             "final_loss": self.result.losses[-1]["loss"] if self.result.losses else None,
             "images_per_second": self.iteration * self.cfg.batch_size / seconds if seconds > 0 else None,
             "world_size": self.ctx.world_size,
         }
-        meta = {**self.meta, "train": {"iterations": self.iteration, "seed": self.cfg.seed,
-                                       "mode": self.cfg.mode, "source": str(self.cfg.supernet)}}
-        save_supernet(self.out / "supernet.pt", self.supernet, meta)
+        self.supernet.meta = self.meta.with_provenance("train", {
+            "iterations": self.iteration, "seed": self.cfg.seed, "mode": self.cfg.mode,
+            "source": str(self.cfg.supernet_path)})
+        save_supernet(self.out / paths.SUPERNET_FILE, self.supernet)
         write_outputs(self.out, metrics, self.result.history)
         # docs/contracts.md's common names: `miou`/`params` of the smallest subnet (paper Table I's subject)
         run.log_metrics({**metrics, "miou": metrics["miou_min"], "params": metrics.get("params_min")},
@@ -244,4 +246,4 @@ class Trainer:
         self.result.metrics = metrics
         log.info("trained %d iterations in %.1f s (%.3g kWh, %s): mIoU min %.3f max %.3f "
                  "(trivial baselines: %s) -> %s", self.iteration, seconds, kwh, metrics["energy_method"],
-                 metrics["miou_min"], metrics["miou_max"], self.probe.describe_baselines(), self.out / "supernet.pt")
+                 metrics["miou_min"], metrics["miou_max"], self.probe.describe_baselines(), self.out / paths.SUPERNET_FILE)

@@ -7,7 +7,7 @@ import functools
 import torch
 
 from supersam.train.config import TRAINABLE_PARTS, TrainConfig
-from supersam.train.sampling import lr_factor
+from supersam.sampling import lr_factor
 
 
 def set_trainable(supernet: torch.nn.Module, trainable: tuple[str, ...]) -> list[torch.nn.Parameter]:

@@ -6,15 +6,13 @@ import math
 
 import torch
 
+from supersam.artifacts import SupernetMeta
 from supersam.baselines import collapse_check, describe, trivial_baselines
 from supersam.data import DataConfig, prepare_split
-from supersam.evaluator import SubnetEvaluator
+from supersam.sampling import eval_generator
+from supersam.scoring import SubnetEvaluator
 from supersam.thresholds import ResolvedThreshold, base_checkpoint, resolve_threshold
 from supersam.train.config import TrainConfig
-from supersam.train.sampling import eval_generator
-
-PROBE_KINDS = ("min", "max", "random")
-
 
 class ValidationProbe:
     """mIoU of the smallest, the largest and one fixed random subnet on a fixed val sample.
@@ -100,12 +98,12 @@ def empty_target() -> dict:
     return {"iterations_to_target": None, "seconds_to_target": None, "energy_kwh_to_target": None}
 
 
-def resolve_target(cfg: TrainConfig, meta: dict, probe: ValidationProbe | None,
+def resolve_target(cfg: TrainConfig, meta: SupernetMeta, probe: ValidationProbe | None,
                    source: str = "the supernet") -> ResolvedThreshold | None:
     """``cfg.target_miou`` as an absolute mIoU, resolved once at the start of training.
 
     A relative target (``0.9x``) multiplies the base model's single-mask mIoU
-    (``meta["checkpoint"]``, the SAM the supernet was built from) on the probe's
+    (``meta.checkpoint``, the SAM the supernet was built from) on the probe's
     own validation sample. Every rank checks that a base model exists; only the
     rank with the probe (rank 0) measures it, the others get None.
 

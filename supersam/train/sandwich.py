@@ -22,7 +22,7 @@ from supersam.metrics import dice_loss
 from supersam.predict import decode_masks, embed_prompts, encode_images
 from supersam.train.config import TrainConfig
 from supersam.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
-from supersam.train.sampling import subnet_generator
+from supersam.sampling import subnet_generator
 
 Prompts = tuple[torch.Tensor, torch.Tensor]
 

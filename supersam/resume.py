@@ -4,7 +4,7 @@ Written atomically (``supersam.io.torch_save``: temp file + ``os.replace``), so
 an interrupted write leaves the previous good checkpoint in place. RNG states
 are stored as tensors and plain lists so the file loads with
 ``torch.load(weights_only=True)``. Training randomness does not depend on them
-(see :mod:`supersam.train.sampling`); they are restored for anything else
+(see :mod:`supersam.sampling`); they are restored for anything else
 that draws from the global generators.
 """
 

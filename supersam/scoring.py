@@ -1,4 +1,7 @@
-"""mIoU evaluation of a SAM, and a fast repeatable evaluator of supernet subnets.
+"""Scoring (core): mIoU of a SAM on prompted objects, and a repeatable scorer of supernet subnets.
+
+Used by every stage that measures a model (rank-layers, the training probe,
+search, thresholds, eval); the ``eval`` stage itself is :mod:`supersam.eval`.
 
 Both report ``miou`` (single mask, ``multimask_output=False``),
 ``miou_oracle`` (best of SAM's 3 multimask outputs per object, the reference
@@ -186,7 +189,6 @@ class SubnetEvaluator:
             sam = supernet.sam
             with torch.inference_mode(), autocast(device, amp):
                 self._prompts = [embed_prompts(sam, inp) for inp in self.inputs]
-        self.n_calls = 0
 
     def params(self, subnet) -> int:
         """Parameters of all of SAM for ``subnet`` (analytic, paper's counting)."""
@@ -212,7 +214,6 @@ class SubnetEvaluator:
             )
         finally:
             self.supernet.set_active_subnet(previous)
-        self.n_calls += 1
         out = {k: result[k] for k in ("miou", "miou_oracle", "fg_fraction", "n_objects", "seconds")}
         if self.model_type:
             out["params"] = self.params(subnet)

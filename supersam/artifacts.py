@@ -1,0 +1,212 @@
+"""Typed artifacts the stages hand each other (docs/architecture.md, "Artifacts").
+
+Each is a small dataclass with a versioned JSON form: ``to_dict()`` writes a
+``format`` tag, ``from_dict()`` is the one place that validates a file read
+back (one-line errors naming the file and the fix).
+
+- :class:`SupernetMeta`: what a supernet is (architecture, input size, variant,
+  provenance); carried by :class:`supersam.elastic.SuperSam` as ``.meta`` and
+  stored in ``supernet.pt``.
+- :class:`LayerRanking`: ``rank-layers``' ``ranking.json`` (paper Fig. 3).
+- :class:`ExportManifest`: an export folder's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supersam.errors import CheckpointError, ConfigError
+from supersam.io import read_json, write_json
+
+SUPERNET_META_FORMAT = "supersam-supernet-meta/2"
+RANKING_FORMAT = "supersam-ranking/1"
+EXPORT_FORMAT = "supersam-export/2"
+
+
+def _require(data: Any, keys: tuple[str, ...], what: str, fix: str, error: type[Exception]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise error(f"{what} is not a JSON object; {fix}")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise error(f"{what} lacks {missing[0]!r}; {fix}")
+    return data
+
+
+def _check_format(data: dict[str, Any], expected: str, what: str, fix: str, error: type[Exception]) -> None:
+    found = data.get("format")
+    if found != expected:
+        raise error(f"{what} has format {found!r}, this supersam reads {expected!r}; {fix}")
+
+
+@dataclass(frozen=True)
+class SupernetMeta:
+    """What a supernet is, beside its weights and search space.
+
+    Attributes:
+        model_type: SAM architecture (``vit_b``, ``vit_l``, ``vit_h``, ``vit_ti``, ``tiny``).
+        img_size: encoder input size in px the supernet works at.
+        pretrained: True when the weights came from a checkpoint (not random init).
+        variant: reordering variant of the MLP units (``none``, ``magnitude``, ``wanda``).
+        checkpoint: the base model checkpoint the supernet was built from ("" = random).
+        combine: how lin1/lin2 scores were combined (``rank`` or ``score``; docs/method.md).
+        stats: calibration statistics file used by the variant ("" = none).
+        stats_n_images: calibration images behind ``stats``.
+        ranking: ``ranking.json`` the prunable set came from ("" = arch default).
+        provenance: later stages' records, e.g. ``{"train": {"iterations": ..., "seed": ...}}``.
+    """
+
+    model_type: str
+    img_size: int
+    pretrained: bool
+    variant: str
+    checkpoint: str = ""
+    combine: str = "rank"
+    stats: str = ""
+    stats_n_images: int = 0
+    ranking: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in ``supernet.pt`` (with a ``format`` tag)."""
+        return {"format": SUPERNET_META_FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "supernet meta") -> "SupernetMeta":
+        """Validate and read the JSON form.
+
+        Raises:
+            CheckpointError: wrong format tag, a missing key or a wrong type.
+        """
+        fix = "re-create the supernet with supersam build-supernet"
+        data = _require(data, ("model_type", "img_size", "pretrained", "variant"), source, fix, CheckpointError)
+        _check_format(data, SUPERNET_META_FORMAT, source, fix, CheckpointError)
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            meta = cls(**{k: v for k, v in data.items() if k in names})
+            return dataclasses.replace(meta, img_size=int(meta.img_size), pretrained=bool(meta.pretrained),
+                                       stats_n_images=int(meta.stats_n_images), provenance=dict(meta.provenance))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source} is invalid ({exc}); {fix}") from None
+
+    def with_provenance(self, stage: str, record: dict[str, Any]) -> "SupernetMeta":
+        """A copy with ``provenance[stage] = record`` (e.g. train's iterations and seed)."""
+        return dataclasses.replace(self, provenance={**self.provenance, stage: record})
+
+
+@dataclass(frozen=True)
+class LayerRanking:
+    """``ranking.json``: few-shot block importance and the prunable set (paper Sec. III-A, Fig. 3).
+
+    Attributes:
+        model_type, img_size, pretrained: the model that was ranked.
+        n_images: few-shot images per measurement.
+        metric: ``miou`` or ``miou_oracle``: what importance is measured in.
+        rule: ``count`` or ``budget`` (how ``prunable`` was read off the curve).
+        baseline_miou: the full model's ``metric``.
+        baseline: the full model's point ``{"params", "miou", "miou_oracle"}``.
+        importance: per block, the metric drop when it alone is removed.
+        single: per block ``{"block", "params", "miou", "miou_oracle", "importance"}``.
+        curve: greedy removal points ``{"dropped", "params", "miou", "miou_oracle"}``.
+        prunable: the blocks the supernet may drop (block 0 never).
+        drop_probs: theta_i per prunable block.
+    """
+
+    model_type: str
+    img_size: int
+    pretrained: bool
+    n_images: int
+    metric: str
+    rule: str
+    baseline_miou: float
+    baseline: dict[str, Any]
+    importance: list[float]
+    single: list[dict[str, Any]]
+    curve: list[dict[str, Any]]
+    prunable: list[int]
+    drop_probs: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (with a ``format`` tag)."""
+        return {"format": RANKING_FORMAT, **dataclasses.asdict(self)}
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``ranking.json`` atomically."""
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "layer ranking") -> "LayerRanking":
+        """Validate and read the JSON form.
+
+        Raises:
+            ConfigError: wrong format tag, a missing key, or prunable/drop_probs of
+                different lengths.
+        """
+        fix = "rerun `supersam rank-layers`"
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        data = _require(data, names, source, fix, ConfigError)
+        _check_format(data, RANKING_FORMAT, source, fix, ConfigError)
+        ranking = cls(**{k: data[k] for k in names})
+        if not isinstance(ranking.prunable, list) or len(ranking.prunable) != len(ranking.drop_probs):
+            raise ConfigError(f"{source}: prunable and drop_probs must be lists of one length; {fix}")
+        return dataclasses.replace(ranking, prunable=[int(b) for b in ranking.prunable],
+                                   drop_probs=[float(p) for p in ranking.drop_probs])
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LayerRanking":
+        """Read and validate ``ranking.json``.
+
+        Raises:
+            ConfigError: missing, not JSON, or invalid (naming the file).
+        """
+        return cls.from_dict(read_json(path, "layer ranking"), f"layer ranking {path}")
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """An export folder's ``config.json``: how to rebuild the exported subnet as a plain Sam.
+
+    Attributes:
+        model_type, img_size, pretrained, variant: of the supernet the subnet came from.
+        subnet: ``{"kept_layers": [...], "mlp_dims": [...]}`` in supernet block indices.
+        block_mlp_dims: MLP width of each exported block (exported order).
+        global_attn_indexes: exported positions of the kept global-attention blocks.
+        params: parameters of the exported Sam (``sum(p.numel())``).
+        macs: MACs of one image + one prompt at ``img_size`` (analytic; docs/contracts.md).
+        encoder: ``EncoderSpec`` dict of the image encoder.
+        pixel_mean, pixel_std: the model's input normalisation (3 floats each).
+        supernet: the supernet checkpoint the subnet was cut from.
+    """
+
+    model_type: str
+    img_size: int
+    pretrained: bool
+    variant: str
+    subnet: dict[str, Any]
+    block_mlp_dims: list[int]
+    global_attn_indexes: list[int]
+    params: int
+    macs: int
+    encoder: dict[str, Any]
+    pixel_mean: list[float]
+    pixel_std: list[float]
+    supernet: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (with a ``format`` tag)."""
+        return {"format": EXPORT_FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "export config") -> "ExportManifest":
+        """Validate and read the JSON form.
+
+        Raises:
+            CheckpointError: wrong format tag or a missing key.
+        """
+        fix = "re-run supersam export"
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        data = _require(data, names, source, fix, CheckpointError)
+        _check_format(data, EXPORT_FORMAT, source, fix, CheckpointError)
+        return cls(**{k: data[k] for k in names})

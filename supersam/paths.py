@@ -1,0 +1,83 @@
+"""The one layout of every artifact path (docs/architecture.md, "Artifacts").
+
+The commands' defaults come from here and dvc.yaml spells out the same paths;
+tests/test_layout.py fails when the two disagree. All paths are relative to the
+working directory (the repository root when run by ``dvc repro``).
+
+Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
+
+    outputs/pretrain/model.pt                    base model, official SAM key layout
+    outputs/rank_layers/ranking.json             prunable blocks + theta_i (LayerRanking)
+    outputs/calibration/wanda_stats.pt           Wanda activation norms (ActivationStats)
+    outputs/supernet/<variant>/supernet.pt       reordered supernet (+ search_space.json)
+    outputs/train/<variant>/supernet.pt          trained supernet (+ metrics, history, checkpoints/)
+    outputs/search/<variant>/best_subnet.json    search result (+ candidates, Pareto front)
+    outputs/export/model/                        exported subnet: model.pt + config.json
+    outputs/eval/<name>/metrics.json             evaluation (+ overlays/)
+
+A search run by hand (not by the pipeline) writes ``runs/search/<variant>`` unless
+``--out`` is given, so it never overwrites what DVC tracks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+OUTPUTS = Path("outputs")
+RUNS = Path("runs")
+
+PRETRAIN_DIR = OUTPUTS / "pretrain"
+BASE_MODEL = PRETRAIN_DIR / "model.pt"
+RANK_LAYERS_DIR = OUTPUTS / "rank_layers"
+RANKING = RANK_LAYERS_DIR / "ranking.json"
+CALIBRATION_STATS = OUTPUTS / "calibration" / "wanda_stats.pt"
+EXPORT_DIR = OUTPUTS / "export" / "model"
+EVAL_DIR = OUTPUTS / "eval"
+
+SUPERNET_FILE = "supernet.pt"
+SEARCH_SPACE_FILE = "search_space.json"
+BEST_SUBNET_FILE = "best_subnet.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+EXPORT_WEIGHTS_FILE = "model.pt"
+EXPORT_CONFIG_FILE = "config.json"
+
+
+def supernet_dir(variant: str) -> Path:
+    """``outputs/supernet/<variant>``: build-supernet's output folder."""
+    return OUTPUTS / "supernet" / variant
+
+
+def built_supernet(variant: str) -> Path:
+    """``outputs/supernet/<variant>/supernet.pt``: the reordered, untrained supernet."""
+    return supernet_dir(variant) / SUPERNET_FILE
+
+
+def train_dir(variant: str) -> Path:
+    """``outputs/train/<variant>``: train's output folder."""
+    return OUTPUTS / "train" / variant
+
+
+def trained_supernet(variant: str) -> Path:
+    """``outputs/train/<variant>/supernet.pt``: the sandwich-trained supernet."""
+    return train_dir(variant) / SUPERNET_FILE
+
+
+def search_dir(variant: str) -> Path:
+    """``outputs/search/<variant>``: the pipeline's search output folder."""
+    return OUTPUTS / "search" / variant
+
+
+def user_search_dir(variant: str) -> Path:
+    """``runs/search/<variant>``: where a hand-run ``supersam search`` writes by default."""
+    return RUNS / "search" / variant
+
+
+def best_subnet(variant: str) -> Path:
+    """``outputs/search/<variant>/best_subnet.json``: the subnet export cuts out."""
+    return search_dir(variant) / BEST_SUBNET_FILE
+
+
+def eval_dir(name: str) -> Path:
+    """``outputs/eval/<name>``: one evaluation's metrics.json and overlays/."""
+    return EVAL_DIR / name
