@@ -1,5 +1,7 @@
 """Trivial baselines that every reported mIoU is compared with, and a collapse check.
 
+docs/method.md, "mIoU and trivial baselines".
+
 A model that predicts the whole image as foreground, or just fills the prompt
 box, scores a non-zero mIoU. To make such a collapsed model visible, every
 stage reports these predictors' mIoU on the very same objects:

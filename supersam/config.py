@@ -21,7 +21,6 @@ from typing import Any, Sequence, TypeVar
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from supersam import paths
 from supersam.errors import ConfigError
 
 T = TypeVar("T")

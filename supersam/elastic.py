@@ -1,4 +1,4 @@
-"""The elastic weight-sharing supernet over a ``segment_anything`` Sam (paper Sec. III).
+"""The elastic weight-sharing supernet over a ``segment_anything`` Sam (paper Sec. III; docs/method.md).
 
 :class:`SuperSam` converts a Sam *in place*: every block's ``MLPBlock`` becomes an
 :class:`ElasticMLP` that keeps the same ``lin1``/``lin2`` modules (so state-dict

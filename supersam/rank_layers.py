@@ -1,4 +1,4 @@
-"""Few-shot layer importance and the prunable set (paper Sec. III, Fig. 3).
+"""Few-shot layer importance and the prunable set (paper Sec. III, Fig. 3; docs/method.md, "Layer importance").
 
 Each encoder block's importance is the mIoU drop when it alone is removed
 (skipped: its input goes straight to the next block) from the full model, on a
@@ -23,7 +23,7 @@ from supersam.errors import ConfigError
 from supersam.io import write_json
 from supersam.sam import get_arch
 from supersam.plots import plot_curve, plot_importance
-from supersam.space import SubnetConfig
+from supersam.space import SubnetConfig, subnet_params
 from supersam.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -175,16 +175,21 @@ def drop_probabilities(importance: Sequence[float], prunable: Sequence[int], spe
 class _BlockSkipper:
     """Supernet-shaped wrapper for :class:`SubnetEvaluator` that may skip any block, block 0 included."""
 
-    def __init__(self, sam: Any, depth: int, mlp_dim: int) -> None:
+    def __init__(self, sam: Any, model_type: str) -> None:
         from supersam.elastic import ElasticImageEncoderViT
 
+        arch = get_arch(model_type)
         sam.image_encoder = ElasticImageEncoderViT(sam.image_encoder)
-        self.sam, self.depth, self.mlp_dim = sam, depth, mlp_dim
+        self.sam, self.model_type, self.depth, self.mlp_dim = sam, model_type, arch.depth, arch.mlp_dim
         self.active_subnet = self.subnet(())
 
     def subnet(self, dropped: Sequence[int]) -> SubnetConfig:
         """The full-width subnet without the blocks ``dropped``."""
         return SubnetConfig.from_mlp_dims([0 if b in dropped else self.mlp_dim for b in range(self.depth)])
+
+    def params(self, cfg: SubnetConfig) -> int:
+        """Parameters of all of SAM without the dropped blocks, at the model's input size."""
+        return subnet_params(self.model_type, self.sam.image_encoder.img_size, cfg)
 
     def set_active_subnet(self, cfg: SubnetConfig) -> SubnetConfig:
         """Run ``cfg`` (not validated against any SearchSpace, so block 0 may be skipped)."""
@@ -206,8 +211,8 @@ def _measure(cfg: RankLayersConfig, model: ModelConfig, data: Any) -> tuple[dict
     if not loaded.pretrained:
         log.warning("rank-layers runs on a randomly initialised SAM (no checkpoint): the ranking is not meaningful")
     inputs = prepare_split(data, cfg.split, loaded.img_size, n_images=cfg.n_images, seed=cfg.seed)
-    skipper = _BlockSkipper(loaded.model.to(device), arch.depth, arch.mlp_dim)
-    evaluator = SubnetEvaluator(skipper, inputs, device, cfg.amp, cfg.batch_size, model_type=model.type)
+    skipper = _BlockSkipper(loaded.model.to(device), model.type)
+    evaluator = SubnetEvaluator(skipper, inputs, device, cfg.amp, cfg.batch_size)
     log.info("ranking %d blocks of %s at %d px on %d images (%s)", arch.depth, model.type, loaded.img_size,
              len(inputs), device)
     info = {"pretrained": loaded.pretrained, "n_images": len(inputs), "img_size": loaded.img_size}

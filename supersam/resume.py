@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from supersam.errors import CheckpointError
-from supersam.io import torch_save
+from supersam.io import load_torch, torch_save
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,8 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: missing, unreadable or not a training checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no training checkpoint at {path}; run without --resume to start fresh")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any load failure is a bad file for the user
-        raise CheckpointError(f"training checkpoint {path} is unreadable ({type(exc).__name__}); delete it and restart") from None
+    state = load_torch(path, "training checkpoint", "run without --resume to start fresh",
+                       "delete it and restart without --resume")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a supersam training checkpoint ({FORMAT}); point --out elsewhere")
     return state

@@ -157,13 +157,12 @@ class SubnetEvaluator:
     each call only runs the subnet's image encoder and the mask decoder.
 
     Args:
-        supernet: a :class:`supersam.elastic.SuperSam`.
+        supernet: a :class:`supersam.elastic.SuperSam` (or any object with ``sam``,
+            ``active_subnet``, ``set_active_subnet`` and ``params(subnet)``).
         inputs: the fixed validation sample (from ``prepare_split`` under a seed).
         device: torch device (CPU or CUDA).
         amp: bf16 autocast.
         batch_size: images per image-encoder forward.
-        model_type: SAM type (``vit_b``, ``tiny``...) for the analytic parameter
-            count; when None, ``params`` is left out of the results.
         cache_prompts: reuse prompt embeddings across calls (only valid while
             the prompt encoder is not being trained).
     """
@@ -175,14 +174,12 @@ class SubnetEvaluator:
         device: torch.device,
         amp: bool = False,
         batch_size: int = 1,
-        model_type: str | None = None,
         cache_prompts: bool = True,
     ) -> None:
         self.supernet = supernet
         self.device = device
         self.amp = amp
         self.batch_size = batch_size
-        self.model_type = model_type
         self.inputs = [inp.to(device) for inp in inputs]
         self._prompts = None
         if cache_prompts:
@@ -191,18 +188,15 @@ class SubnetEvaluator:
                 self._prompts = [embed_prompts(sam, inp) for inp in self.inputs]
 
     def params(self, subnet) -> int:
-        """Parameters of all of SAM for ``subnet`` (analytic, paper's counting)."""
-        from supersam.space import subnet_params
-
-        img_size = self.supernet.sam.image_encoder.img_size
-        return subnet_params(self.model_type, img_size, subnet)
+        """Parameters of all of SAM for ``subnet`` (analytic, paper's counting): ``supernet.params``."""
+        return self.supernet.params(subnet)
 
     def evaluate(self, subnet) -> dict[str, float]:
         """mIoU of ``subnet`` (a :class:`supersam.space.SubnetConfig`) on the fixed sample.
 
         Returns:
             ``miou``, ``miou_oracle``, ``fg_fraction`` (0..1, mean over objects),
-            ``params`` (when ``model_type`` is known), ``n_objects``, ``seconds``.
+            ``params``, ``n_objects``, ``seconds``.
             The supernet's previous active subnet is restored.
         """
         previous = self.supernet.active_subnet
@@ -215,6 +209,5 @@ class SubnetEvaluator:
         finally:
             self.supernet.set_active_subnet(previous)
         out = {k: result[k] for k in ("miou", "miou_oracle", "fg_fraction", "n_objects", "seconds")}
-        if self.model_type:
-            out["params"] = self.params(subnet)
+        out["params"] = self.params(subnet)
         return out

@@ -1,5 +1,7 @@
 """The SuperSAM search space: which blocks may be dropped, which MLP widths a kept block may use.
 
+docs/method.md, "Search space and MLP dims" and "Drop probabilities theta_i".
+
 Paper Sec. III ("Search Space design"): two elastic dimensions over the image
 encoder. (1) Layer elasticity: each block i of the prunable set is dropped with
 probability theta_i (paper: blocks 1, 2, 5, 6, 9, theta 0.5). (2) MLP

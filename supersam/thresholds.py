@@ -1,5 +1,7 @@
 """mIoU thresholds, absolute (``0.8``) or relative to the base model (``0.95x``, ``95%``).
 
+docs/method.md, "Thresholds relative to the base model".
+
 A user compressing a model thinks "within 5% of my base model", not "mIoU 0.76".
 ``search.min_miou`` / ``--min-miou`` and ``train.target_miou`` therefore accept
 

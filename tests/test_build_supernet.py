@@ -144,6 +144,7 @@ def test_cli_bad_input_is_one_line_exit_1(stats_path, tmp_path, monkeypatch, cap
     assert code == 0 and (tmp_path / "out" / "magnitude" / "supernet.pt").is_file()
 
 
+@pytest.mark.slow
 def test_installed_entry_point_refuses_other_checkpoint_stats(stats_path, tmp_path):
     params = write_params(tmp_path, stats_path)
     fake = tmp_path / "sam_tiny.pth"

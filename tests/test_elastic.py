@@ -142,7 +142,7 @@ def test_dropped_blocks_are_not_run(device, inputs):
     assert calls == list(MIXED.kept_layers)
 
 
-def test_gradients_land_in_shared_weights_only_inside_the_window(device, inputs):
+def test_gradients_land_in_shared_weights_only_inside_the_active_mlp_dims(device, inputs):
     supernet = SuperSam(tiny_sam(device), TINY)
     supernet.set_active_subnet(MIXED)
     sub = supernet.get_active_subnet()

@@ -34,6 +34,7 @@ def _check_kind_metrics(metrics: dict, kinds) -> None:
     assert {kind for kind in KINDS if f"miou_{kind}" in metrics} == set(kinds)  # exactly the asked kinds
 
 
+@pytest.mark.slow
 def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, shared_data):
     out = tmp_path / "eval"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -81,6 +82,7 @@ def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, s
     assert run.data.params["split"] == "all" and run.data.params["prompts"] == "box,point"
 
 
+@pytest.mark.slow
 def test_eval_is_deterministic_for_the_same_seed(tmp_path, shared_data):
     # default split: test (here the held-out 20 % of the EM slices); only point prompts
     params = _empty_params(tmp_path, "data:\n  test_fraction: 0.2\n")

@@ -194,6 +194,7 @@ def test_sam_predictor_on_exported_model_with_a_point_prompt(supernet_file, tmp_
     assert (masks != masks_el).mean() < 1e-3  # identical up to pixels at logit ~ 0
 
 
+@pytest.mark.slow
 def test_cli_bad_subnet_json_is_one_line_exit_1(supernet_file, tmp_path):
     path, _ = supernet_file
     proc = subprocess.run(

@@ -67,12 +67,6 @@ def test_bad_params_are_one_line_config_errors(tmp_path):
             rank_layers(cfg, TINY, None, OFF, evaluate=evaluate)
 
 
-def evaluate_params(skipper) -> int:
-    from supersam.space import subnet_params
-
-    return subnet_params("tiny", 128, skipper.active_subnet)
-
-
 def test_skipping_block_0_equals_a_sam_without_it(shared_data):
     torch.manual_seed(0)
     data = DataConfig(root=str(shared_data / "isbi2012_em"), patch=256, max_objects=4)
@@ -83,10 +77,10 @@ def test_skipping_block_0_equals_a_sam_without_it(shared_data):
     expected = run_eval(plain, inputs, torch.device("cpu"))["miou"]
     model = build_sam_model("tiny")
     model.load_state_dict(state)
-    skipper = _BlockSkipper(model, 12, 256)
+    skipper = _BlockSkipper(model, "tiny")
     skipper.set_active_subnet(skipper.subnet((0,)))
     assert run_eval(skipper.sam, inputs, torch.device("cpu"))["miou"] == pytest.approx(expected, abs=1e-6)
-    assert evaluate_params(skipper) == 712_931 - 50_432
+    assert skipper.params(skipper.active_subnet) == 712_931 - 50_432
 
 
 def test_cli_ranks_every_block_on_real_data(shared_data, tmp_path, monkeypatch, capsys):

@@ -102,6 +102,7 @@ def test_bad_image_size_and_model_type():
         build_sam_model("vit_x")
 
 
+@pytest.mark.slow
 def test_cli_wrong_checkpoint_is_one_line_and_exit_1(tmp_path):
     path = tmp_path / "sam_vit_l.pth"
     torch.save(_shared_storage_state("vit_l"), path)

@@ -46,7 +46,7 @@ def evaluator(supernet_path, shared_data) -> SubnetEvaluator:
 
     supernet = load_supernet(supernet_path)
     inputs = prepare_split(em_data(shared_data), "val", 128, n_images=2)
-    return SubnetEvaluator(supernet, inputs, torch.device("cpu"), model_type="tiny")
+    return SubnetEvaluator(supernet, inputs, torch.device("cpu"))
 
 
 def test_parse_count_accepts_the_documented_forms_and_rejects_others():

@@ -28,7 +28,7 @@ DESIGN_EXAMPLE = {"kept_layers": [0, 3, 4, 7, 8, 10, 11],
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_paper_defaults_and_scaled_windows():
+def test_paper_defaults_and_scaled_mlp_dims():
     assert VIT_B.prunable == (1, 2, 5, 6, 9) and VIT_B.drop_probs == (0.5,) * 5
     assert VIT_B.mlp_dim_choices == (768, 1020, 1536, 2304, 3072)
     assert TINY.mlp_dim_choices == (64, 85, 128, 192, 256)
@@ -114,7 +114,7 @@ def test_max_min_and_seeded_sampling():
     assert len(set(draws(7))) > 15
 
 
-def test_random_sampling_follows_theta_and_uniform_windows():
+def test_random_sampling_follows_theta_and_uniform_mlp_dims():
     space = SearchSpace.for_arch("tiny", drop_probs=[0.1, 0.3, 0.5, 0.7, 0.9])
     gen = torch.Generator().manual_seed(0)
     samples = [space.sample(gen) for _ in range(4000)]

@@ -142,7 +142,7 @@ def test_search_resolves_relative_min_miou_against_the_base_checkpoint(shared_da
     from supersam.checkpoint import load_supernet
 
     supernet = load_supernet(supernet_path)
-    max_miou = SubnetEvaluator(supernet, inputs, CPU, model_type="tiny").evaluate(space.max_subnet())["miou"]
+    max_miou = SubnetEvaluator(supernet, inputs, CPU).evaluate(space.max_subnet())["miou"]
     assert abs(max_miou - expected) > 1e-4
 
     # an absolute threshold is reported as given, without a base model

@@ -54,6 +54,7 @@ def setup(shared_data, tmp_path_factory):
     return root, cfg, data
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process(setup):
     root, cfg, data = setup
     mp.spawn(_worker, args=(2, _free_port(), cfg, data, str(root)), nprocs=2, join=True)
@@ -74,6 +75,7 @@ def test_two_process_gloo_run_matches_single_process(setup):
     assert [e["loss"] for e in ranks[0]["losses"]] == pytest.approx([e["loss"] for e in single.losses], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_nproc_2_under_torchrun(setup, tmp_path):
     root, cfg, data = setup
     params = {"train": {**cfg.to_dict(), "out": str(tmp_path / "cli"), "iterations": 2},

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from supersam.data.imaging import Window
+from supersam.data.imaging import Tile
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +25,14 @@ class Item:
 
     Attributes:
         key: reader-specific locator (e.g. COCO image id, (pair, page)).
-        window: (y0, x0, y1, x1) tile in px, end exclusive; None = whole image.
+        tile: (y0, x0, y1, x1) crop in px, end exclusive; None = whole image.
         name: unique readable name (file name, ``:p<page>``, ``@y,x`` tile).
         group: source image; all tiles of one source land in the same split.
         n_objects: usable objects (area >= min_area) found while indexing.
     """
 
     key: Hashable
-    window: Window | None
+    tile: Tile | None
     name: str
     group: str
     n_objects: int

@@ -18,7 +18,7 @@ import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 
 from supersam.data.base import Item, SkipLog
-from supersam.data.imaging import Window, crop, crop_masks, image_shape, read_rgb, tiles
+from supersam.data.imaging import Tile, crop, crop_masks, image_shape, read_rgb, tiles
 from supersam.data.types import Sample
 from supersam.errors import DataError
 
@@ -68,11 +68,11 @@ class CocoReader:
         rles = [self.coco.annToRLE(a) for a in anns if not a.get("iscrowd", 0)]
         return [r for r in rles if int(mask_utils.area(r)) >= self.min_px]
 
-    def _decode(self, rles: list[dict], window: Window | None) -> np.ndarray:
-        """N x h x w bool masks of ``rles`` cut to ``window``, small ones dropped."""
+    def _decode(self, rles: list[dict], tile: Tile | None) -> np.ndarray:
+        """N x h x w bool masks of ``rles`` cut to ``tile``, small ones dropped."""
         if not rles:
             return np.zeros((0, 0, 0), bool)
-        masks = crop_masks(np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool), window)
+        masks = crop_masks(np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool), tile)
         return masks[masks.sum(axis=(1, 2)) >= self.min_px]
 
     def index(self, skips: SkipLog) -> list[Item]:
@@ -102,11 +102,11 @@ class CocoReader:
             except (KeyError, TypeError, ValueError, IndexError):
                 skips.add("with malformed annotations", name)
                 continue
-            windows = tiles(size[0], size[1], self.patch)
-            for window in windows:
-                n = len(rles) if window is None else len(self._decode(rles, window))
-                tile_name = name if window is None else f"{name}@{window[0]},{window[1]}"
-                items.append(Item((img_id, path), window, tile_name, name, n))
+            all_tiles = tiles(size[0], size[1], self.patch)
+            for tile in all_tiles:
+                n = len(rles) if tile is None else len(self._decode(rles, tile))
+                tile_name = name if tile is None else f"{name}@{tile[0]},{tile[1]}"
+                items.append(Item((img_id, path), tile, tile_name, name, n))
         return items
 
     def load(self, item: Item) -> Sample:
@@ -116,8 +116,8 @@ class CocoReader:
             DataError: the image cannot be decoded or has no usable object left.
         """
         img_id, path = item.key
-        image = crop(read_rgb(path), item.window)
-        masks = self._decode(self._objects(img_id), item.window)
+        image = crop(read_rgb(path), item.tile)
+        masks = self._decode(self._objects(img_id), item.tile)
         if len(masks) == 0:
             raise DataError(f"{item.name} has no object >= {self.min_px} px; rebuild the data index")
         return Sample(np.ascontiguousarray(image), masks, item.name)

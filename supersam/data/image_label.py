@@ -123,10 +123,10 @@ class ImageLabelReader:
                 except (DataError, ValueError):
                     skips.add("whose label cannot be used", base)
                     continue
-                for window in tiles(plane.shape[0], plane.shape[1], self.patch):
-                    n = len(object_ids(crop(plane, window), self.mode, self.min_px)[1])
-                    name = base if window is None else f"{base}@{window[0]},{window[1]}"
-                    items.append(Item((image, label, page), window, name, base, n))
+                for tile in tiles(plane.shape[0], plane.shape[1], self.patch):
+                    n = len(object_ids(crop(plane, tile), self.mode, self.min_px)[1])
+                    name = base if tile is None else f"{base}@{tile[0]},{tile[1]}"
+                    items.append(Item((image, label, page), tile, name, base, n))
         return items
 
     def load(self, item: Item) -> Sample:
@@ -136,8 +136,8 @@ class ImageLabelReader:
             DataError: the files can no longer be read or hold no usable object.
         """
         image_path, label_path, page = item.key
-        image = crop(read_rgb(image_path, page), item.window)
-        label = crop(_label_plane(read_page(label_path, page)), item.window)
+        image = crop(read_rgb(image_path, page), item.tile)
+        label = crop(_label_plane(read_page(label_path, page)), item.tile)
         masks = label_masks(label, self.mode, self.min_px)
         if len(masks) == 0:
             raise DataError(f"{item.name} has no object >= {self.min_px} px; rebuild the data index")

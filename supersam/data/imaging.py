@@ -21,7 +21,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 LOW_PCT, HIGH_PCT = 0.5, 99.5
 
-Window = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), px
+Tile = tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), px
 
 
 def natural_key(name: str) -> list:
@@ -153,8 +153,8 @@ def read_rgb(path: Path, page: int = 0) -> np.ndarray:
         raise DataError(f"image {path} page {page}: {exc}; use 2-D gray or RGB images") from None
 
 
-def tiles(height: int, width: int, patch: int) -> list[Window | None]:
-    """Tile windows covering an image, row-major; ``[None]`` (whole image) when patch == 0.
+def tiles(height: int, width: int, patch: int) -> list[Tile | None]:
+    """Tiles covering an image, row-major; ``[None]`` (whole image) when patch == 0.
 
     Tiles are patch x patch px with stride patch; when a side is not a multiple
     of patch the last tile is aligned to the border (overlapping its
@@ -173,17 +173,17 @@ def tiles(height: int, width: int, patch: int) -> list[Window | None]:
             for y in starts(height) for x in starts(width)]
 
 
-def crop(array: np.ndarray, window: Window | None) -> np.ndarray:
-    """H x W[ x C] image (or label) cut to ``window``; the whole array when None."""
-    if window is None:
+def crop(array: np.ndarray, tile: Tile | None) -> np.ndarray:
+    """H x W[ x C] image (or label) cut to ``tile``; the whole array when None."""
+    if tile is None:
         return array
-    y0, x0, y1, x1 = window
+    y0, x0, y1, x1 = tile
     return array[y0:y1, x0:x1]
 
 
-def crop_masks(masks: np.ndarray, window: Window | None) -> np.ndarray:
-    """N x H x W masks cut to ``window``."""
-    if window is None:
+def crop_masks(masks: np.ndarray, tile: Tile | None) -> np.ndarray:
+    """N x H x W masks cut to ``tile``."""
+    if tile is None:
         return masks
-    y0, x0, y1, x1 = window
+    y0, x0, y1, x1 = tile
     return masks[:, y0:y1, x0:x1]

@@ -15,7 +15,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 from supersam.data.base import Item, SkipLog
-from supersam.data.imaging import Window, crop, crop_masks, image_shape, natural_key, read_rgb, tiles
+from supersam.data.imaging import Tile, crop, crop_masks, image_shape, natural_key, read_rgb, tiles
 from supersam.data.types import Sample
 from supersam.errors import DataError
 
@@ -58,11 +58,11 @@ class Sa1bReader:
         self.min_px, self.patch = max(min_area, 1), patch
         self.description = f"sa1b {folder}"
 
-    def _decode(self, rles: list[dict], window: Window | None) -> np.ndarray:
-        """N x h x w bool masks cut to ``window``, objects < min_area px dropped."""
+    def _decode(self, rles: list[dict], tile: Tile | None) -> np.ndarray:
+        """N x h x w bool masks cut to ``tile``, objects < min_area px dropped."""
         if not rles:
             return np.zeros((0, 0, 0), bool)
-        masks = crop_masks(np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool), window)
+        masks = crop_masks(np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool), tile)
         return masks[masks.sum(axis=(1, 2)) >= self.min_px]
 
     def _usable(self, rles: list[dict]) -> list[dict]:
@@ -86,10 +86,10 @@ class Sa1bReader:
             except (ValueError, KeyError, TypeError, OSError) as exc:
                 skips.add(f"with unusable annotations ({type(exc).__name__})", json_path.name)
                 continue
-            for window in tiles(size[0], size[1], self.patch):
-                n = len(rles) if window is None else len(self._decode(rles, window))
-                name = path.name if window is None else f"{path.name}@{window[0]},{window[1]}"
-                items.append(Item(path, window, name, path.name, n))
+            for tile in tiles(size[0], size[1], self.patch):
+                n = len(rles) if tile is None else len(self._decode(rles, tile))
+                name = path.name if tile is None else f"{path.name}@{tile[0]},{tile[1]}"
+                items.append(Item(path, tile, name, path.name, n))
         return items
 
     def load(self, item: Item) -> Sample:
@@ -104,7 +104,7 @@ class Sa1bReader:
             rles = self._usable(read_rles(path.with_suffix(".json"), image.shape[:2]))
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise DataError(f"cannot read annotations of {path} ({exc}); replace or remove the pair") from None
-        masks = self._decode(rles, item.window)
+        masks = self._decode(rles, item.tile)
         if len(masks) == 0:
             raise DataError(f"{item.name} has no object >= {self.min_px} px; rebuild the data index")
-        return Sample(np.ascontiguousarray(crop(image, item.window)), masks, item.name)
+        return Sample(np.ascontiguousarray(crop(image, item.tile)), masks, item.name)

@@ -149,6 +149,6 @@ class SearchConfig:
         if self.budget < 0 or self.time_limit < 0:
             raise ConfigError("search.budget and search.time_limit must be >= 0")
         if self.budget == 0 and self.time_limit == 0:
-            raise ConfigError("search has neither a budget nor a time limit; set --budget or --time-limit")
+            raise ConfigError("search has neither a budget nor a time limit; set search.budget or search.time_limit (e.g. --set search.budget=24)")
         if self.n_images < 0 or self.batch_size < 1:
             raise ConfigError("search.n_images must be >= 0 and search.batch_size >= 1")

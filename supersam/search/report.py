@@ -54,7 +54,7 @@ def log_outcome(state: SearchState) -> None:
         return
     closest = "; ".join(_describe(c, cons.metric) for c in state.closest(3)) or "none evaluated"
     log.warning("no subnet met params <= %s and %s >= %.4f in %d evaluations; closest: %s. "
-                "Relax the constraints or raise --budget/--time-limit", f"{cons.max_params:,}", cons.metric,
+                "Relax the constraints or raise search.budget/search.time_limit (--set)", f"{cons.max_params:,}", cons.metric,
                 cons.min_miou, state.n_evaluations, closest)
 
 

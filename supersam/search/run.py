@@ -1,4 +1,5 @@
-"""``supersam search``: constrained subnet search on a trained supernet (paper Sec. III "Deployment")."""
+"""``supersam search``: constrained subnet search on a trained supernet (paper Sec. III "Deployment";
+docs/method.md, "Constrained search")."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
     if not pretrained:
         log.warning("the supernet comes from a randomly initialised SAM (pretrained=false): mIoUs are not meaningful")
     inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images)
-    evaluator = SubnetEvaluator(supernet, inputs, device, cfg.amp, cfg.batch_size, model_type=model_type)
+    evaluator = SubnetEvaluator(supernet, inputs, device, cfg.amp, cfg.batch_size)
     baselines = trivial_baselines(inputs)
     log.info("validation sample: %d objects; trivial baselines %s", sum(inp.n_objects for inp in inputs),
              describe_baselines(baselines))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from supersam import paths
 from supersam import resume as ckpt
@@ -71,7 +70,7 @@ class Trainer:
         self.dataset = load_split(data_cfg, "train")
         self.probe = None
         if ctx.is_main:
-            self.probe = ValidationProbe(self.supernet, data_cfg, self.img_size, cfg, ctx.device, self.model_type)
+            self.probe = ValidationProbe(self.supernet, data_cfg, self.img_size, cfg, ctx.device)
         # the absolute target mIoU (a relative train.target_miou: against the base model, on the probe's sample)
         self.target_miou = resolve_target(cfg, self.meta, self.probe, str(cfg.supernet_path))
         self.iteration = 0

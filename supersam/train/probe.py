@@ -1,4 +1,5 @@
-"""Periodic validation during training and the time/energy-to-target milestone (paper Table I)."""
+"""Periodic validation during training and the time/energy-to-target milestone (paper Table I;
+docs/method.md, "Table I: iterations/energy to target")."""
 
 from __future__ import annotations
 
@@ -30,14 +31,13 @@ class ValidationProbe:
         img_size: encoder input size in px.
         cfg: training settings (val_images, seed, amp, trainable).
         device: evaluation device.
-        model_type: SAM type for the analytic parameter counts.
     """
 
     def __init__(self, supernet, data_cfg: DataConfig, img_size: int, cfg: TrainConfig,
-                 device: torch.device, model_type: str) -> None:
+                 device: torch.device) -> None:
         inputs = prepare_split(data_cfg, "val", img_size, n_images=cfg.val_images, seed=cfg.seed)
         self.evaluator = SubnetEvaluator(
-            supernet, inputs, device, amp=cfg.amp, model_type=model_type,
+            supernet, inputs, device, amp=cfg.amp,
             cache_prompts="prompt_encoder" not in cfg.trainable,
         )
         space = supernet.space

@@ -1,4 +1,5 @@
-"""One training iteration of the sandwich rule (paper Sec. III "NAS Training").
+"""One training iteration of the sandwich rule (paper Sec. III "NAS Training"; docs/method.md,
+"Sandwich rule and in-place distillation").
 
 Per batch the max subnet, the min subnet and ``n_random`` random subnets each
 run forward + backward on the same images and prompts; their gradients
