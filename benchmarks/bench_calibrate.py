@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from supersam.calibrate import SquaredNormAccumulator, collect_mlp_sq_norms
+from supersam.activation_stats import SquaredNormAccumulator, collect_mlp_sq_norms
 from supersam.sam import build_sam_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_coco" / "val2017"

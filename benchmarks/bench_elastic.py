@@ -37,9 +37,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
-from supersam.checkpoint import load_supernet, save_supernet  # noqa: E402
+from supersam.artifacts import SupernetMeta  # noqa: E402
+from supersam.checkpoint import load_model, load_supernet, save_supernet  # noqa: E402
 from supersam.elastic import SuperSam  # noqa: E402
-from supersam.export import export_subnet, load_model  # noqa: E402
+from supersam.export import export_subnet  # noqa: E402
 from supersam.sam import build_sam_model, count_params  # noqa: E402
 from supersam.space import SearchSpace, SubnetConfig  # noqa: E402
 
@@ -82,7 +83,7 @@ def child(kind: str, path: str, subnet: str, size: int, n_images: int) -> None:
     elif kind == "exported":
         model = load_model(path).image_encoder
     else:
-        supernet, _ = load_supernet(path)
+        supernet = load_supernet(path)
         supernet.set_active_subnet(SubnetConfig.load(subnet))
         model = supernet.sam.image_encoder
     loaded = rss_mib()["VmRSS"]
@@ -155,7 +156,7 @@ def main() -> None:
         print(f"{name + ' subnet vs its export':<34}{t_a:9.4f}{t_b:11.4f}{ratio:8.3f}{'<=1.05':>8}")
     supernet.set_active_subnet(space.max_subnet())
 
-    meta = {"model_type": "vit_b", "img_size": args.img_size, "pretrained": False, "reorder": "none"}
+    meta = SupernetMeta("vit_b", args.img_size, False, "none")
     with tempfile.TemporaryDirectory() as tmp:
         save_supernet(Path(tmp) / "supernet.pt", supernet, meta)
         cfg = SUBNETS["design"]

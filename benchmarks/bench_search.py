@@ -8,7 +8,7 @@ Run: ``.venv/bin/python benchmarks/bench_search.py [--seeds 5 --budget 60 --n-im
    - ``vit_b-synthetic``: the full vit_b space (121.5M subnets) with exact analytic
      params (``subnet_params`` at 1024 px) and a structured synthetic mIoU
      (additive per-block importance, paper-like: blocks 1,2,5,6,9 cheap to drop,
-     narrower windows cost accuracy in proportion to the block's importance).
+     narrower MLP dims cost accuracy in proportion to the block's importance).
    Constraints come from a 200-subnet random sample: max params = its median, min mIoU
    such that 10 of the 200 (5%) are feasible.
    Printed per technique: evaluations until the first feasible subnet, best params
@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from supersam.data import DataConfig, prepare_split
+from supersam.artifacts import SupernetMeta
 from supersam.elastic import SuperSam
-from supersam.evaluator import SubnetEvaluator
+from supersam.scoring import SubnetEvaluator
 from supersam.sam import build_sam_model
 from supersam.search import Constraints, SubnetEncoding, run_search
 from supersam.space import SearchSpace, SubnetConfig, subnet_params
@@ -47,8 +48,8 @@ def em_inputs(img_size: int, n_images: int):
 
 def tiny_real(n_images: int):
     torch.manual_seed(0)
-    supernet = SuperSam(build_sam_model("tiny"), SearchSpace.for_arch("tiny"))
-    evaluator = SubnetEvaluator(supernet, em_inputs(128, n_images), torch.device("cpu"), model_type="tiny")
+    supernet = SuperSam(build_sam_model("tiny"), SearchSpace.for_arch("tiny"), SupernetMeta("tiny", 128, False, "none"))
+    evaluator = SubnetEvaluator(supernet, em_inputs(128, n_images), torch.device("cpu"))
     return SubnetEncoding.from_space(supernet.space), evaluator.evaluate
 
 
@@ -141,9 +142,9 @@ def compare(name, enc, evaluate, seeds, budget, workdir, optimum=None):
           f"best params {ratio_best:.3f} (opentuner strictly smaller in {wins}/{seeds} seeds)")
 
 
-def throughput(label, supernet, inputs, model_type, amp, n_subnets, passes=2):
+def throughput(label, supernet, inputs, amp, n_subnets, passes=2):
     """Mean over random subnets of the fastest of ``passes`` evaluations (robust to a busy machine)."""
-    evaluator = SubnetEvaluator(supernet, inputs, torch.device("cpu"), amp=amp, model_type=model_type)
+    evaluator = SubnetEvaluator(supernet, inputs, torch.device("cpu"), amp=amp)
     gen = torch.Generator().manual_seed(0)
     evaluator.evaluate(supernet.space.max_subnet())  # warm-up
     subnets = [supernet.space.sample(gen) for _ in range(n_subnets)]
@@ -173,13 +174,13 @@ def main() -> None:
             compare("tiny-real", *tiny_real(args.n_images), args.seeds, args.budget, workdir)
     print("\n[evaluator throughput, CPU, random subnets of the paper space]")
     torch.manual_seed(0)
-    tiny = SuperSam(build_sam_model("tiny"), SearchSpace.for_arch("tiny"))
-    throughput("tiny 128 px fp32", tiny, em_inputs(128, args.n_images), "tiny", False, args.subnets * 4)
+    tiny = SuperSam(build_sam_model("tiny"), SearchSpace.for_arch("tiny"), SupernetMeta("tiny", 128, False, "none"))
+    throughput("tiny 128 px fp32", tiny, em_inputs(128, args.n_images), False, args.subnets * 4)
     if not args.skip_vit_b:
-        vit_b = SuperSam(build_sam_model("vit_b", 256), SearchSpace.for_arch("vit_b"))
+        vit_b = SuperSam(build_sam_model("vit_b", 256), SearchSpace.for_arch("vit_b"), SupernetMeta("vit_b", 256, False, "none"))
         inputs = em_inputs(256, args.n_images)
-        throughput("vit_b 256 px fp32", vit_b, inputs, "vit_b", False, args.subnets)
-        throughput("vit_b 256 px bf16 autocast", vit_b, inputs, "vit_b", True, args.subnets)
+        throughput("vit_b 256 px fp32", vit_b, inputs, False, args.subnets)
+        throughput("vit_b 256 px bf16 autocast", vit_b, inputs, True, args.subnets)
 
 
 if __name__ == "__main__":

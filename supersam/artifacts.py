@@ -149,10 +149,13 @@ class LayerRanking:
         data = _require(data, names, source, fix, ConfigError)
         _check_format(data, RANKING_FORMAT, source, fix, ConfigError)
         ranking = cls(**{k: data[k] for k in names})
-        if not isinstance(ranking.prunable, list) or len(ranking.prunable) != len(ranking.drop_probs):
-            raise ConfigError(f"{source}: prunable and drop_probs must be lists of one length; {fix}")
-        return dataclasses.replace(ranking, prunable=[int(b) for b in ranking.prunable],
-                                   drop_probs=[float(p) for p in ranking.drop_probs])
+        try:
+            if len(ranking.prunable) != len(ranking.drop_probs):
+                raise ValueError("prunable and drop_probs differ in length")
+            return dataclasses.replace(ranking, prunable=[int(b) for b in ranking.prunable],
+                                       drop_probs=[float(p) for p in ranking.drop_probs])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: prunable and drop_probs must be lists of numbers of one length ({exc}); {fix}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "LayerRanking":
@@ -174,7 +177,7 @@ class ExportManifest:
         block_mlp_dims: MLP width of each exported block (exported order).
         global_attn_indexes: exported positions of the kept global-attention blocks.
         params: parameters of the exported Sam (``sum(p.numel())``).
-        macs: MACs of one image + one prompt at ``img_size`` (analytic; docs/contracts.md).
+        macs: MACs of one image + one prompt at ``img_size`` (analytic, :func:`supersam.space.subnet_macs`).
         encoder: ``EncoderSpec`` dict of the image encoder.
         pixel_mean, pixel_std: the model's input normalisation (3 floats each).
         supernet: the supernet checkpoint the subnet was cut from.

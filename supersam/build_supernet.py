@@ -80,6 +80,9 @@ def space_settings(space_cfg: SpaceConfig, model_type: str, img_size: int) -> di
                 "mlp_dim_choices": space_cfg.mlp_dim_choices}
     if not space_cfg.ranking:
         return settings
+    if not Path(space_cfg.ranking).is_file():
+        raise ConfigError(f"layer ranking {space_cfg.ranking} does not exist; run `supersam rank-layers` first, or build "
+                          "without one: --set space.ranking= (then space.prunable or the paper's blocks 1, 2, 5, 6, 9)")
     ranking = LayerRanking.load(space_cfg.ranking)
     if ranking.model_type != model_type:
         raise ConfigError(
@@ -90,7 +93,8 @@ def space_settings(space_cfg: SpaceConfig, model_type: str, img_size: int) -> di
         log.warning("layer ranking %s was measured at %s px, the supernet is built at %d px",
                     space_cfg.ranking, ranking.img_size, img_size)
     if space_cfg.prunable is not None or space_cfg.drop_probs is not None:
-        log.warning("space.ranking given: its prunable/drop_probs override space.prunable/space.drop_probs")
+        log.warning("the layer ranking %s sets prunable/drop_probs: space.prunable/space.drop_probs are ignored "
+                    "(--set space.ranking= uses them)", space_cfg.ranking)
     settings["prunable"] = tuple(ranking.prunable)
     settings["drop_probs"] = tuple(ranking.drop_probs)
     return settings
@@ -124,6 +128,8 @@ def build_supernet(
     variant = get_variant(cfg.variant)
     if cfg.combine not in COMBINES:
         raise ConfigError(f"unknown supernet.combine {cfg.combine!r}; use one of {', '.join(COMBINES)}")
+    if "{" in cfg.out:
+        raise ConfigError(f"supernet.out {cfg.out!r} holds a placeholder; give a folder (default outputs/supernet/<variant>)")
     out = Path(cfg.out or paths.supernet_dir(cfg.variant))
     stats = ActivationStats.load(cfg.stats) if variant.stats_kind else None
     space = SearchSpace.for_arch(model_cfg.type, **space_settings(space_cfg, model_cfg.type, model_cfg.img_size))

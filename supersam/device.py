@@ -22,7 +22,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} requested but CUDA is not available; set the stage's device to cpu (e.g. --set train.device=cpu)")
+        raise ConfigError(f"device {name} requested but CUDA is not available; set the command's device to cpu "
+                          "(--set <section>.device=cpu, e.g. train.device)")
     return device
 
 

@@ -48,8 +48,8 @@ class EvalConfig:
             the ``data`` section's.
         prompts: prompt kinds the same objects are also evaluated with
             (``miou_<kind>`` etc.); the headline kind is always included.
-        out: output folder (metrics.json, overlays/); "" = ``outputs/eval/<name>``
-            (``outputs/eval`` without a name; :mod:`supersam.paths`).
+        out: output folder (metrics.json, overlays/); "" = ``runs/eval/<name>``
+            (the pipeline passes ``outputs/eval/<name>``; :mod:`supersam.paths`).
         overlays: number of overlay PNGs to save.
         batch_size: images per encoder forward.
         device: ``auto``, ``cpu``, ``cuda``...
@@ -184,7 +184,7 @@ def evaluate(
     inputs = {kind: prepare_split(data_cfg, cfg.split, img_size, n_images=cfg.n_images, seed=cfg.seed,
                                   repeat=False, prompt=kind)
               for kind in kinds}
-    out = Path(cfg.out) if cfg.out else (paths.eval_dir(cfg.name) if cfg.name else paths.EVAL_DIR)
+    out = Path(cfg.out or paths.user_eval_dir(cfg.name))
     (out / "overlays").mkdir(parents=True, exist_ok=True)  # a declared DVC output, even when empty
     saved: list[Path] = []
 

@@ -104,7 +104,7 @@ def _check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         config = out / paths.EXPORT_CONFIG_FILE
         try:
-            ok = read_json(config, "export config").get("format") == EXPORT_FORMAT
+            ok = str(read_json(config, "export config").get("format", "")).startswith(EXPORT_FORMAT.split("/")[0] + "/")
         except (SupersamError, AttributeError):
             ok = False
         if not ok:

@@ -15,8 +15,8 @@ Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
     outputs/export/model/                        exported subnet: model.pt + config.json
     outputs/eval/<name>/metrics.json             evaluation (+ overlays/)
 
-A search run by hand (not by the pipeline) writes ``runs/search/<variant>`` unless
-``--out`` is given, so it never overwrites what DVC tracks.
+A search or eval run by hand (not by the pipeline) writes ``runs/search/<variant>`` or
+``runs/eval/<name>`` unless ``--out`` is given, so it never overwrites what DVC tracks.
 """
 
 from __future__ import annotations
@@ -79,5 +79,10 @@ def best_subnet(variant: str) -> Path:
 
 
 def eval_dir(name: str) -> Path:
-    """``outputs/eval/<name>``: one evaluation's metrics.json and overlays/."""
+    """``outputs/eval/<name>``: one of the pipeline's evaluations (metrics.json, overlays/)."""
     return EVAL_DIR / name
+
+
+def user_eval_dir(name: str) -> Path:
+    """``runs/eval/<name>`` (``runs/eval/default`` without a name): a hand-run ``supersam eval``."""
+    return RUNS / "eval" / (name or "default")

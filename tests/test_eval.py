@@ -50,7 +50,7 @@ def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, s
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 1 and metrics["n_objects"] == 125  # every nucleus once
     assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["miou_oracle"] <= 1.0
-    # both prompt kinds on the same objects; the headline is the --prompt kind
+    # both prompt kinds on the same objects; the headline is the eval.prompt kind
     assert metrics["prompt"] == "box" and metrics["prompts"] == ["box", "point"] and metrics["split"] == "all"
     _check_kind_metrics(metrics, KINDS)
     assert metrics["miou_box"] == metrics["miou"] and metrics["miou_oracle_box"] == metrics["miou_oracle"]

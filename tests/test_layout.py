@@ -190,6 +190,7 @@ def test_command_defaults_are_the_layout():
     """The commands' defaults (what a stage writes without --out) come from paths.py."""
     from supersam.build_supernet import SpaceConfig, SupernetConfig
     from supersam.calibrate import CalibrateConfig
+    from supersam.eval import EvalConfig
     from supersam.export import ExportConfig
     from supersam.pretrain import PretrainConfig
     from supersam.rank_layers import RankLayersConfig
@@ -200,12 +201,35 @@ def test_command_defaults_are_the_layout():
     assert Path(RankLayersConfig().out) / paths.RANKING.name == paths.RANKING
     assert Path(CalibrateConfig().out) == paths.CALIBRATION_STATS
     assert Path(SpaceConfig().ranking) == paths.RANKING and Path(SupernetConfig().stats) == paths.CALIBRATION_STATS
+    assert SupernetConfig().out == "" and EvalConfig().out == ""  # "": paths.supernet_dir(variant), paths.user_eval_dir(name)
     train = TrainConfig(variant="none")
     assert (train.supernet_path, train.out_dir) == (paths.built_supernet("none"), paths.train_dir("none"))
-    assert SearchConfig(variant="none").supernet_path == paths.trained_supernet("none")
+    assert train.out_dir_for("magnitude") == paths.train_dir("magnitude")  # the loaded supernet's variant wins
+    search = SearchConfig(variant="none")
+    assert (search.supernet_path, search.out_dir()) == (paths.trained_supernet("none"), paths.user_search_dir("none"))
     export = ExportConfig(variant="none").resolved()
     assert (Path(export.supernet), Path(export.subnet), Path(export.out)) == (
         paths.trained_supernet("none"), paths.best_subnet("none"), paths.EXPORT_DIR)
+
+
+def _cmd_option(cmd: str, option: str) -> str | None:
+    words = cmd.split()
+    return words[words.index(option) + 1] if option in words else None
+
+
+def test_dvc_command_paths_are_the_layout():
+    """Paths spelled inside dvc.yaml's commands (hand runs write under runs/, the pipeline under outputs/)."""
+    variant = _params()["export"]["variant"]
+    evals = {_cmd_option(c, "--name"): c for c in _stage("eval")["cmd"]}
+    assert set(evals) == {"subnet", "full", "base"}
+    for name, cmd in evals.items():
+        assert _cmd_option(cmd, "--out") == str(paths.eval_dir(name)), cmd
+    assert _cmd_option(evals["subnet"], "--model") == str(paths.EXPORT_DIR)
+    assert _resolve(_cmd_option(evals["full"], "--supernet")) == str(paths.trained_supernet(variant))
+    for item in _params()["variants"]:
+        search = _resolve(_stage("search")["cmd"], item)
+        assert _cmd_option(search, "--out") == str(paths.search_dir(item)) and _cmd_option(search, "--variant") == item
+    assert paths.user_eval_dir("full") != paths.eval_dir("full") and paths.user_search_dir("x") != paths.search_dir("x")
 
 
 def test_layout_check_fails_when_a_path_drifts(monkeypatch):
@@ -215,6 +239,9 @@ def test_layout_check_fails_when_a_path_drifts(monkeypatch):
         test_dvc_outputs_are_the_layout()
     with pytest.raises(AssertionError):
         test_dvc_inputs_are_the_layout()
+    monkeypatch.setattr(paths, "EVAL_DIR", Path("elsewhere/eval"))
+    with pytest.raises(AssertionError):
+        test_dvc_command_paths_are_the_layout()
 
 
 def _stage_of(module: str) -> str | None:
@@ -244,12 +271,32 @@ def _all_modules() -> list[str]:
 
 
 def test_core_never_imports_a_stage_and_stages_never_import_each_other():
-    assert layering_violations(_all_modules()) == []
+    modules = _all_modules()
+    assert set(STAGE_MODULES) <= set(modules) and {"supersam.elastic", "supersam.config"} <= set(modules)
+    assert layering_violations(modules) == []
 
 
-def test_layering_check_fails_on_a_stage_to_stage_import(tmp_path, monkeypatch):
-    fake = tmp_path / "supersam" / "eval.py"
-    fake.parent.mkdir()
-    fake.write_text("from supersam.export import export\n")
+def test_only_the_cli_imports_the_cli():
+    """Nothing but supersam/cli (and ``python -m`` entry points, ``__main__``) imports the CLI."""
+    bad = [f"{m} -> {t}" for m in _all_modules() if not m.endswith(".__main__")
+           for t in sorted(_imports(m)) if t == "supersam.cli" or t.startswith("supersam.cli.")]
+    assert bad == []
+
+
+def test_layering_check_fails_on_a_stage_or_core_import(tmp_path, monkeypatch):
+    (tmp_path / "supersam").mkdir()
+    (tmp_path / "supersam" / "eval.py").write_text("from supersam.export import export\n")
+    (tmp_path / "supersam" / "space.py").write_text("def f():\n    from supersam.train.config import TrainConfig\n")
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
-    assert layering_violations(["supersam.eval"]) == ["supersam.eval -> supersam.export"]
+    assert layering_violations(["supersam.eval", "supersam.space"]) == [
+        "supersam.eval -> supersam.export", "supersam.space -> supersam.train.config"]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("bench_*.py")))
+def test_benchmark_scripts_import(script, monkeypatch):
+    """The benchmarks are not run by the suite; at least their imports must follow a rename."""
+    import importlib.util
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", REPO / "benchmarks" / script)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))

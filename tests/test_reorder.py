@@ -86,8 +86,8 @@ def test_permute_keeps_parameter_identity():
     assert mlp.lin1.bias.tolist() == pytest.approx([0.2, 0.3, 0.1])
 
 
-@pytest.mark.parametrize("criterion,combine", [("none", "rank"), ("magnitude", "rank"), ("wanda", "rank"), ("wanda", "score")])
-def test_tiny_reordering_preserves_function(shared_data, criterion, combine):
+@pytest.mark.parametrize("variant,combine", [("none", "rank"), ("magnitude", "rank"), ("wanda", "rank"), ("wanda", "score")])
+def test_tiny_reordering_preserves_function(shared_data, variant, combine):
     sam = build_sam_model("tiny")
     images = coco_images(shared_data, "val", sam.image_encoder.img_size, 3)
     stats = stats_for(sam, images)
@@ -95,20 +95,20 @@ def test_tiny_reordering_preserves_function(shared_data, criterion, combine):
     with torch.inference_mode():
         before = sam.image_encoder(batch)
     state = {k: v.clone() for k, v in sam.state_dict().items()}
-    orders = reorder_sam(sam, criterion, stats, combine)
+    orders = reorder_sam(sam, variant, stats, combine)
     with torch.inference_mode():
         after = sam.image_encoder(batch)
     assert len(orders) == 12 and all(o.numel() == 256 for o in orders)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
     changed = [k for k, v in sam.state_dict().items() if not torch.equal(v, state[k])]
-    if criterion == "none":
+    if variant == "none":
         assert changed == [] and all(torch.equal(o, torch.arange(256)) for o in orders)
     else:
         assert all(".mlp.lin1." in k or ".mlp.lin2.weight" in k for k in changed) and len(changed) == 36
         # the reordered model's own scores now come out sorted
         for i, block in enumerate(sam.image_encoder.blocks):
             block_stats = {"lin1": stats.blocks[i]["lin1"], "lin2": stats.blocks[i]["lin2"][orders[i]]}
-            combined = combine_scores(VARIANTS[criterion].score(block.mlp, block_stats), combine)
+            combined = combine_scores(VARIANTS[variant].score(block.mlp, block_stats), combine)
             assert torch.all(combined[:-1] >= combined[1:])
 
 
@@ -145,16 +145,16 @@ def test_bad_inputs_are_one_line_config_errors(shared_data):
         reorder_sam(sam, "wanda", other_kind)
 
 
-def test_registry_accepts_new_criterion():
+def test_registry_accepts_a_new_variant():
     @register_variant("reverse-index")
     def reverse(mlp, block_stats):
-        """Test criterion: later units first."""
+        """Test variant: later units first."""
         idx = torch.arange(mlp.lin1.out_features, dtype=torch.float64)
         return UnitScores(idx, idx)
 
     try:
         mlp = hand_mlp()
         assert reorder_sam(one_block_model(mlp), "reverse-index")[0].tolist() == [2, 1, 0]
-        assert VARIANTS["reverse-index"].description == "Test criterion: later units first."
+        assert VARIANTS["reverse-index"].description == "Test variant: later units first."
     finally:
         VARIANTS.pop("reverse-index")

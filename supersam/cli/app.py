@@ -42,14 +42,27 @@ def set_option() -> list[str]:
     return typer.Option([], "--set", help=SET_HELP, metavar="SECTION.KEY=VALUE")
 
 
-def load_params(params: Path, sets: list[str], flags: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_params(command: str, reads: tuple[str, ...], params: Path, sets: list[str],
+                flags: dict[str, Any] | None = None) -> dict[str, Any]:
     """params.yaml, then ``--set`` items, then the command's own flags (by dotted key; None = not given).
 
-    Raises:
-        ConfigError: unreadable params file, a malformed ``--set`` or an unknown section.
-    """
-    from supersam.config import apply_sets, read_params
+    Args:
+        command: the command's name, for messages.
+        reads: the params sections the command reads; a ``--set`` of another section
+            would be silently ignored, so it is an error.
 
+    Raises:
+        ConfigError: unreadable params file, a malformed ``--set``, an unknown section,
+            or a section this command does not read.
+    """
+    from supersam.config import apply_sets, parse_set, read_params
+    from supersam.errors import ConfigError
+
+    for item in sets:
+        section = parse_set(item)[0][0]
+        if section not in reads:
+            raise ConfigError(f"--set {item}: `supersam {command}` does not read the {section} section "
+                              f"(it reads {', '.join(reads)})")
     return apply_sets(read_params(params), sets, flags)
 
 

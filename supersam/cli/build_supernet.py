@@ -21,6 +21,6 @@ def build_supernet_cli(
     from supersam.build_supernet import SpaceConfig, SupernetConfig, build_supernet
     from supersam.config import ModelConfig, TrackingConfig, stage_config
 
-    values = load_params(params, sets, {"supernet.variant": variant, "supernet.out": out})
+    values = load_params("build-supernet", ("supernet", "space", "model", "mlflow"), params, sets, {"supernet.variant": variant, "supernet.out": out})
     build_supernet(stage_config(ModelConfig, values, "model"), stage_config(SpaceConfig, values, "space"),
                    stage_config(SupernetConfig, values, "supernet"), stage_config(TrackingConfig, values, "mlflow"))

@@ -22,6 +22,6 @@ def calibrate_wanda_cli(
     from supersam.config import ModelConfig, TrackingConfig, stage_config
     from supersam.data import DataConfig
 
-    values = load_params(params, sets, {"model.checkpoint": checkpoint, "calibrate.out": out})
+    values = load_params("calibrate-wanda", ("calibrate", "model", "data", "mlflow"), params, sets, {"model.checkpoint": checkpoint, "calibrate.out": out})
     calibrate_wanda(stage_config(ModelConfig, values, "model"), stage_config(DataConfig, values, "data"),
                     stage_config(CalibrateConfig, values, "calibrate"), stage_config(TrackingConfig, values, "mlflow"))

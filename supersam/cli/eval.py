@@ -20,15 +20,15 @@ def eval_cli(
     checkpoint: Optional[str] = typer.Option(None, help="SAM checkpoint to evaluate when neither --model nor --supernet is given (params model.checkpoint)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Data set folder (params data.root)."),
     split: Optional[str] = typer.Option(None, help="test (default), val, train or all."),
-    name: Optional[str] = typer.Option(None, help="Label of this evaluation (MLflow run, default output folder outputs/eval/<name>)."),
-    out: Optional[str] = typer.Option(None, help="Output folder for metrics.json and overlays/."),
+    name: Optional[str] = typer.Option(None, help="Label of this evaluation (MLflow run; default output folder runs/eval/<name>)."),
+    out: Optional[str] = typer.Option(None, help="Output folder for metrics.json and overlays/ (default runs/eval/<name>; the pipeline writes outputs/eval/<name>)."),
 ) -> None:
     """Evaluate SAM, an exported subnet or a supernet subnet: mIoU next to trivial baselines, overlays, MLflow run."""
     from supersam.config import ModelConfig, TrackingConfig, stage_config
     from supersam.data import DataConfig
     from supersam.eval import EvalConfig, evaluate
 
-    values = load_params(params, sets, {
+    values = load_params("eval", ("eval", "model", "data", "mlflow"), params, sets, {
         "eval.model": model, "eval.supernet": supernet, "eval.subnet": subnet, "model.checkpoint": checkpoint,
         "data.root": data_root, "eval.split": split, "eval.name": name, "eval.out": out})
     evaluate(stage_config(EvalConfig, values, "eval"), stage_config(ModelConfig, values, "model"),

@@ -23,6 +23,6 @@ def export_cli(
     from supersam.config import TrackingConfig, stage_config
     from supersam.export import ExportConfig, export
 
-    values = load_params(params, sets, {"export.variant": variant, "export.supernet": supernet,
+    values = load_params("export", ("export", "mlflow"), params, sets, {"export.variant": variant, "export.supernet": supernet,
                                         "export.subnet": subnet, "export.out": out})
     export(stage_config(ExportConfig, values, "export"), stage_config(TrackingConfig, values, "mlflow"))

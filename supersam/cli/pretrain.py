@@ -24,7 +24,7 @@ def pretrain_cli(
     from supersam.data import DataConfig
     from supersam.pretrain import PretrainConfig, pretrain
 
-    values = load_params(params, sets, {"pretrain.init": init, "pretrain.out": out})
+    values = load_params("pretrain", ("pretrain", "model", "data", "mlflow"), params, sets, {"pretrain.init": init, "pretrain.out": out})
     pretrain(stage_config(ModelConfig, values, "model"), stage_config(DataConfig, values, "data"),
              stage_config(PretrainConfig, values, "pretrain"), stage_config(TrackingConfig, values, "mlflow"),
              resume=resume, stop_after=stop_after)

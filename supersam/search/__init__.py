@@ -4,8 +4,8 @@ Modules: :mod:`~supersam.search.config` (``SearchConfig``, ``parse_count``),
 :mod:`~supersam.search.encoding` (space <-> searched parameters),
 :mod:`~supersam.search.objective` (constraints, memoised budgeted state),
 :mod:`~supersam.search.opentuner_driver` and :mod:`~supersam.search.random_search`
-(techniques), :mod:`~supersam.search.pareto`, :mod:`~supersam.search.plots`,
-:mod:`~supersam.search.report` (artifacts) and :mod:`~supersam.search.run`
+(techniques), :mod:`~supersam.search.pareto`, :mod:`~supersam.search.report`
+(artifacts, figures drawn by the core :mod:`supersam.plots`) and :mod:`~supersam.search.run`
 (``search``, the stage function). Exports are imported lazily, so importing
 this package does not import OpenTuner or torch.
 """

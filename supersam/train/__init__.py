@@ -50,10 +50,10 @@ def train(
     (see :mod:`supersam.train.distributed`); only rank 0 writes files and MLflow.
 
     Writes (rank 0): ``out/supernet.pt`` (``checkpoint.save_supernet`` format,
-    input meta carried over plus ``train``), ``out/metrics.json``,
+    input's SupernetMeta with ``provenance["train"]``), ``out/metrics.json``,
     ``out/history.json`` and ``out/checkpoints/last.pt`` (every ``save_every``
     iterations and when stopping). One MLflow run tagged ``stage=train``,
-    ``variant=<meta reorder>``, ``pretrained``, ``energy_method``.
+    ``variant=<meta.variant>``, ``pretrained``, ``energy_method``.
 
     Args:
         cfg: the ``train`` section.

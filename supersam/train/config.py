@@ -15,7 +15,7 @@ MODES = ("sandwich", "sequential")
 
 # Fields that define the optimisation trajectory: a resumed run must match them.
 TRAJECTORY_FIELDS = (
-    "variant", "supernet", "iterations", "batch_size", "max_objects", "lr", "min_lr_ratio", "weight_decay",
+    "supernet", "iterations", "batch_size", "max_objects", "lr", "min_lr_ratio", "weight_decay",
     "grad_clip", "amp", "mode", "n_random", "distill", "distill_weight", "trainable", "seed",
 )
 
@@ -29,7 +29,7 @@ class TrainConfig:
             (``outputs/supernet/<variant>/supernet.pt`` -> ``outputs/train/<variant>``).
         supernet: input supernet.pt written by ``build-supernet`` ("" = the variant's).
         out: output folder: supernet.pt, metrics.json, history.json, checkpoints/
-            ("" = ``outputs/train/<variant>``).
+            ("" = ``outputs/train/<variant>``, the variant recorded in the supernet).
         iterations: optimizer iterations (one batch each); the LR decays over them.
         batch_size: images per iteration, summed over all processes (DDP shards it).
         max_objects: prompted objects per training image (random subset, or
@@ -102,7 +102,11 @@ class TrainConfig:
     @property
     def out_dir(self) -> Path:
         """The output folder: ``out``, else ``outputs/train/<variant>``."""
-        return Path(self.out or paths.train_dir(self.variant))
+        return self.out_dir_for(self.variant)
+
+    def out_dir_for(self, variant: str) -> Path:
+        """``out``, else ``outputs/train/<variant>`` for the supernet's own ``variant``."""
+        return Path(self.out or paths.train_dir(variant))
 
     @property
     def target_threshold(self) -> MiouThreshold:
@@ -149,4 +153,5 @@ class TrainConfig:
         """Plain dict (lists instead of tuples) for JSON, MLflow params and checkpoints."""
         d = dataclasses.asdict(self)
         d["trainable"] = list(self.trainable)
+        d["supernet"] = str(self.supernet_path)  # resolved, so "" and its default path compare equal
         return d

@@ -55,10 +55,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data_cfg: DataConfig, ctx: DistContext) -> None:
         self.cfg, self.data_cfg, self.ctx = cfg, data_cfg, ctx
-        self.out = cfg.out_dir
         check_batch(ctx, cfg.batch_size)
         self.supernet = load_supernet(cfg.supernet_path, device=ctx.device)
         self.meta = self.supernet.meta
+        self.out = cfg.out_dir_for(self.meta.variant)
         self.model_type, self.img_size = self.meta.model_type, self.meta.img_size
         if not self.meta.pretrained and ctx.is_main:
             log.warning("%s was built from a randomly initialised SAM (pretrained=false): "
