@@ -133,18 +133,17 @@ def build_supernet(
     out = Path(cfg.out or paths.supernet_dir(cfg.variant))
     stats = ActivationStats.load(cfg.stats) if variant.stats_kind else None
     space = SearchSpace.for_arch(model_cfg.type, **space_settings(space_cfg, model_cfg.type, model_cfg.img_size))
-    loaded = build_sam_from_config(model_cfg)
-    if stats is not None:
-        stats.check_matches(loaded, f"calibration stats {cfg.stats}")
-    meta = SupernetMeta(
-        model_type=loaded.model_type, img_size=loaded.img_size, pretrained=loaded.pretrained,
-        variant=cfg.variant, checkpoint=loaded.checkpoint or "", combine=cfg.combine,
-        stats=cfg.stats if stats is not None else "", stats_n_images=stats.n_images if stats is not None else 0,
-        ranking=space_cfg.ranking,
-    )
-    params = {**dataclasses.asdict(meta), **space.to_dict()}
-    params.pop("provenance")
-    with start_run(tracking, "build-supernet", cfg.variant, params, {"pretrained": loaded.pretrained}) as run:
+    with start_run(tracking, "build-supernet", cfg.variant, space.to_dict(), {"pretrained": bool(model_cfg.checkpoint)}) as run:
+        loaded = build_sam_from_config(model_cfg)
+        if stats is not None:
+            stats.check_matches(loaded, f"calibration stats {cfg.stats}")
+        meta = SupernetMeta(
+            model_type=loaded.model_type, img_size=loaded.img_size, pretrained=loaded.pretrained,
+            variant=cfg.variant, checkpoint=loaded.checkpoint or "", combine=cfg.combine,
+            stats=cfg.stats if stats is not None else "", stats_n_images=stats.n_images if stats is not None else 0,
+            ranking=space_cfg.ranking,
+        )
+        run.log_params({k: v for k, v in dataclasses.asdict(meta).items() if k != "provenance"})
         orders = reorder_sam(loaded.model, cfg.variant, stats, cfg.combine)
         supernet = SuperSam(loaded.model, space, meta)
         save_supernet(out / paths.SUPERNET_FILE, supernet)

@@ -71,12 +71,14 @@ def calibrate_wanda(
     if cfg.batch_size < 1:
         raise ConfigError(f"calibrate.batch_size must be >= 1, got {cfg.batch_size}")
     device = resolve_device(cfg.device)
-    loaded = build_sam_from_config(model_cfg)
-    inputs = prepare_split(data_cfg, cfg.split, loaded.img_size, n_images=cfg.n_images, seed=cfg.seed)
-    if cfg.n_images and len(inputs) < cfg.n_images:
-        log.warning("only %d calibration images available (asked for %d)", len(inputs), cfg.n_images)
-    params = {**loaded.describe(), **dataclasses.asdict(cfg), "data_root": data_cfg.root, "data_kind": data_cfg.kind}
-    with start_run(tracking, "calibrate-wanda", "", params, {"pretrained": loaded.pretrained}) as run:
+    params = {"model_type": model_cfg.type, "img_size": model_cfg.img_size, "checkpoint": model_cfg.checkpoint,
+              **dataclasses.asdict(cfg), "data_root": data_cfg.root, "data_kind": data_cfg.kind}
+    with start_run(tracking, "calibrate-wanda", "", params, {"pretrained": bool(model_cfg.checkpoint)}) as run:
+        loaded = build_sam_from_config(model_cfg)
+        inputs = prepare_split(data_cfg, cfg.split, loaded.img_size, n_images=cfg.n_images, seed=cfg.seed)
+        if cfg.n_images and len(inputs) < cfg.n_images:
+            log.warning("only %d calibration images available (asked for %d)", len(inputs), cfg.n_images)
+        run.log_dataset(data_cfg.root, cfg.split, len(inputs), sum(inp.n_objects for inp in inputs), data_cfg.kind)
         start = time.perf_counter()
         model = loaded.model.to(device).eval()
         blocks, n_tokens = collect_mlp_sq_norms(model, [inp.image for inp in inputs], cfg.batch_size, device, cfg.amp)

@@ -176,6 +176,22 @@ def evaluate(
     cfg.validate()
     device = resolve_device(cfg.device)
     loaded = load_for_eval(cfg, model_cfg)
+    tags = {"pretrained": loaded.info["pretrained"], "name": cfg.name or loaded.info["source"]}
+    with start_run(tracking, "eval", loaded.info.get("variant", ""), tags=tags) as run:
+        metrics, out, saved = _evaluate(cfg, model_cfg, data_cfg, loaded, device, run)
+        params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source")}
+        params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp, "prompts": ",".join(metrics["prompts"])})
+        run.log_params(params)
+        run.log_metrics({k: v for k, v in metrics.items() if k not in params})
+        run.log_artifact(str(out / "metrics.json"))
+        for path in saved:
+            run.log_artifact(str(path), "overlays")
+    return metrics
+
+
+def _evaluate(cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, loaded: LoadedForEval,
+              device: torch.device, run) -> tuple[dict, Path, list[Path]]:
+    """The evaluation itself: prepare every prompt kind's inputs, score, write metrics.json and overlays."""
     model = loaded.model.to(device)
     img_size = model.image_encoder.img_size
     kinds = prompt_kinds(cfg, data_cfg)
@@ -184,6 +200,8 @@ def evaluate(
     inputs = {kind: prepare_split(data_cfg, cfg.split, img_size, n_images=cfg.n_images, seed=cfg.seed,
                                   repeat=False, prompt=kind)
               for kind in kinds}
+    run.log_dataset(data_cfg.root, cfg.split, len(inputs[head]), sum(inp.n_objects for inp in inputs[head]),
+                    data_cfg.kind)
     out = Path(cfg.out or paths.user_eval_dir(cfg.name))
     (out / "overlays").mkdir(parents=True, exist_ok=True)  # a declared DVC output, even when empty
     saved: list[Path] = []
@@ -220,8 +238,7 @@ def evaluate(
         metrics["subnet"] = loaded.info["subnet"]
     write_json(out / "metrics.json", metrics)
     log.info("wrote %s", out / "metrics.json")
-    _log_mlflow(cfg, tracking, metrics, saved)
-    return metrics
+    return metrics, out, saved
 
 
 def _encoder_params(loaded: LoadedForEval) -> int:
@@ -231,13 +248,3 @@ def _encoder_params(loaded: LoadedForEval) -> int:
         total = count_params(loaded.model)
         return int(loaded.info["params"] - (total - count_params(encoder)))
     return count_params(loaded.model.image_encoder)
-
-
-def _log_mlflow(cfg: EvalConfig, tracking: TrackingConfig, metrics: dict, overlays: list[Path]) -> None:
-    params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source")}
-    params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp, "prompts": ",".join(metrics["prompts"])})
-    tags = {"pretrained": metrics["pretrained"], "name": cfg.name or metrics["source"]}
-    with start_run(tracking, "eval", metrics["variant"], params=params, tags=tags) as run:
-        run.log_metrics({k: v for k, v in metrics.items() if k not in params})
-        for path in overlays:
-            run.log_artifact(str(path))

@@ -30,6 +30,7 @@ from supersam.errors import ConfigError, SupersamError
 from supersam.io import read_json, torch_save, write_json
 from supersam.sam import count_params
 from supersam.space import SubnetConfig
+from supersam.tracking import start_run
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +79,18 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
     for key in ("supernet", "subnet", "out"):
         if not str(getattr(cfg, key)).strip():
             raise ConfigError(f"export.{key} is empty; pass --{key} or set it in params.yaml")
-    out = export_subnet(cfg.supernet, SubnetConfig.load(cfg.subnet), cfg.out)
-    if tracking is not None:
-        _log_export(out, cfg, tracking)
-    return out
-
-
-def _log_export(out: Path, cfg: ExportConfig, tracking: TrackingConfig) -> None:
-    """MLflow run ``stage=export``: the subnet, its params and MACs."""
-    from supersam.tracking import start_run
-
-    manifest = read_export_manifest(out)
-    params = {"supernet": cfg.supernet, "out": str(out), "subnet": json.dumps(manifest.subnet),
-              "model_type": manifest.model_type, "img_size": manifest.img_size}
-    with start_run(tracking, "export", manifest.variant, params=params,
-                   tags={"pretrained": manifest.pretrained}) as run:
+    subnet = SubnetConfig.load(cfg.subnet)
+    with start_run(tracking or TrackingConfig(enabled=False), "export", cfg.variant,
+                   params={"supernet": cfg.supernet, "out": cfg.out, "subnet": json.dumps(subnet.to_dict())}) as run:
+        out = export_subnet(cfg.supernet, subnet, cfg.out)
+        manifest = read_export_manifest(out)
+        run.log_params({"model_type": manifest.model_type, "img_size": manifest.img_size})
+        run.set_tags({"variant": manifest.variant, "pretrained": str(manifest.pretrained).lower(),
+                      "export_dir": str(out.resolve())})
         run.log_metrics({"params": manifest.params, "macs": manifest.macs,
                          "kept_blocks": len(manifest.subnet["kept_layers"])})
-        run.log_artifact(str(out / paths.EXPORT_CONFIG_FILE))
+        run.log_artifact(str(out / paths.EXPORT_CONFIG_FILE), "export")
+    return out
 
 
 def _check_out(out: Path) -> None:

@@ -98,3 +98,20 @@ def plot_curve(path: str | Path, curve: Sequence[dict], n_prunable: int, metric:
     ax.invert_xaxis()
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_history(path: str | Path, history: Sequence[dict], target: float | None = None, title: str = "") -> Path:
+    """Sandwich-training curve: validation mIoU of the min, max and fixed random subnet per iteration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    its = [h["iteration"] for h in history]
+    for key, colour in (("miou_max", "tab:green"), ("miou_random", "tab:orange"), ("miou_min", "tab:blue")):
+        ax.plot(its, [h.get(key) for h in history], marker="o", ms=3, color=colour, label=key.replace("miou_", "") + " subnet")
+    if target is not None:
+        ax.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target:.3f}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation mIoU")
+    ax.set_title(title or "sandwich training")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -215,7 +215,8 @@ def _measure(cfg: RankLayersConfig, model: ModelConfig, data: Any) -> tuple[dict
     evaluator = SubnetEvaluator(skipper, inputs, device, cfg.amp, cfg.batch_size)
     log.info("ranking %d blocks of %s at %d px on %d images (%s)", arch.depth, model.type, loaded.img_size,
              len(inputs), device)
-    info = {"pretrained": loaded.pretrained, "n_images": len(inputs), "img_size": loaded.img_size}
+    info = {"pretrained": loaded.pretrained, "n_images": len(inputs), "img_size": loaded.img_size,
+            "n_objects": sum(inp.n_objects for inp in inputs)}
     return info, lambda dropped: evaluator.evaluate(skipper.subnet(dropped))
 
 
@@ -252,9 +253,28 @@ def rank_layers(cfg: RankLayersConfig, model: ModelConfig, data: Any, tracking: 
     """
     depth = get_arch(model.type).depth
     cfg.validate(depth)
-    info = {"pretrained": bool(model.checkpoint), "n_images": cfg.n_images, "img_size": model.img_size}
-    if evaluate is None:
-        info, evaluate = _measure(cfg, model, data)
+    params = {**{f"rank_layers.{k}": v for k, v in asdict(cfg).items()}, "model_type": model.type}
+    with start_run(tracking, "rank-layers", params=params, tags={"pretrained": bool(model.checkpoint)}) as run:
+        info = {"pretrained": bool(model.checkpoint), "n_images": cfg.n_images, "img_size": model.img_size}
+        if evaluate is None:
+            info, evaluate = _measure(cfg, model, data)
+            run.log_dataset(data.root, cfg.split, info["n_images"], info["n_objects"], data.kind)
+        ranking = _rank(cfg, model, evaluate, depth, info)
+        run.log_params({"img_size": info["img_size"], "n_images_used": info["n_images"],
+                        "prunable": ranking.prunable, "drop_probs": ranking.drop_probs})
+        chosen = ranking.curve[len(ranking.prunable)]
+        run.log_metrics({"baseline_miou": ranking.baseline_miou, "n_prunable": len(ranking.prunable),
+                         "params": chosen["params"], "miou": chosen[cfg.metric]})
+        out = Path(cfg.out)
+        for name in _write_outputs(out, ranking):
+            run.log_artifact(str(out / name))
+    log.info("prunable blocks %s (theta %s): %d params, %s %.4f vs %.4f full", ranking.prunable,
+             ranking.drop_probs, chosen["params"], cfg.metric, chosen[cfg.metric], ranking.baseline_miou)
+    return ranking
+
+
+def _rank(cfg: RankLayersConfig, model: ModelConfig, evaluate: DropEvaluate, depth: int, info: dict) -> LayerRanking:
+    """Measure importance and the curve, choose the prunable set and theta_i."""
     base, single = block_importance(evaluate, depth, cfg.metric)
     importance = [s["importance"] for s in single]
     curve = greedy_curve(evaluate, importance, base)
@@ -268,17 +288,4 @@ def rank_layers(cfg: RankLayersConfig, model: ModelConfig, data: Any, tracking: 
         single=[{"block": s["block"], **_point(s), "importance": float(s["importance"])} for s in single],
         curve=curve, prunable=list(prunable), drop_probs=list(probs),
     )
-    out = Path(cfg.out)
-    names = _write_outputs(out, ranking)
-    chosen = curve[len(prunable)]
-    log.info("prunable blocks %s (theta %s): %d params, %s %.4f vs %.4f full", list(prunable), list(probs),
-             chosen["params"], cfg.metric, chosen[cfg.metric], base[cfg.metric])
-    params = {**{f"rank_layers.{k}": v for k, v in asdict(cfg).items()}, "model_type": model.type,
-              "img_size": info["img_size"], "n_images_used": info["n_images"]}
-    with start_run(tracking, "rank-layers", params=params, tags={"pretrained": info["pretrained"]}) as run:
-        run.log_metrics({"baseline_miou": base[cfg.metric], "n_prunable": len(prunable),
-                         "params": chosen["params"], "miou": chosen[cfg.metric]})
-        run.log_params({"prunable": list(prunable), "drop_probs": list(probs)})
-        for name in names:
-            run.log_artifact(str(out / name))
     return ranking

@@ -1,19 +1,28 @@
 """MLflow tracking shared by every stage (docs/contracts.md, "MLflow").
 
-One experiment; every run tagged ``stage`` and ``variant`` (and ``pretrained``);
-runs of one pipeline share the tag ``pipeline_run``: the ``SUPERSAM_PIPELINE_RUN``
-environment variable when set, else a digest of ./params.yaml (every stage of one
-``dvc repro`` runs in the project root with the same params), so the UI can
-filter one pipeline's runs with ``tags.pipeline_run = '...'``.
+One experiment, created with the tag ``mlflow.experimentKind =
+custom_model_development`` so MLflow 3's UI opens it on the runs table. Every run
+is tagged ``stage`` and ``variant`` (and ``pretrained``); runs of one pipeline
+share the tag ``pipeline_run``: the ``SUPERSAM_PIPELINE_RUN`` environment variable
+when set, else a digest of ./params.yaml.
+
+Under ``dvc repro`` (DVC sets ``DVC_STAGE``) every stage run is nested under one
+parent run per pipeline execution (``stage = pipeline``): the first stage creates
+it, each stage re-opens it and closes it again when done, so its duration spans
+the execution; a stage that starts more than :data:`EXECUTION_GAP_S` after the
+parent last closed starts a new execution. A run opened by :func:`start_run`
+spans the work inside the ``with`` block; stages open it before they start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,12 +32,19 @@ from supersam.config import TrackingConfig
 log = logging.getLogger(__name__)
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3: open the experiment on its runs table
+PIPELINE_STAGE = "pipeline"
+EXECUTION_GAP_S = 600  # a stage starting later than this after the last one is a new execution
+
+
 class Run:
     """Thin handle on an active MLflow run (or a no-op when tracking is disabled)."""
 
     def __init__(self, mlflow_module: Any | None) -> None:
         self._mlflow = mlflow_module
         self.run_id: str | None = None
+        self.parent_run_id: str | None = None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log numeric, finite entries of ``metrics`` (None/NaN/str entries skipped)."""
@@ -52,10 +68,64 @@ class Run:
         if self._mlflow is not None and tags:
             self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    def log_artifact(self, path: str) -> None:
-        """Attach a file to the run."""
-        if self._mlflow is not None and os.path.exists(path):
-            self._mlflow.log_artifact(path)
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        """Attach a file (or a folder's files) to the run, under ``artifact_path``."""
+        if self._mlflow is None or not os.path.exists(path):
+            return
+        if os.path.isdir(path):
+            self._mlflow.log_artifacts(path, artifact_path)
+        else:
+            self._mlflow.log_artifact(path, artifact_path)
+
+    def log_dataset(self, root: str | Path, split: str, n_images: int, n_objects: int,
+                    kind: str = "", digest: str | None = None) -> None:
+        """Record the data a stage read as an MLflow dataset input (the UI's Dataset column).
+
+        Args:
+            root: the data set folder (the dataset's source).
+            split: ``train``, ``val``, ``test`` or ``all`` (the input's context).
+            n_images, n_objects: what was read (input tags).
+            kind: ``image_label``, ``coco`` or ``sa1b``.
+            digest: content digest; default :func:`data_digest` of ``root``.
+        """
+        if self._mlflow is None:
+            return
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        root = Path(root)
+        with warnings.catch_warnings():  # a local folder matches two equivalent source types
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(root.resolve()))
+        dataset = MetaDataset(source, name=f"{root.name}/{split}", digest=digest or data_digest(root))
+        self._mlflow.log_input(dataset, context=split,
+                               tags={"n_images": str(n_images), "n_objects": str(n_objects), "kind": kind})
+
+
+MAX_DIGEST_BYTES = 1 << 30  # above 1 GB of files the digest covers names, sizes and mtimes only
+
+
+@functools.lru_cache(maxsize=8)
+def data_digest(root: str | Path) -> str:
+    """SHA-1 (16 hex digits) of a data set folder: every file's relative path and bytes.
+
+    Folders over :data:`MAX_DIGEST_BYTES` are digested by path, size and mtime
+    instead (prefix ``stat-``), so SA-1B-sized roots cost no full read.
+    """
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    by_content = sum(p.stat().st_size for p in files) <= MAX_DIGEST_BYTES
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(str(path.relative_to(root) if root.is_dir() else path.name).encode())
+        if by_content:
+            digest.update(path.read_bytes())
+        else:
+            stat = path.stat()
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return ("" if by_content else "stat-") + digest.hexdigest()[:16]
 
 
 def pipeline_run_id(params: Path = Path("params.yaml")) -> str:
@@ -82,15 +152,45 @@ def artifact_location(cfg: TrackingConfig) -> str | None:
     return None
 
 
-def _ensure_experiment(mlflow: Any, cfg: TrackingConfig) -> None:
+def _ensure_experiment(mlflow: Any, cfg: TrackingConfig) -> str:
+    """The experiment's id; created (or tagged) as a model-development experiment."""
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is None:
         try:
-            mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(cfg))
+            mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(cfg),
+                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # created concurrently by another stage: use that one
             if mlflow.get_experiment_by_name(cfg.experiment) is None:
                 raise
+        experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    elif experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(cfg.experiment)
+    return experiment.experiment_id
+
+
+def _open_execution(mlflow: Any, experiment_id: str, group: str) -> str | None:
+    """The parent run of this pipeline execution, (re)opened; None outside ``dvc repro``."""
+    if not os.environ.get("DVC_STAGE"):
+        return None
+    client = mlflow.MlflowClient()
+    query = f"tags.stage = '{PIPELINE_STAGE}' and tags.pipeline_run = '{group}'"
+    found = client.search_runs([experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
+    now_ms = int(time.time() * 1000)
+    if found:
+        info = found[0].info
+        if info.status == "RUNNING" or (info.end_time or 0) >= now_ms - EXECUTION_GAP_S * 1000:
+            client.update_run(info.run_id, status="RUNNING")
+            return info.run_id
+    run = client.create_run(experiment_id, run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M')}",
+                            tags={"stage": PIPELINE_STAGE, "variant": "-", "pipeline_run": group})
+    return run.info.run_id
+
+
+def _close_execution(mlflow: Any, parent: str | None) -> None:
+    """Mark the parent finished now (the next stage of the execution re-opens it)."""
+    if parent:
+        mlflow.MlflowClient().set_terminated(parent, "FINISHED")
 
 
 @contextlib.contextmanager
@@ -122,16 +222,19 @@ def start_run(
         logging.getLogger(name).setLevel(logging.WARNING)
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    _ensure_experiment(mlflow, cfg)
+    experiment_id = _ensure_experiment(mlflow, cfg)
     all_tags = {"stage": stage, "variant": variant or "-"}
-    group = pipeline_run_id()
-    if group:
-        all_tags["pipeline_run"] = group
+    group = pipeline_run_id() or "adhoc"
+    all_tags["pipeline_run"] = group
     all_tags.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (tags or {}).items()})
     name = f"{stage}-{variant}" if variant else stage
-    with mlflow.start_run(run_name=name, tags=all_tags) as active:
-        run = Run(mlflow)
-        run.run_id = active.info.run_id
-        run.log_params(params or {})
-        yield run
+    parent = _open_execution(mlflow, experiment_id, group)
+    try:
+        with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent) as active:
+            run = Run(mlflow)
+            run.run_id, run.parent_run_id = active.info.run_id, parent
+            run.log_params(params or {})
+            yield run
+    finally:
+        _close_execution(mlflow, parent)
     log.info("MLflow run %s (%s) logged to %s", run.run_id, name, cfg.tracking_uri)

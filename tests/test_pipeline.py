@@ -153,12 +153,27 @@ def test_mlflow_server_serves_one_train_run_per_variant(project):
             except OSError:
                 assert time.monotonic() < deadline, "mlflow server did not start within 90 s"
                 time.sleep(1)
-        ids = [e["experiment_id"] for e in experiment["experiments"] if e["name"] == "supersam"]
+        supersam = [e for e in experiment["experiments"] if e["name"] == "supersam"]
+        ids = [e["experiment_id"] for e in supersam]
         runs = _post(f"{base}/runs/search", {"experiment_ids": ids, "max_results": 100})["runs"]
+        artifacts = {}
+        for run in runs:
+            run_id = run["info"]["run_id"]
+            with urllib.request.urlopen(f"{base}/artifacts/list?run_id={run_id}", timeout=10) as response:
+                artifacts[run_id] = {f["path"] for f in json.loads(response.read()).get("files", [])}
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+    experiment_tags = {t["key"]: t["value"] for t in supersam[0].get("tags", [])}
+    assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow 3 opens the runs table
     tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+    parents = [run["info"]["run_id"] for run, t in zip(runs, tags) if t["stage"] == "pipeline"]
+    assert len(parents) == 1  # one `dvc repro`, one parent run; every stage run nested under it
+    assert all(t["mlflow.parentRunId"] == parents[0] for t in tags if t["stage"] != "pipeline")
+    runs, tags = zip(*[(run, t) for run, t in zip(runs, tags) if t["stage"] != "pipeline"])
+    for run, t in zip(runs, tags):
+        if t["stage"] in ("pretrain", "rank-layers", "calibrate-wanda", "train", "search", "eval"):
+            assert run.get("inputs", {}).get("dataset_inputs"), f"{t['stage']} run has no dataset input"
     stages = sorted(t["stage"] for t in tags)
     assert stages.count("train") == 3 and stages.count("search") == 3 and stages.count("build-supernet") == 3
     assert {"pretrain", "rank-layers", "calibrate-wanda", "eval"} <= set(stages)
@@ -170,3 +185,5 @@ def test_mlflow_server_serves_one_train_run_per_variant(project):
         assert {"miou_min", "miou_max", "iterations", "energy_kwh", "co2_kg", "seconds"} <= metrics
         run_tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         assert run_tags["energy_method"] in ("nvml", "rapl", "estimate") and run_tags["pretrained"] == "true"
+        assert {"history.json", "history.png", "table1.json", "metrics.json"} <= artifacts[run["info"]["run_id"]]
+        assert run_tags["supernet_out"].endswith(f"outputs/train/{run_tags['variant']}/supernet.pt")

@@ -123,7 +123,10 @@ def test_training_batches_use_the_training_prompts_and_object_cap(base_cfg, data
 
     cfg = dataclasses.replace(base_cfg, max_objects=3)
     data = dataclasses.replace(data_cfg, prompt="box", train_prompt="mixed", box_pad=0, box_jitter=2)
+    from supersam.tracking import Run
+
     trainer = Trainer(cfg, data, DistContext())
+    trainer.prepare(Run(None))  # data, probe and target are read inside the (here disabled) MLflow run
     kinds = set()
     for iteration in range(8):
         for inp in trainer.local_batch(iteration):

@@ -226,6 +226,11 @@ class Pretrainer:
                   **{f"data.{k}": v for k, v in vars(self.data_cfg).items()},
                   "model_type": self.model_cfg.type, "img_size": self.img_size}
         with start_run(tracking, "pretrain", "", params, {"pretrained": bool(cfg.init)}) as run:
+            if self.dataset is not None:
+                run.log_dataset(self.data_cfg.root, "train", len(self.dataset), sum(self.dataset.object_counts),
+                                self.data_cfg.kind)
+            val = next(iter(self.val.values()), [])
+            run.log_dataset(self.data_cfg.root, "val", len(val), sum(inp.n_objects for inp in val), self.data_cfg.kind)
             if not self.history:
                 run.log_metrics(_numeric(self.evaluate()), step=self.iteration)
             while self.iteration < end:

@@ -103,12 +103,8 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
             in size (stating the smallest achievable size).
         CheckpointError / DataError: unreadable supernet or data.
     """
-    from supersam.baselines import describe as describe_baselines
-    from supersam.baselines import trivial_baselines
     from supersam.checkpoint import load_supernet
-    from supersam.data import prepare_split
     from supersam.device import resolve_device
-    from supersam.scoring import SubnetEvaluator
     from supersam.tracking import start_run
 
     cfg.validate()
@@ -122,7 +118,32 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
     base_checkpoint(cfg.min_miou_threshold, meta, "search.min_miou", str(cfg.supernet_path))  # refuse early
     if not pretrained:
         log.warning("the supernet comes from a randomly initialised SAM (pretrained=false): mIoUs are not meaningful")
+    params = {**{f"search.{k}": v for k, v in asdict(cfg).items()}, "max_params": cfg.max_params_count,
+              "space_size": encoding.size()}
+    with start_run(tracking, "search", variant, params=params, tags={"pretrained": pretrained}) as run:
+        metrics, state, collapse, written = _search(cfg, data, supernet, encoding, smallest, device, run)
+        run.log_metrics({"params": metrics["best_params"], "miou": metrics["best_miou"],
+                         "miou_oracle": metrics["best_miou_oracle"], "feasible": metrics["feasible"],
+                         "n_evaluations": state.n_evaluations, "seconds": metrics["seconds"],
+                         "evaluations_to_first_feasible": metrics["evaluations_to_first_feasible"],
+                         **{k: v for k, v in collapse.items() if v is not None}})
+        for path in written:
+            run.log_artifact(str(path))
+    return metrics
+
+
+def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncoding, smallest: int,
+            device: Any, run: Any) -> tuple[dict[str, Any], SearchState, dict[str, Any], list]:
+    """Prepare the validation sample, resolve the threshold, search and write the artifacts."""
+    from supersam.baselines import describe as describe_baselines
+    from supersam.baselines import trivial_baselines
+    from supersam.data import prepare_split
+    from supersam.scoring import SubnetEvaluator
+
+    meta = supernet.meta
+    model_type, img_size, pretrained, variant = meta.model_type, meta.img_size, meta.pretrained, meta.variant
     inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images)
+    run.log_dataset(data.root, cfg.split, len(inputs), sum(inp.n_objects for inp in inputs), data.kind)
     evaluator = SubnetEvaluator(supernet, inputs, device, cfg.amp, cfg.batch_size)
     baselines = trivial_baselines(inputs)
     log.info("validation sample: %d objects; trivial baselines %s", sum(inp.n_objects for inp in inputs),
@@ -155,15 +176,6 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
         "variant": variant, "supernet": str(cfg.supernet_path), **collapse, **min_miou.report("min_miou"),
     }
     metrics = summarise(state, extra)
-    paths = write_artifacts(out, state, metrics, f"{model_type} {variant}: {cfg.technique} search")
-    params = {**{f"search.{k}": v for k, v in asdict(cfg).items()}, "max_params": constraints.max_params,
-              **min_miou.report("min_miou"), "space_size": encoding.size(), "n_images_used": len(inputs)}
-    with start_run(tracking, "search", variant, params=params, tags={"pretrained": pretrained}) as run:
-        run.log_metrics({"params": metrics["best_params"], "miou": metrics["best_miou"],
-                         "miou_oracle": metrics["best_miou_oracle"], "feasible": metrics["feasible"],
-                         "n_evaluations": state.n_evaluations, "seconds": metrics["seconds"],
-                         "evaluations_to_first_feasible": metrics["evaluations_to_first_feasible"],
-                         **{k: v for k, v in collapse.items() if v is not None}})
-        for path in paths:
-            run.log_artifact(str(path))
-    return metrics
+    written = write_artifacts(out, state, metrics, f"{model_type} {variant}: {cfg.technique} search")
+    run.log_params({**min_miou.report("min_miou"), "n_images_used": len(inputs)})
+    return metrics, state, collapse, written

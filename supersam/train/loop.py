@@ -67,18 +67,26 @@ class Trainer:
         broadcast_params(self.supernet, ctx)
         self.optimizer = build_optimizer(self.params, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
-        self.dataset = load_split(data_cfg, "train")
+        self.dataset = None
         self.probe = None
-        if ctx.is_main:
-            self.probe = ValidationProbe(self.supernet, data_cfg, self.img_size, cfg, ctx.device)
-        # the absolute target mIoU (a relative train.target_miou: against the base model, on the probe's sample)
-        self.target_miou = resolve_target(cfg, self.meta, self.probe, str(cfg.supernet_path))
+        self.target_miou = None
         self.iteration = 0
         self.result = TrainResult()
         self.target = empty_target()
         self.offset_seconds = self.offset_kwh = 0.0
         self.meter = EnergyMeter(ctx.device, cfg.country_iso_code, cfg.emission_factor,
                                  cfg.cpu_tdp_watts, output_dir=self.out)
+
+    def prepare(self, run) -> None:
+        """Read the data, build the validation probe, resolve the target (inside the MLflow run)."""
+        cfg, data_cfg = self.cfg, self.data_cfg
+        self.dataset = load_split(data_cfg, "train")
+        if self.ctx.is_main:
+            self.probe = ValidationProbe(self.supernet, data_cfg, self.img_size, cfg, self.ctx.device)
+            run.log_dataset(data_cfg.root, "train", len(self.dataset), sum(self.dataset.object_counts), data_cfg.kind)
+            run.log_dataset(data_cfg.root, "val", self.probe.n_images, self.probe.n_objects, data_cfg.kind)
+        # the absolute target mIoU (a relative train.target_miou: against the base model, on the probe's sample)
+        self.target_miou = resolve_target(cfg, self.meta, self.probe, str(cfg.supernet_path))
 
     # -- time and energy -------------------------------------------------------
     def seconds(self) -> float:
@@ -167,29 +175,36 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------
     def run(self, resume: bool, stop_after: int | None, tracking: TrackingConfig, show_progress: bool) -> TrainResult:
-        """Train from iteration 0 (or the checkpoint) to ``cfg.iterations`` or ``stop_after``."""
-        if resume:
-            self.resume()
+        """Train from iteration 0 (or the checkpoint) to ``cfg.iterations`` or ``stop_after``.
+
+        The MLflow run opens first, so its duration covers reading the data, the
+        probe, the base-model target and the training itself.
+        """
         cfg, main = self.cfg, self.ctx.is_main
-        self._t0 = time.perf_counter()
-        if main:
-            self.meter.start()
         run_ctx = start_run(tracking if main else TrackingConfig(enabled=False), "train", self.meta.variant,
                             params=self.mlflow_params(),
-                            tags={"pretrained": self.meta.pretrained,
-                                  "energy_method": self.meter.method, "resumed_from": self.iteration})
-        end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
-        try:
-            with run_ctx as run, TrainProgress(cfg.iterations, self.iteration, main and show_progress) as bar:
-                if not self.result.history:
-                    self.evaluate(run, bar)
-                while self.iteration < end:
-                    self.step(run, bar, end)
-                self.result.stopped = self.iteration < cfg.iterations
-                if main and not self.result.stopped:
-                    self.finish(run)
-        finally:
-            self.meter.stop()
+                            tags={"pretrained": self.meta.pretrained, "energy_method": self.meter.method,
+                                  "supernet_in": str(cfg.supernet_path)})
+        with run_ctx as run:
+            self.prepare(run)
+            if resume:
+                self.resume()
+            run.set_tags({"resumed_from": self.iteration})
+            self._t0 = time.perf_counter()
+            if main:
+                self.meter.start()
+            end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
+            try:
+                with TrainProgress(cfg.iterations, self.iteration, main and show_progress) as bar:
+                    if not self.result.history:
+                        self.evaluate(run, bar)
+                    while self.iteration < end:
+                        self.step(run, bar, end)
+                    self.result.stopped = self.iteration < cfg.iterations
+                    if main and not self.result.stopped:
+                        self.finish(run)
+            finally:
+                self.meter.stop()
         barrier(self.ctx)
         return self.result
 
@@ -236,12 +251,15 @@ class Trainer:
             "iterations": self.iteration, "seed": self.cfg.seed, "mode": self.cfg.mode,
             "source": str(self.cfg.supernet_path)})
         save_supernet(self.out / paths.SUPERNET_FILE, self.supernet)
-        write_outputs(self.out, metrics, self.result.history)
+        artifacts = write_outputs(self.out, metrics, self.result.history, title=f"{self.model_type} {self.meta.variant}")
         # docs/contracts.md's common names: `miou`/`params` of the smallest subnet (paper Table I's subject)
         run.log_metrics({**metrics, "miou": metrics["miou_min"], "params": metrics.get("params_min")},
                         step=self.iteration)
         run.set_tags({"energy_method": metrics["energy_method"], "energy_detail": metrics["energy_detail"],
-                      "target_reached": str(metrics["iterations_to_target"] is not None).lower()})
+                      "target_reached": str(metrics["iterations_to_target"] is not None).lower(),
+                      "supernet_out": str(self.out / paths.SUPERNET_FILE)})
+        for name in artifacts:
+            run.log_artifact(str(self.out / name))
         self.result.metrics = metrics
         log.info("trained %d iterations in %.1f s (%.3g kWh, %s): mIoU min %.3f max %.3f "
                  "(trivial baselines: %s) -> %s", self.iteration, seconds, kwh, metrics["energy_method"],

@@ -44,6 +44,7 @@ class ValidationProbe:
         self.subnets = {"min": space.min_subnet(), "max": space.max_subnet(),
                         "random": space.sample(eval_generator(cfg.seed))}
         self.n_images = len(inputs)
+        self.n_objects = sum(inp.n_objects for inp in inputs)
         self.baselines = trivial_baselines(inputs)
         self.fg_fractions: dict[str, float] = {}
 

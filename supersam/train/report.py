@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from supersam.io import write_json
+from supersam.plots import plot_history
 
 
 class TrainProgress:
@@ -41,6 +42,20 @@ class TrainProgress:
             self._progress.update(self._task, miou=f"{scores['miou_min']:.3f}/{scores['miou_max']:.3f}")
 
 
-def write_outputs(out: Path, metrics: dict, history: list[dict]) -> tuple[Path, Path]:
-    """Atomically write ``out/metrics.json`` and ``out/history.json``."""
-    return write_json(out / "metrics.json", metrics), write_json(out / "history.json", history)
+TABLE1_KEYS = ("iterations_to_target", "seconds_to_target", "energy_kwh_to_target", "co2_kg_to_target",
+               "target_miou", "target_miou_setting", "iterations", "seconds", "energy_kwh", "co2_kg",
+               "energy_method", "miou_min", "params_min")
+
+
+def write_outputs(out: Path, metrics: dict, history: list[dict], title: str = "") -> tuple[str, ...]:
+    """Atomically write ``out/``: metrics.json, history.json, the training curve (history.png) and
+    this run's paper Table I row (table1.json: iterations, time, energy and CO2 to target).
+
+    Returns:
+        the file names written (for MLflow artifacts).
+    """
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "history.json", history)
+    write_json(out / "table1.json", {key: metrics.get(key) for key in TABLE1_KEYS})
+    plot_history(out / "history.png", history, metrics.get("target_miou"), title)
+    return ("metrics.json", "history.json", "table1.json", "history.png")
