@@ -124,16 +124,17 @@ def build_supernet(
     from supersam.elastic import SuperSam
     from supersam.space import SearchSpace
 
-    start = time.perf_counter()
     variant = get_variant(cfg.variant)
     if cfg.combine not in COMBINES:
         raise ConfigError(f"unknown supernet.combine {cfg.combine!r}; use one of {', '.join(COMBINES)}")
     if "{" in cfg.out:
         raise ConfigError(f"supernet.out {cfg.out!r} holds a placeholder; give a folder (default outputs/supernet/<variant>)")
     out = Path(cfg.out or paths.supernet_dir(cfg.variant))
-    stats = ActivationStats.load(cfg.stats) if variant.stats_kind else None
-    space = SearchSpace.for_arch(model_cfg.type, **space_settings(space_cfg, model_cfg.type, model_cfg.img_size))
-    with start_run(tracking, "build-supernet", cfg.variant, space.to_dict(), {"pretrained": bool(model_cfg.checkpoint)}) as run:
+    with start_run(tracking, "build-supernet", cfg.variant, tags={"pretrained": bool(model_cfg.checkpoint)}) as run:
+        start = time.perf_counter()  # "seconds": the stage's work inside its MLflow run
+        stats = ActivationStats.load(cfg.stats) if variant.stats_kind else None
+        space = SearchSpace.for_arch(model_cfg.type, **space_settings(space_cfg, model_cfg.type, model_cfg.img_size))
+        run.log_params(space.to_dict())
         loaded = build_sam_from_config(model_cfg)
         if stats is not None:
             stats.check_matches(loaded, f"calibration stats {cfg.stats}")
