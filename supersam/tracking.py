@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3: open the experiment on its runs table
 PIPELINE_STAGE = "pipeline"
-EXECUTION_GAP_S = 600  # a stage starting later than this after the last one is a new execution
+EXECUTION_GAP_S = 300  # s; a stage starting later than this after the previous one ended starts a new execution
 
 
 class Run:
