@@ -44,7 +44,6 @@ class Run:
     def __init__(self, mlflow_module: Any | None) -> None:
         self._mlflow = mlflow_module
         self.run_id: str | None = None
-        self.parent_run_id: str | None = None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log numeric, finite entries of ``metrics`` (None/NaN/str entries skipped)."""
@@ -232,7 +231,7 @@ def start_run(
     try:
         with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent) as active:
             run = Run(mlflow)
-            run.run_id, run.parent_run_id = active.info.run_id, parent
+            run.run_id = active.info.run_id
             run.log_params(params or {})
             yield run
     finally:
