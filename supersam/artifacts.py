@@ -22,7 +22,7 @@ from supersam.errors import CheckpointError, ConfigError
 from supersam.io import read_json, write_json
 
 SUPERNET_META_FORMAT = "supersam-supernet-meta/2"
-RANKING_FORMAT = "supersam-ranking/1"
+RANKING_FORMAT = "supersam-ranking/2"
 EXPORT_FORMAT = "supersam-export/2"
 
 
@@ -103,21 +103,27 @@ class LayerRanking:
     Attributes:
         model_type, img_size, pretrained: the model that was ranked.
         n_images: few-shot images per measurement.
-        metric: ``miou`` or ``miou_oracle``: what importance is measured in.
+        n_objects: prompted objects in them (each once): what every mIoU averages.
+        metric: ``single`` or ``oracle`` (params.yaml ``metric``): what importance is measured in.
         rule: ``count`` or ``budget`` (how ``prunable`` was read off the curve).
-        baseline_miou: the full model's ``metric``.
+        baseline_miou: the full model's mIoU under ``metric``.
         baseline: the full model's point ``{"params", "miou", "miou_oracle"}``.
         importance: per block, the metric drop when it alone is removed.
         single: per block ``{"block", "params", "miou", "miou_oracle", "importance"}``.
-        curve: greedy removal points ``{"dropped", "params", "miou", "miou_oracle"}``.
+        curve: true greedy removal steps ``{"step", "removed", "dropped" (removal
+            order), "params", "miou", "miou_oracle", "candidates"}``; ``candidates``
+            lists every block tried at that step with its result, and the step's
+            point is the best of them (:func:`supersam.rank_layers.greedy_curve`).
         prunable: the blocks the supernet may drop (block 0 never).
         drop_probs: theta_i per prunable block.
+        n_evaluations: few-shot evaluations the ranking took.
     """
 
     model_type: str
     img_size: int
     pretrained: bool
     n_images: int
+    n_objects: int
     metric: str
     rule: str
     baseline_miou: float
@@ -127,6 +133,7 @@ class LayerRanking:
     curve: list[dict[str, Any]]
     prunable: list[int]
     drop_probs: list[float]
+    n_evaluations: int
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (with a ``format`` tag)."""

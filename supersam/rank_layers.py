@@ -2,10 +2,12 @@
 
 Each encoder block's importance is the mIoU drop when it alone is removed
 (skipped: its input goes straight to the next block) from the full model, on a
-fixed few-shot sample (paper: 100 images). A greedy curve then removes the
-least important remaining block one at a time (blocks ordered by that
-importance), re-evaluating after each removal. The prunable set is read off
-the curve by a rule; block 0 is measured but never selected.
+fixed few-shot sample (paper: 100 images). A true greedy curve then removes
+blocks one at a time: at every step each remaining block is tried (removed on
+top of the blocks already removed) and the least harmful one is dropped, so a
+curve of n blocks costs n(n+1)/2 evaluations; every candidate is recorded. The
+prunable set is read off the curve by a rule; block 0 is measured but never
+selected.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from supersam.artifacts import LayerRanking
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.errors import ConfigError
 from supersam.io import write_json
+from supersam.config import metric_key
 from supersam.sam import get_arch
 from supersam.plots import plot_curve, plot_importance
 from supersam.space import SubnetConfig, subnet_params
@@ -29,7 +32,6 @@ from supersam.tracking import start_run
 log = logging.getLogger(__name__)
 
 RULES = ("count", "budget")
-METRICS = ("miou", "miou_oracle")
 PROB_RANGE = (0.1, 0.9)
 
 DropEvaluate = Callable[[tuple[int, ...]], dict[str, float]]
@@ -42,15 +44,16 @@ class RankLayersConfig:
     Attributes:
         n_images: few-shot images evaluated per measurement (paper: 100).
         split: data split the images come from (``val``; ``test`` is refused).
-        rule: ``count`` (the ``n_prunable`` least important blocks of the greedy
-            curve) or ``budget`` (the largest greedy set whose removal costs at
-            most ``max_miou_drop``).
+        rule: ``count`` (the first ``n_prunable`` blocks the greedy curve removes)
+            or ``budget`` (greedy removal until the next step would cost more than
+            ``max_miou_drop`` against the full model).
         n_prunable: size of the prunable set for ``rule: count`` (paper: 5).
         max_miou_drop: allowed metric drop (absolute, 0..1) for ``rule: budget``.
         drop_prob: theta_i of every prunable block, a number in [0, 1]
             (reference code: 0.5), or ``importance`` (less important -> more
             often dropped, linearly mapped to [0.1, 0.9]).
-        metric: ``miou`` (single mask) or ``miou_oracle`` (best of 3) drives ranking and rule.
+        metric: ``single`` or ``oracle`` (:data:`supersam.metrics.METRICS`), set by
+            params.yaml's top-level ``metric``: the mIoU ranking, curve and rule use.
         out: output folder (ranking.json, importance.json/.png, curve.json/.png).
         device, amp, batch_size: evaluation device, bf16 autocast, images per forward.
         seed: seeds the image sample and its prompts.
@@ -62,7 +65,7 @@ class RankLayersConfig:
     n_prunable: int = 5
     max_miou_drop: float = 0.1
     drop_prob: str = "0.5"
-    metric: str = "miou"
+    metric: str = "single"
     out: str = str(paths.RANK_LAYERS_DIR)
     device: str = "auto"
     amp: bool = False
@@ -76,8 +79,7 @@ class RankLayersConfig:
         check_selection_split(self.split, "rank_layers.split")
         if self.rule not in RULES:
             raise ConfigError(f"rank_layers.rule is {self.rule!r}; use one of {', '.join(RULES)}")
-        if self.metric not in METRICS:
-            raise ConfigError(f"rank_layers.metric is {self.metric!r}; use one of {', '.join(METRICS)}")
+        metric_key(self.metric, "metric")
         if not 0 <= self.n_prunable <= depth - 1:
             raise ConfigError(f"rank_layers.n_prunable is {self.n_prunable}; use 0..{depth - 1} (block 0 is never prunable)")
         if not 0.0 <= self.max_miou_drop <= 1.0:
@@ -104,37 +106,64 @@ def parse_drop_prob(value: str | float) -> float | None:
     return prob
 
 
-def block_importance(evaluate: DropEvaluate, depth: int, metric: str = "miou") -> tuple[dict, list[dict]]:
+def block_importance(evaluate: DropEvaluate, depth: int, key: str = "miou") -> tuple[dict, list[dict]]:
     """Baseline and every block's single-removal result (blocks 0..depth-1).
 
     Args:
         evaluate: dropped blocks -> {"params", "miou", "miou_oracle"}.
+        key: the result key importance is measured in (``miou`` or ``miou_oracle``).
 
     Returns:
-        (baseline result, per block result with ``block`` and ``importance`` = baseline - metric).
+        (baseline result, per block result with ``block`` and ``importance`` = baseline - key).
     """
     base = evaluate(())
     single = []
     for block in range(depth):
         res = dict(evaluate((block,)))
-        res.update(block=block, importance=base[metric] - res[metric])
+        res.update(block=block, importance=base[key] - res[key])
         single.append(res)
-        log.info("block %2d removed: %s %.4f (drop %+.4f)", block, metric, res[metric], res["importance"])
+        log.info("block %2d removed: %s %.4f (drop %+.4f)", block, key, res[key], res["importance"])
     return base, single
 
 
-def greedy_curve(evaluate: DropEvaluate, importance: Sequence[float], base: dict) -> list[dict]:
-    """Remove blocks 1..depth-1 in ascending importance (ties: lower index), re-evaluating each step.
+def greedy_curve(evaluate: DropEvaluate, blocks: Sequence[int], base: dict, key: str = "miou",
+                 first_step: dict[int, dict] | None = None) -> list[dict]:
+    """True greedy removal (paper Fig. 3): each step drops the least harmful remaining block.
+
+    At step k every block of ``blocks`` not yet removed is evaluated with the k-1
+    blocks removed so far plus itself; the one with the highest ``key`` (ties:
+    the lower block index) is removed. n blocks cost n(n+1)/2 evaluations
+    (step 1 reuses ``first_step``, the single-removal results, when given).
+
+    Args:
+        evaluate: dropped blocks (sorted tuple) -> {"params", "miou", "miou_oracle"}.
+        blocks: the candidate blocks (1..depth-1: block 0 is never removed).
+        base: the full model's result (step 0).
+        key: result key the choice maximises (``miou`` or ``miou_oracle``).
+        first_step: block -> result of removing it alone, to avoid measuring twice.
 
     Returns:
-        points ``{"dropped": [...], "params", "miou", "miou_oracle"}``, the first
-        the full model; params strictly decrease along the curve.
+        steps ``{"step", "removed", "dropped" (in removal order), "params", "miou",
+        "miou_oracle", "candidates": [{"block", "params", "miou", "miou_oracle"}]}``,
+        step 0 the full model (no candidates); the chosen point is the best candidate.
     """
-    order = sorted(range(1, len(importance)), key=lambda b: (importance[b], b))
-    curve = [{"dropped": [], **_point(base)}]
-    for k in range(1, len(order) + 1):
-        dropped = order[:k]
-        curve.append({"dropped": list(dropped), **_point(evaluate(tuple(sorted(dropped))))})
+    remaining, dropped = list(blocks), []
+    curve = [{"step": 0, "removed": None, "dropped": [], **_point(base), "candidates": []}]
+    while remaining:
+        candidates = []
+        for block in remaining:
+            if not dropped and first_step is not None and block in first_step:
+                res = first_step[block]
+            else:
+                res = evaluate(tuple(sorted([*dropped, block])))
+            candidates.append({"block": block, **_point(res)})
+        best = max(candidates, key=lambda c: (c[key], -c["block"]))
+        dropped.append(best["block"])
+        remaining.remove(best["block"])
+        curve.append({"step": len(dropped), "removed": best["block"], "dropped": list(dropped),
+                      **{k: best[k] for k in ("params", "miou", "miou_oracle")}, "candidates": candidates})
+        log.info("greedy step %2d: remove block %2d (%s %.4f; %d candidates)", len(dropped), best["block"],
+                 key, best[key], len(candidates))
     return curve
 
 
@@ -143,17 +172,21 @@ def _point(res: dict) -> dict:
 
 
 def choose_prunable(curve: Sequence[dict], rule: str, n_prunable: int, max_drop: float,
-                    metric: str = "miou") -> tuple[int, ...]:
+                    key: str = "miou") -> tuple[int, ...]:
     """The prunable set read off the greedy curve (never block 0).
 
-    ``count``: the first ``n_prunable`` blocks removed; ``budget``: the largest
-    curve step whose metric is within ``max_drop`` of the full model's.
+    ``count``: the first ``n_prunable`` blocks removed. ``budget``: greedy removal
+    stops before the first step whose ``key`` is more than ``max_drop`` below the
+    full model's (a later step that happens to recover is not taken: the greedy
+    procedure has stopped there).
     """
     if rule == "count":
         k = min(n_prunable, len(curve) - 1)
     else:
-        base = curve[0][metric]
-        k = max(i for i, p in enumerate(curve) if base - p[metric] <= max_drop + 1e-12)
+        base = curve[0][key]
+        k = 0
+        while k + 1 < len(curve) and base - curve[k + 1][key] <= max_drop + 1e-12:
+            k += 1
     return tuple(sorted(curve[k]["dropped"]))
 
 
@@ -222,14 +255,14 @@ def _measure(cfg: RankLayersConfig, model: ModelConfig, data: Any) -> tuple[dict
 
 def _write_outputs(out: Path, ranking: LayerRanking) -> tuple[str, ...]:
     """ranking.json, DVC plot data (importance.json: block/miou_drop, curve.json: params/miou) and PNGs."""
-    prunable, model_type, metric = ranking.prunable, ranking.model_type, ranking.metric
+    prunable, model_type, key = ranking.prunable, ranking.model_type, metric_key(ranking.metric)
     ranking.save(out / paths.RANKING.name)
     write_json(out / "importance.json", [
-        {"block": s["block"], "miou_drop": s["importance"], "params": s["params"], "miou": s[metric],
+        {"block": s["block"], "miou_drop": s["importance"], "params": s["params"], "miou": s[key],
          "prunable": s["block"] in prunable} for s in ranking.single])
-    write_json(out / "curve.json", [{"step": k, **p} for k, p in enumerate(ranking.curve)])
-    plot_importance(out / "importance.png", ranking.importance, prunable, metric, f"{model_type} layer importance")
-    plot_curve(out / "curve.png", ranking.curve, len(prunable), metric, f"{model_type} greedy layer removal")
+    write_json(out / "curve.json", ranking.curve)
+    plot_importance(out / "importance.png", ranking.importance, prunable, key, f"{model_type} layer importance")
+    plot_curve(out / "curve.png", ranking.curve, len(prunable), key, f"{model_type} greedy layer removal")
     return (paths.RANKING.name, "importance.json", "curve.json", "importance.png", "curve.png")
 
 
@@ -263,29 +296,33 @@ def rank_layers(cfg: RankLayersConfig, model: ModelConfig, data: Any, tracking: 
         run.log_params({"img_size": info["img_size"], "n_images_used": info["n_images"],
                         "prunable": ranking.prunable, "drop_probs": ranking.drop_probs})
         chosen = ranking.curve[len(ranking.prunable)]
+        key = metric_key(cfg.metric)
         run.log_metrics({"baseline_miou": ranking.baseline_miou, "n_prunable": len(ranking.prunable),
-                         "params": chosen["params"], "miou": chosen[cfg.metric]})
+                         "params": chosen["params"], "miou": chosen[key], "n_objects": info.get("n_objects", 0),
+                         "n_evaluations": ranking.n_evaluations})
         out = Path(cfg.out)
         for name in _write_outputs(out, ranking):
             run.log_artifact(str(out / name))
     log.info("prunable blocks %s (theta %s): %d params, %s %.4f vs %.4f full", ranking.prunable,
-             ranking.drop_probs, chosen["params"], cfg.metric, chosen[cfg.metric], ranking.baseline_miou)
+             ranking.drop_probs, chosen["params"], key, chosen[key], ranking.baseline_miou)
     return ranking
 
 
 def _rank(cfg: RankLayersConfig, model: ModelConfig, evaluate: DropEvaluate, depth: int, info: dict) -> LayerRanking:
     """Measure importance and the curve, choose the prunable set and theta_i."""
-    base, single = block_importance(evaluate, depth, cfg.metric)
+    key = metric_key(cfg.metric)
+    base, single = block_importance(evaluate, depth, key)
     importance = [s["importance"] for s in single]
-    curve = greedy_curve(evaluate, importance, base)
-    prunable = choose_prunable(curve, cfg.rule, cfg.n_prunable, cfg.max_miou_drop, cfg.metric)
+    curve = greedy_curve(evaluate, range(1, depth), base, key, first_step={s["block"]: s for s in single})
+    prunable = choose_prunable(curve, cfg.rule, cfg.n_prunable, cfg.max_miou_drop, key)
     probs = drop_probabilities(importance, prunable, cfg.drop_prob)
     ranking = LayerRanking(
         model_type=model.type, img_size=info["img_size"], pretrained=info["pretrained"],
-        n_images=info["n_images"], metric=cfg.metric, rule=cfg.rule,
-        baseline_miou=float(base[cfg.metric]), baseline=_point(base),
+        n_images=info["n_images"], n_objects=int(info.get("n_objects", 0)), metric=cfg.metric, rule=cfg.rule,
+        baseline_miou=float(base[key]), baseline=_point(base),
         importance=[float(v) for v in importance],
         single=[{"block": s["block"], **_point(s), "importance": float(s["importance"])} for s in single],
         curve=curve, prunable=list(prunable), drop_probs=list(probs),
+        n_evaluations=1 + depth + sum(len(p["candidates"]) for p in curve[2:]),
     )
     return ranking

@@ -76,7 +76,7 @@ def test_wanda_supernet_is_reordered_and_function_preserving(shared_data, stats_
 
 def test_none_and_magnitude_variants_with_ranking(tmp_path):
     ranking = tmp_path / "ranking.json"
-    LayerRanking("tiny", 128, False, 2, "miou", "count", 0.5, {}, [0.0] * 12, [], [], [3, 4, 10], [0.2, 0.7, 0.4]).save(ranking)
+    LayerRanking("tiny", 128, False, 2, 9, "single", "count", 0.5, {}, [0.0] * 12, [], [], [3, 4, 10], [0.2, 0.7, 0.4], 79).save(ranking)
     space_cfg = SpaceConfig(prunable=(1,), drop_probs=(0.9,), mlp_dim_choices=(128, 256), ranking=str(ranking))
     out = build_supernet(TINY, space_cfg, SupernetConfig(variant="none", stats="", out=str(tmp_path / "none")), OFF)
     assert json.loads((out / "search_space.json").read_text()) == {
@@ -93,7 +93,7 @@ def test_none_and_magnitude_variants_with_ranking(tmp_path):
     combined = (mlp.lin1.weight.abs().double().sum(1) + mlp.lin2.weight.abs().double().sum(0)) / 2
     assert torch.all(combined[:-1] >= combined[1:])
 
-    LayerRanking("vit_b", 1024, True, 2, "miou", "count", 0.5, {}, [0.0] * 12, [], [], [1], [0.5]).save(ranking)
+    LayerRanking("vit_b", 1024, True, 2, 9, "single", "count", 0.5, {}, [0.0] * 12, [], [], [1], [0.5], 79).save(ranking)
     with pytest.raises(ConfigError, match="layer ranking .* is for vit_b, the model is tiny"):
         build_supernet(TINY, SpaceConfig(ranking=str(ranking)), SupernetConfig(variant="none", out=str(tmp_path / "x")), OFF)
 

@@ -17,7 +17,7 @@ from supersam.data import DataConfig, prepare_split
 from supersam.errors import ConfigError
 from supersam.scoring import run_eval
 from supersam.rank_layers import (
-    RankLayersConfig, _BlockSkipper, choose_prunable, drop_probabilities, rank_layers,
+    RankLayersConfig, _BlockSkipper, choose_prunable, drop_probabilities, greedy_curve, rank_layers,
 )
 from supersam.sam import build_sam_model
 
@@ -45,8 +45,10 @@ def test_rules_never_pick_block_0_and_follow_the_curve(tmp_path):
     assert probs[2] == 0.9 and probs[1] == 0.1 and all(0.1 <= p <= 0.9 for p in probs.values())
     assert probs[5] > probs[6] > probs[9]  # less important -> dropped more often
     curve = ranking.curve
-    assert [p["dropped"][-1] for p in curve[1:6]] == [2, 5, 6, 9, 1] and len(curve) == 12
+    assert [p["removed"] for p in curve[1:6]] == [2, 5, 6, 9, 1] and len(curve) == 12
     assert all(0 not in p["dropped"] for p in curve)
+    # 1 baseline + 12 single removals + steps 2..11 (10 + 9 + ... + 1 candidates)
+    assert ranking.n_evaluations == 1 + 12 + 55
     budget = choose_prunable(curve, "budget", 0, 0.1, "miou")
     assert budget == (1, 2, 5, 6, 9)  # adding block 4 (0.1) would cost 0.124 > 0.1
     assert choose_prunable(curve, "budget", 0, 0.13, "miou") == (1, 2, 4, 5, 6, 9)
@@ -55,13 +57,42 @@ def test_rules_never_pick_block_0_and_follow_the_curve(tmp_path):
     assert drop_probabilities([0.0, 0.1, 0.1], (1, 2), "importance") == (0.5, 0.5)
 
 
+def interacting_evaluate(table: dict[frozenset, float]):
+    """A hand-made importance table: the mIoU of each removed set (non-additive on purpose)."""
+    def evaluate(dropped):
+        return {"params": 1000 - 10 * len(dropped), "miou": table[frozenset(dropped)], "miou_oracle": 0.0}
+    return evaluate
+
+
+def test_greedy_curve_reevaluates_every_remaining_block_after_each_removal():
+    # Alone, block 1 costs least (0.79) and block 3 most (0.70); but once 1 is removed,
+    # block 3 becomes harmless (0.78) and 2 costly (0.50): drop-one order would take 2 next.
+    table = {frozenset(): 0.80, frozenset({1}): 0.79, frozenset({2}): 0.75, frozenset({3}): 0.70,
+             frozenset({1, 2}): 0.50, frozenset({1, 3}): 0.78, frozenset({2, 3}): 0.60,
+             frozenset({1, 2, 3}): 0.40}
+    evaluate = interacting_evaluate(table)
+    curve = greedy_curve(evaluate, [1, 2, 3], evaluate(()))
+    assert [p["removed"] for p in curve[1:]] == [1, 3, 2]
+    assert [p["miou"] for p in curve] == [0.80, 0.79, 0.78, 0.40]
+    assert [[c["block"] for c in p["candidates"]] for p in curve[1:]] == [[1, 2, 3], [2, 3], [2]]
+    assert [c["miou"] for c in curve[2]["candidates"]] == [0.50, 0.78]
+    for point in curve[1:]:  # each step's choice is the best remaining candidate
+        assert point["miou"] == max(c["miou"] for c in point["candidates"])
+    # budget: stop before the first step that costs more than the budget
+    assert choose_prunable(curve, "budget", 0, 0.05, "miou") == (1, 3)
+    assert choose_prunable(curve, "count", 1, 0.0, "miou") == (1,)
+    # ties go to the lower block index
+    flat = interacting_evaluate({k: 0.5 for k in table})
+    assert [p["removed"] for p in greedy_curve(flat, [3, 1, 2], flat(()))[1:]] == [1, 2, 3]
+
+
 def test_bad_params_are_one_line_config_errors(tmp_path):
     evaluate = fake_evaluate([0.0] * 12)
     for cfg, message in (
         (RankLayersConfig(n_prunable=12), "rank_layers.n_prunable is 12; use 0..11"),
         (RankLayersConfig(drop_prob="often"), "rank_layers.drop_prob is 'often'"),
         (RankLayersConfig(rule="all"), "rank_layers.rule is 'all'"),
-        (RankLayersConfig(metric="dice"), "rank_layers.metric is 'dice'"),
+        (RankLayersConfig(metric="dice"), "metric is 'dice'; use single"),
     ):
         with pytest.raises(ConfigError, match=message):
             rank_layers(cfg, TINY, None, OFF, evaluate=evaluate)
@@ -113,7 +144,12 @@ def test_cli_ranks_every_block_on_real_data(shared_data, tmp_path, monkeypatch, 
     importance = json.loads((out / "importance.json").read_text())
     assert [p["block"] for p in importance] == list(range(12))
     assert [p["miou_drop"] for p in importance] == ranking.importance
-    assert [p["params"] for p in json.loads((out / "curve.json").read_text())] == params
+    steps = json.loads((out / "curve.json").read_text())
+    assert [p["params"] for p in steps] == params
+    for step in steps[1:]:  # curve.json: every candidate of every greedy step, the chosen one the best
+        best = max(step["candidates"], key=lambda c: (c["miou"], -c["block"]))
+        assert step["removed"] == best["block"] and step["miou"] == best["miou"]
+        assert len(step["candidates"]) == 12 - step["step"]
     for name in ("importance.png", "curve.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
