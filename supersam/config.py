@@ -27,10 +27,34 @@ T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
 
-# The sections of params.yaml (plus the top-level ``variants`` list). A section that
-# is not here is a typo: read_params refuses it instead of silently ignoring it.
-SECTIONS = ("variants", "model", "data", "mlflow", "pretrain", "rank_layers", "calibrate", "space",
-            "supernet", "train", "search", "export", "eval")
+# The sections of params.yaml (plus the top-level ``variants`` list and ``metric``
+# setting). A section that is not here is a typo: read_params refuses it instead of
+# silently ignoring it.
+SECTIONS = ("variants", "metric", "model", "data", "mlflow", "pretrain", "rank_layers", "calibrate", "space",
+            "supernet", "train", "search", "export", "eval", "compare")
+TOP_LEVEL = ("variants", "metric")  # plain values, not sections of keys
+
+# The sections whose ``metric`` field is filled from the top-level ``metric`` (never
+# set per section: one setting drives ranking, target, constraint and eval headline).
+METRIC_SECTIONS = ("rank_layers", "train", "search", "compare")
+
+# params.yaml's top-level ``metric``: which mIoU drives layer ranking, the training
+# target, the search constraint and eval's headline (docs/method.md, "The metric").
+METRICS = {"single": "miou", "oracle": "miou_oracle"}
+
+
+def metric_key(metric: str, what: str = "metric") -> str:
+    """The result key (``miou`` or ``miou_oracle``) of metric setting ``single`` or ``oracle``.
+
+    Raises:
+        ConfigError: an unknown setting (one line naming ``what``).
+    """
+    try:
+        return METRICS[metric]
+    except (KeyError, TypeError):
+        raise ConfigError(f"{what} is {metric!r}; use single (one mask, multimask_output=False) "
+                          "or oracle (best of SAM's 3 masks)") from None
+
 
 # Lax coercion as YAML and the command line need it ("48" -> 48, 0.84 -> "0.84" for
 # fields such as min_miou that also take "0.95x"), but unknown keys are errors.
@@ -79,7 +103,7 @@ def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
         raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. --set train.iterations=48")
     if parts[0] not in SECTIONS:
         raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}; known sections: {', '.join(SECTIONS)}")
-    if len(parts) == 1 and parts[0] != "variants":
+    if len(parts) == 1 and parts[0] not in TOP_LEVEL:
         raise ConfigError(f"--set {item!r} names a whole section; set one key, e.g. --set {parts[0]}.KEY=VALUE")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
@@ -114,6 +138,30 @@ def apply_sets(values: dict[str, Any], sets: Sequence[str] = (), flags: dict[str
                 raise ConfigError(f"cannot set {'.'.join(parts)}: {'.'.join(parts[:depth + 1])} is not a section")
             node = child
         node[parts[-1]] = value
+    return out
+
+
+def apply_metric(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` with the top-level ``metric`` copied into every metric section.
+
+    ``metric`` (``single`` or ``oracle``, default ``single``) is the one setting
+    for which mIoU the layer ranking, the training target, the search constraint
+    and eval's headline use (docs/method.md, "The metric").
+
+    Raises:
+        ConfigError: an unknown metric, or a section that sets a ``metric`` other
+            than the top-level one.
+    """
+    metric = values.get("metric", "single")
+    metric_key(metric, "metric")
+    out = dict(values)
+    for section in METRIC_SECTIONS:
+        own = out.get(section)
+        if isinstance(own, dict) and own.get("metric", metric) != metric:
+            raise ConfigError(f"{section}.metric is set; set the top-level `metric: {own['metric']}` instead "
+                              "(one metric drives ranking, training target, search and eval)")
+        if own is None or isinstance(own, dict):
+            out[section] = {**(own or {}), "metric": metric}
     return out
 
 

@@ -2,14 +2,14 @@
 
 Conventions: a predicted mask is ``logits > 0``; IoU of two empty masks is 1.
 ``miou`` is the single-mask mIoU (``multimask_output=False``); ``miou_oracle`` is
-the best-of-3 IoU per object over SAM's three multimask outputs (the reference
-code's number), averaged over objects.
+the best-of-3 IoU per object over SAM's three multimask outputs, averaged over
+objects. params.yaml's top-level ``metric`` (``single`` | ``oracle``) picks which one
+the pipeline selects and reports on (:func:`supersam.config.metric_key`).
 """
 
 from __future__ import annotations
 
 import torch
-
 
 def per_mask_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Soft Dice loss (paper Eq. 2) per mask: logits and target ... x H x W -> (...).

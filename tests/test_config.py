@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from supersam.config import SECTIONS, ModelConfig, apply_sets, build_config, parse_set, read_params
+from supersam.config import (
+    SECTIONS, ModelConfig, apply_sets, build_config, metric_key, parse_set, read_params, stage_config,
+)
 from supersam.errors import ConfigError
 from supersam.search import SearchConfig
 from supersam.train import TrainConfig
 
-COMMANDS = ("pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "search", "export", "eval")
+COMMANDS = ("pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "search", "export", "eval",
+            "compare")
 
 
 def test_parse_set_types_values_as_yaml():
@@ -86,7 +89,7 @@ def test_set_reaches_every_command(command, tmp_path, monkeypatch, capsys):
 
     section = {"pretrain": "pretrain", "rank-layers": "rank_layers", "calibrate-wanda": "calibrate",
                "build-supernet": "supernet", "train": "train", "search": "search", "export": "export",
-               "eval": "eval"}[command]
+               "eval": "eval", "compare": "compare"}[command]
     (tmp_path / "params.yaml").write_text("mlflow:\n  enabled: false\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["supersam", command, "--set", f"{section}.no_such_key=1"])
@@ -104,6 +107,26 @@ def test_set_reaches_every_command(command, tmp_path, monkeypatch, capsys):
         assert "model.img_size: input should be a valid integer" in err, err
     else:  # a --set the command would ignore is refused, naming what it reads
         assert f"`supersam {command}` does not read the model section (it reads {section}" in err, err
+
+
+def test_one_metric_setting_reaches_every_section_that_selects(tmp_path):
+    from supersam.cli.app import load_params
+    from supersam.compare import CompareConfig
+    from supersam.rank_layers import RankLayersConfig
+
+    params = tmp_path / "params.yaml"
+    params.write_text("metric: oracle\nsearch:\n  budget: 3\n")
+    values = load_params("search", ("search",), params, [])
+    assert stage_config(SearchConfig, values, "search").metric == "oracle"
+    for cls, section in ((TrainConfig, "train"), (RankLayersConfig, "rank_layers"), (CompareConfig, "compare")):
+        assert stage_config(cls, values, section).metric == "oracle"
+    assert stage_config(SearchConfig, load_params("search", ("search",), params, ["metric=single"]), "search").metric == "single"
+    assert metric_key("single") == "miou" and metric_key("oracle") == "miou_oracle"
+    with pytest.raises(ConfigError, match="metric is 'dice'; use single .* or oracle"):
+        load_params("search", ("search",), params, ["metric=dice"])
+    params.write_text("metric: single\nrank_layers:\n  metric: oracle\n")
+    with pytest.raises(ConfigError, match="rank_layers.metric is set; set the top-level `metric: oracle` instead"):
+        load_params("rank-layers", ("rank_layers",), params, [])
 
 
 def test_config_sections_are_frozen_dataclasses():

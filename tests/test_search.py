@@ -166,6 +166,14 @@ def test_cli_defaults_after_pipeline_writes_artifacts_and_mlflow(supernet_path, 
     evaluator_space.validate(best)
     assert metrics["feasible"] is True and metrics["n_evaluations"] == len(candidates) == 6
     assert metrics["constraints"] == {"max_params": 60_000_000, "min_miou": 0.0, "objective": "min-params", "metric": "miou"}
+    assert metrics["metric"] == "single" and metrics["params_input_size"] == 128 and metrics["n_objects"] > 0
+    # the constraint is checked on exactly the params of the model `export` writes
+    from supersam.checkpoint import load_model
+    from supersam.export import export_subnet
+
+    exported = load_model(export_subnet(supernet_path, best, tmp_path / "export"))
+    assert sum(p.numel() for p in exported.parameters()) == metrics["best_params"]
+    assert exported.image_encoder.img_size == metrics["params_input_size"]
     assert metrics["pretrained"] is False and metrics["seconds"] > 0
     assert metrics["best_params"] == min(c["params"] for c in candidates)
     assert len({json.dumps(c["subnet"]) for c in candidates}) == 6

@@ -55,15 +55,15 @@ def load_params(command: str, reads: tuple[str, ...], params: Path, sets: list[s
         ConfigError: unreadable params file, a malformed ``--set``, an unknown section,
             or a section this command does not read.
     """
-    from supersam.config import apply_sets, parse_set, read_params
+    from supersam.config import apply_metric, apply_sets, parse_set, read_params
     from supersam.errors import ConfigError
 
     for item in sets:
         section = parse_set(item)[0][0]
-        if section not in reads:
+        if section not in reads and section != "metric":
             raise ConfigError(f"--set {item}: `supersam {command}` does not read the {section} section "
                               f"(it reads {', '.join(reads)})")
-    return apply_sets(read_params(params), sets, flags)
+    return apply_metric(apply_sets(read_params(params), sets, flags))
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -19,7 +19,6 @@ from supersam.thresholds import MiouThreshold, setting_text
 
 OBJECTIVES = ("min-params", "max-miou")
 TECHNIQUES = ("opentuner", "random")
-METRICS = ("miou", "miou_oracle")
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$", re.IGNORECASE)
@@ -65,8 +64,8 @@ class SearchConfig:
             sample (``0.95x``, ``95%``; the supernet must come from a checkpoint).
         objective: ``min-params`` (smallest subnet meeting both constraints) or
             ``max-miou`` (highest mIoU meeting both constraints).
-        metric: which mIoU the constraint and objective use (``miou`` single
-            mask, or ``miou_oracle`` best of 3 masks).
+        metric: which mIoU the constraint and objective use: ``single`` or
+            ``oracle`` (best of 3 masks), set by params.yaml's top-level ``metric``.
         technique: ``opentuner`` (AUC-bandit ensemble, paper) or ``random``.
         budget: maximum number of distinct subnets evaluated (0 = no limit,
             then ``time_limit`` must be set).
@@ -88,7 +87,7 @@ class SearchConfig:
     max_params: str = "60e6"
     min_miou: str = "0.8"
     objective: str = "min-params"
-    metric: str = "miou"
+    metric: str = "single"
     technique: str = "opentuner"
     budget: int = 200
     time_limit: float = 0.0
@@ -140,7 +139,10 @@ class SearchConfig:
         from supersam.data.config import check_selection_split
 
         check_selection_split(self.split, "search.split")
-        for key, allowed in (("objective", OBJECTIVES), ("technique", TECHNIQUES), ("metric", METRICS)):
+        from supersam.config import metric_key
+
+        metric_key(self.metric, "metric")
+        for key, allowed in (("objective", OBJECTIVES), ("technique", TECHNIQUES)):
             value = getattr(self, key)
             if value not in allowed:
                 raise ConfigError(f"search.{key} is {value!r}; use one of {', '.join(allowed)}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from supersam.config import TrackingConfig
 from supersam.errors import ConfigError
+from supersam.config import metric_key
 from supersam.search.config import SearchConfig
 from supersam.search.encoding import SubnetEncoding
 from supersam.search.objective import Constraints, SearchState
@@ -155,13 +156,14 @@ def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncodin
         fg_fractions[subnet] = result["fg_fraction"]  # for the chosen subnet's collapse check
         return result
 
+    key = metric_key(cfg.metric)
     min_miou = resolve_threshold(cfg.min_miou, meta, evaluator.inputs, device, what="search.min_miou",
-                                 source=str(cfg.supernet_path), metric=cfg.metric, amp=cfg.amp,
+                                 source=str(cfg.supernet_path), metric=key, amp=cfg.amp,
                                  batch_size=cfg.batch_size)  # a relative one: against the base model, same sample
-    constraints = Constraints(cfg.max_params_count, min_miou.value, cfg.objective, cfg.metric)
+    constraints = Constraints(cfg.max_params_count, min_miou.value, cfg.objective, key)
     out = cfg.out_dir(variant)
     log.info("searching %s subnets (%s, %d px) with %s: params <= %s, %s >= %s, %s, budget %s%s, %d images",
-             f"{encoding.size():,}", model_type, img_size, cfg.technique, f"{constraints.max_params:,}", cfg.metric,
+             f"{encoding.size():,}", model_type, img_size, cfg.technique, f"{constraints.max_params:,}", key,
              min_miou.describe(), cfg.objective, cfg.budget or "unlimited",
              f", {cfg.time_limit:g} s" if cfg.time_limit else "", len(inputs))
     state = run_search(encoding, evaluate, constraints, cfg.technique, cfg.budget, cfg.time_limit,
@@ -174,6 +176,9 @@ def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncodin
         "largest_params": supernet.params(encoding.largest()),
         "model_type": model_type, "img_size": img_size, "n_images": len(inputs),
         "variant": variant, "supernet": str(cfg.supernet_path), **collapse, **min_miou.report("min_miou"),
+        "metric": cfg.metric, "n_objects": sum(inp.n_objects for inp in inputs),
+        # params are counted for the model `export` writes: all of SAM at this input size
+        "params_input_size": img_size,
     }
     metrics = summarise(state, extra)
     written = write_artifacts(out, state, metrics, f"{model_type} {variant}: {cfg.technique} search")
