@@ -1,4 +1,4 @@
-"""Figures of the rank-layers (paper Fig. 3) and search (paper Fig. 4) stages.
+"""Figures of rank-layers (paper Fig. 3), train, search and compare (paper Fig. 4 and 5).
 
 Every function builds a matplotlib figure (Agg backend) and saves it atomically
 with :func:`supersam.io.save_figure`.
@@ -100,10 +100,15 @@ def plot_curve(path: str | Path, curve: Sequence[dict], n_prunable: int, metric:
     return _save(fig, path)
 
 
-def plot_history(path: str | Path, history: Sequence[dict], target: float | None = None, title: str = "") -> Path:
-    """Sandwich-training curve: validation mIoU of the min, max and fixed random subnet per iteration."""
+def plot_history(path: str | Path, history: Sequence[dict], target: float | None = None, title: str = "",
+                 probes: Sequence[dict] = ()) -> Path:
+    """Sandwich-training curve: validation mIoU of the min, max and fixed random subnet per iteration,
+    and the smallest subnet's target probes (``probes``: iteration, miou_min) as a thin line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    if probes:
+        ax.plot([p["iteration"] for p in probes], [p["miou_min"] for p in probes], color="tab:blue", lw=0.8,
+                alpha=0.5, label="min subnet (target probe)")
     its = [h["iteration"] for h in history]
     for key, colour in (("miou_max", "tab:green"), ("miou_random", "tab:orange"), ("miou_min", "tab:blue")):
         ax.plot(its, [h.get(key) for h in history], marker="o", ms=3, color=colour, label=key.replace("miou_", "") + " subnet")
@@ -114,4 +119,53 @@ def plot_history(path: str | Path, history: Sequence[dict], target: float | None
     ax.set_title(title or "sandwich training")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_subnet_distributions(path: str | Path, miou: dict[str, Sequence[float]], params: Sequence[int],
+                              metric: str = "miou", title: str = "") -> Path:
+    """Paper Fig. 4: the mIoU of the same sampled subnets in each variant's supernet.
+
+    Left: a box plot per variant (every subnet a dot); right: params (M) vs mIoU
+    per variant, so the same subnet can be compared across variants.
+
+    Args:
+        miou: variant -> mIoU per subnet (all lists in the order of ``params``).
+        params: parameters of all of SAM per subnet.
+    """
+    plt = _pyplot()
+    fig, (box, scatter) = plt.subplots(1, 2, figsize=(10.0, 4.2), gridspec_kw={"width_ratios": [1, 1.4]})
+    names = list(miou)
+    box.boxplot([miou[v] for v in names], showmeans=True)
+    box.set_xticks(range(1, len(names) + 1), names)
+    for i, v in enumerate(names, start=1):
+        box.scatter([i + 0.12] * len(miou[v]), miou[v], s=8, alpha=0.5, color="0.3", zorder=3)
+    box.set_ylabel(metric)
+    box.set_title(f"{len(params)} sampled subnets per variant")
+    box.grid(alpha=0.3, axis="y")
+    xs = [p / 1e6 for p in params]
+    for v in names:
+        scatter.scatter(xs, miou[v], s=14, alpha=0.8, label=v)
+    scatter.set_xlabel("parameters (M, all of SAM)")
+    scatter.set_ylabel(metric)
+    scatter.grid(alpha=0.3)
+    scatter.legend(fontsize=8)
+    fig.suptitle(title or "subnet mIoU per reordering variant")
+    return _save(fig, path)
+
+
+def plot_frontiers(path: str | Path, fronts: dict[str, Sequence[dict]], metric: str = "miou",
+                   title: str = "") -> Path:
+    """Paper Fig. 5: every variant's search Pareto frontier (``{"params", <metric>}`` points) on one plot."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for v, front in fronts.items():
+        if front:
+            ax.step([p["params"] / 1e6 for p in front], [p[metric] for p in front], where="post",
+                    marker="o", ms=4, label=v)
+    ax.set_xlabel("parameters (M, all of SAM)")
+    ax.set_ylabel(metric)
+    ax.set_title(title or "Pareto frontiers of the searches")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)

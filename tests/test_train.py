@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -97,6 +98,14 @@ def test_loss_decreases_and_artifacts(main_run, base_cfg, tracking, supernet_pat
     assert isinstance(metrics["collapsed"], bool)
     history = json.loads(open(f"{out}/history.json").read())
     assert [h["iteration"] for h in history] == [0, 10, 20]
+    # target_every=1: the smallest subnet is probed at every iteration; validation reuses the probe
+    probes = json.loads(open(f"{out}/probes.json").read())
+    assert [p["iteration"] for p in probes] == list(range(ITERS + 1))
+    assert [p["miou_min"] for p in probes if p["iteration"] % 10 == 0] == [h["miou_min"] for h in history]
+    assert metrics["metric"] == "single" and metrics["target_every"] == 1 and metrics["val_objects"] > 0
+    # Table I time/energy exclude the validation and the probes; the totals include them
+    assert 0 < metrics["seconds"] < metrics["seconds_total"] and 0 < metrics["energy_kwh"] < metrics["energy_kwh_total"]
+    assert history[-1]["seconds"] == pytest.approx(metrics["seconds"], abs=0.5)
     assert history[0]["loss"] is None and history[1]["loss"] == pytest.approx(np.mean(losses[:10]))
     assert history[-1]["miou_min"] == metrics["miou_min"]
     trained = load_supernet(f"{out}/supernet.pt")
@@ -145,15 +154,19 @@ def test_learning_rate_follows_schedule(main_run, base_cfg):
 
 
 def test_same_seed_same_losses_and_time_to_target(main_run, base_cfg, data_cfg, tracking, tmp_path):
-    history = main_run.history
-    target = max(h["miou_min"] for h in history[1:])
-    expected = next(h for h in history if h["miou_min"] >= target)
+    # a target first reached between two validation points (every 10): a record of the
+    # per-iteration probe at an iteration off the validation grid
+    probes = main_run.probes
+    records = [p for i, p in enumerate(probes) if all(q["miou_min"] < p["miou_min"] for q in probes[:i])]
+    expected = next(p for p in records if p["iteration"] % 10)
+    target = expected["miou_min"]
     cfg = dataclasses.replace(base_cfg, out=str(tmp_path / "again"), target_miou=target)
     again = train(cfg, data_cfg, tracking, show_progress=False)
     assert [e["loss"] for e in again.losses] == pytest.approx([e["loss"] for e in main_run.losses], abs=1e-6)
     assert again.subnets == main_run.subnets
     m = again.metrics
-    assert m["iterations_to_target"] == expected["iteration"]
+    assert again.probes == probes  # the target does not change training
+    assert m["iterations_to_target"] == expected["iteration"] and m["iterations_to_target"] % 10
     assert 0 < m["seconds_to_target"] <= m["seconds"] and 0 < m["energy_kwh_to_target"] <= m["energy_kwh"]
     _, run = _mlflow_run(tracking, "tags.target_reached = 'true'")
     assert run.data.metrics["iterations_to_target"] == expected["iteration"]
@@ -284,23 +297,26 @@ def test_interrupted_checkpoint_write_keeps_last_good(tmp_path, monkeypatch):
     assert torch.equal(torch.rand(3), a)
 
 
-def test_energy_meter_rapl_and_fallbacks(tmp_path, monkeypatch):
-    zone = tmp_path / "intel-rapl:0"
-    zone.mkdir()
-    (zone / "energy_uj").write_text("900")
-    (zone / "max_energy_range_uj").write_text("1000")
-    (tmp_path / "intel-rapl:0:0").mkdir()  # a sub-zone is not counted twice
-    meter = EnergyMeter(torch.device("cpu"), emission_factor=0.5, rapl_root=tmp_path).start()
-    assert meter.method == "rapl"
-    (zone / "energy_uj").write_text("100")  # wrapped: 100 + 1000 - 900 = 200 uJ
-    assert meter.kwh() == pytest.approx(200e-6 / 3.6e6)
-    assert meter.co2_kg(2.0) == 1.0
+def test_energy_meter_codecarbon_and_fallback(monkeypatch):
+    meter = EnergyMeter(torch.device("cpu"), emission_factor=0.5).start()
+    # codecarbon reads RAPL where the powercap files are readable, else its CPU model
+    rapl = os.access("/sys/class/powercap/intel-rapl/subsystem", os.R_OK)
+    assert meter.method == ("rapl" if rapl else "estimate") and meter.detail.startswith("codecarbon ")
+    assert "CPU(" in meter.detail
+    assert meter.stop() >= 0 and meter.co2_kg(2.0) == 1.0
+
+    class Cpu:
+        def __init__(self, mode):
+            self._mode = mode
+
+    assert energy_mod.codecarbon_method([Cpu("intel_rapl")]) == "rapl"
+    assert energy_mod.codecarbon_method([Cpu("cpu_load"), object()]) == "estimate"
 
     def unusable(*a, **k):
         raise RuntimeError("no codecarbon here")
 
     monkeypatch.setattr(energy_mod, "_CodecarbonSource", unusable)
-    meter = EnergyMeter(torch.device("cpu"), cpu_tdp_watts=3.6e6, rapl_root=tmp_path / "none").start()
+    meter = EnergyMeter(torch.device("cpu"), cpu_tdp_watts=3.6e6).start()
     assert meter.method == "estimate" and "cpu_tdp_x_time" in meter.detail and "no codecarbon" in meter.detail
     assert 0 < meter.stop() < 1.0  # 3.6 MW x < 1 s
 

@@ -49,7 +49,13 @@ class TrainConfig:
         trainable: SAM parts that are trained; the rest is frozen.
         eval_every: evaluate min/max/fixed-random subnets every this many iterations
             (also before training and at the end); 0 = only before and at the end.
-        val_images: validation images in the fixed evaluation sample.
+        val_images: validation images in the fixed evaluation sample (each object once).
+        target_every: probe the smallest subnet on that sample every this many
+            iterations (and before training), so ``iterations_to_target`` is exact
+            at this resolution (paper Table I); 0 = only at ``eval_every`` points.
+            Probe and validation time/energy are excluded from Table I's figures.
+        metric: ``single`` or ``oracle`` (params.yaml's top-level ``metric``): the
+            mIoU of the validation, the probe and ``target_miou``.
         target_miou: mIoU the smallest subnet must reach (paper Table I): absolute
             in [0, 1] (``0.84``) or a factor of the base model's mIoU on the probe's
             validation sample (``0.9x``, ``90%``), resolved once when training starts.
@@ -80,6 +86,8 @@ class TrainConfig:
     trainable: tuple[str, ...] = ("image_encoder", "mask_decoder")
     eval_every: int = 25
     val_images: int = 8
+    target_every: int = 1
+    metric: str = "single"
     target_miou: str = "0.84"
     save_every: int = 50
     seed: int = 0
@@ -128,7 +136,7 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {value}")
-        for name in ("eval_every", "save_every", "n_random", "max_objects"):
+        for name in ("eval_every", "save_every", "n_random", "max_objects", "target_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -148,6 +156,9 @@ class TrainConfig:
                 f"list one or more of {', '.join(TRAINABLE_PARTS)}"
             )
         self.target_threshold  # noqa: B018  (raises on a bad threshold)
+        from supersam.config import metric_key
+
+        metric_key(self.metric, "metric")
 
     def to_dict(self) -> dict:
         """Plain dict (lists instead of tuples) for JSON, MLflow params and checkpoints."""

@@ -1,9 +1,11 @@
 """Energy meter for training runs (paper Table I: kWh, kg CO2e).
 
-Tries, in order: NVML GPU energy counters (``nvml``), Intel RAPL package
-counters in ``/sys/class/powercap`` (``rapl``, when readable), codecarbon's
-offline estimate (``estimate``), and as a last resort CPU TDP x wall time
-(also ``estimate``; :attr:`EnergyMeter.detail` says which). CO2 is energy times
+Tries, in order: NVML GPU energy counters (``nvml``, CUDA only), then
+codecarbon's offline tracker, which reads Intel RAPL where the powercap files
+are readable (``rapl``) and otherwise uses its CPU power model (TDP and CPU
+load, plus RAM; ``estimate``), and as a last resort CPU TDP x wall time (also
+``estimate``). :attr:`EnergyMeter.detail` names the source and codecarbon's
+hardware (``codecarbon 3.3.2: CPU(Intel Rapl), RAM(...)``). CO2 is energy times
 an emission factor (paper: 0.437 kg CO2e/kWh).
 """
 
@@ -46,48 +48,13 @@ class _NvmlSource:
         self._nvml.nvmlShutdown()
 
 
-class _RaplSource:
-    """Intel RAPL package zones (``intel-rapl:N/energy_uj``), wrap-around safe when polled."""
-
-    method = "rapl"
-
-    def __init__(self, root: str | Path) -> None:
-        zones = sorted(p for p in Path(root).glob("intel-rapl:*") if p.name.count(":") == 1)
-        if not zones:
-            raise OSError(f"no RAPL package zones under {root}")
-        self._zones = zones
-        self._last = [self._read(z) for z in zones]  # raises when not readable
-        self._range = [self._max_range(z) for z in zones]
-        self._total_uj = 0.0
-        self.detail = f"rapl: {', '.join(z.name for z in zones)}"
-
-    @staticmethod
-    def _read(zone: Path) -> int:
-        return int((zone / "energy_uj").read_text())
-
-    @staticmethod
-    def _max_range(zone: Path) -> int:
-        try:
-            return int((zone / "max_energy_range_uj").read_text())
-        except (OSError, ValueError):
-            return 2**32
-
-    def joules(self) -> float:
-        for i, zone in enumerate(self._zones):
-            now = self._read(zone)
-            delta = now - self._last[i]
-            self._total_uj += delta if delta >= 0 else delta + self._range[i]
-            self._last[i] = now
-        return self._total_uj / 1e6
-
-    def stop(self) -> None:
-        pass
+def codecarbon_method(hardware: list) -> str:
+    """``rapl`` when one of codecarbon's CPU trackers reads Intel RAPL, else ``estimate``."""
+    return "rapl" if any(getattr(h, "_mode", "") == "intel_rapl" for h in hardware) else "estimate"
 
 
 class _CodecarbonSource:
-    """codecarbon's OfflineEmissionsTracker (CPU + RAM model), no files written."""
-
-    method = "estimate"
+    """codecarbon's OfflineEmissionsTracker (RAPL where readable, else its CPU + RAM model), no files written."""
 
     def __init__(self, country_iso_code: str, output_dir: str | Path | None) -> None:
         from codecarbon import OfflineEmissionsTracker
@@ -104,10 +71,15 @@ class _CodecarbonSource:
         )
         self._tracker.start()
         self.joules()  # fail now (not mid-run) if the internals moved
-        self.detail = "codecarbon offline estimate"
+        import codecarbon
+
+        hardware = list(getattr(self._tracker, "_hardware", []))
+        self.method = codecarbon_method(hardware)
+        self.detail = f"codecarbon {codecarbon.__version__}: {', '.join(map(repr, hardware)) or 'offline estimate'}"
 
     def joules(self) -> float:
-        self._tracker._measure_power_and_energy_if_stale()
+        # measure now (not only when 50 ms stale): training and evaluation spans are told apart
+        self._tracker._measure_power_and_energy_if_stale(min_interval_s=0.0)
         return float(self._tracker._total_energy.kWh) * J_PER_KWH
 
     def stop(self) -> None:
@@ -140,11 +112,10 @@ class EnergyMeter:
         emission_factor: kg CO2e per kWh for :meth:`co2_kg` (paper: 0.437).
         cpu_tdp_watts: CPU power for the TDP x time fallback, in W.
         output_dir: where codecarbon may put files (never the repository).
-        rapl_root: powercap sysfs folder (tests point it at a fake tree).
 
     Attributes:
         method: ``nvml``, ``rapl`` or ``estimate`` (the ``energy_method`` tag).
-        detail: human-readable source (``codecarbon offline estimate``, ``cpu_tdp_x_time ...``).
+        detail: human-readable source (``codecarbon 3.3.2: CPU(...), RAM(...)``, ``cpu_tdp_x_time ...``).
     """
 
     def __init__(
@@ -154,14 +125,12 @@ class EnergyMeter:
         emission_factor: float = 0.437,
         cpu_tdp_watts: float = 65.0,
         output_dir: str | Path | None = None,
-        rapl_root: str | Path = "/sys/class/powercap",
     ) -> None:
         self.device = torch.device(device)
         self.country_iso_code = country_iso_code
         self.emission_factor = emission_factor
         self.cpu_tdp_watts = cpu_tdp_watts
         self.output_dir = output_dir
-        self.rapl_root = rapl_root
         self._source = None
         self._final: float | None = None
 
@@ -180,8 +149,7 @@ class EnergyMeter:
         attempts = []
         if self.device.type == "cuda":
             attempts.append(_NvmlSource)
-        attempts += [lambda: _RaplSource(self.rapl_root),
-                     lambda: _CodecarbonSource(self.country_iso_code, self.output_dir)]
+        attempts.append(lambda: _CodecarbonSource(self.country_iso_code, self.output_dir))
         reason = ""
         for make in attempts:
             try:

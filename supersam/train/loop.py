@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from supersam import paths
@@ -36,7 +37,9 @@ class TrainResult:
 
     Attributes:
         metrics: the metrics.json content (empty on other ranks or when stopped early).
-        history: per evaluation: iteration, miou_min/max/random, loss, seconds, energy_kwh.
+        history: per evaluation: iteration, miou_min/max/random, loss, seconds, energy_kwh
+            (training only: validation and probes excluded).
+        probes: per target probe: iteration, miou_min (the smallest subnet, ``target_every``).
         losses: per iteration (whole run, incl. before a resume): iteration (1-based),
             loss (mean over subnets), loss_max/min/random, lr.
         subnets: per iteration run by this process: the sampled subnet dicts.
@@ -45,6 +48,7 @@ class TrainResult:
 
     metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    probes: list[dict] = field(default_factory=list)
     losses: list[dict] = field(default_factory=list)
     subnets: list[list[dict]] = field(default_factory=list)
     stopped: bool = False
@@ -73,7 +77,9 @@ class Trainer:
         self.iteration = 0
         self.result = TrainResult()
         self.target = empty_target()
-        self.offset_seconds = self.offset_kwh = 0.0
+        self.offset_seconds = self.offset_kwh = 0.0            # training only, before a resume
+        self.offset_eval_seconds = self.offset_eval_kwh = 0.0  # validation + probes, before a resume
+        self._eval_seconds = self._eval_kwh = 0.0              # validation + probes, this process
         self.meter = EnergyMeter(ctx.device, cfg.country_iso_code, cfg.emission_factor,
                                  cfg.cpu_tdp_watts, output_dir=self.out)
 
@@ -88,12 +94,33 @@ class Trainer:
         # the absolute target mIoU (a relative train.target_miou: against the base model, on the probe's sample)
         self.target_miou = resolve_target(cfg, self.meta, self.probe, str(cfg.supernet_path))
 
-    # -- time and energy -------------------------------------------------------
+    # -- time and energy (paper Table I: training only) ----------------------------
+    def _meter_kwh(self) -> float:
+        return self.meter.kwh() if self.ctx.is_main else 0.0
+
     def seconds(self) -> float:
-        return self.offset_seconds + time.perf_counter() - self._t0
+        """Wall seconds of training so far, validation and target probes excluded."""
+        return self.offset_seconds + time.perf_counter() - self._t0 - self._eval_seconds
 
     def kwh(self) -> float:
-        return self.offset_kwh + (self.meter.kwh() if self.ctx.is_main else 0.0)
+        """Energy (kWh) of training so far, validation and target probes excluded."""
+        return self.offset_kwh + self._meter_kwh() - self._eval_kwh
+
+    def eval_seconds(self) -> float:
+        return self.offset_eval_seconds + self._eval_seconds
+
+    def eval_kwh(self) -> float:
+        return self.offset_eval_kwh + self._eval_kwh
+
+    @contextmanager
+    def excluded(self):
+        """Count the time and energy of the enclosed evaluation apart from training."""
+        t0, e0 = time.perf_counter(), self._meter_kwh()
+        try:
+            yield
+        finally:
+            self._eval_seconds += time.perf_counter() - t0
+            self._eval_kwh += self._meter_kwh() - e0
 
     # -- data --------------------------------------------------------------------
     def local_batch(self, iteration: int) -> list:
@@ -109,8 +136,9 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------
     def progress_state(self) -> dict:
-        return {"losses": self.result.losses, "history": self.result.history, "target": self.target,
-                "seconds": self.seconds(), "energy_kwh": self.kwh()}
+        return {"losses": self.result.losses, "history": self.result.history, "probes": self.result.probes,
+                "target": self.target, "seconds": self.seconds(), "energy_kwh": self.kwh(),
+                "eval_seconds": self.eval_seconds(), "eval_kwh": self.eval_kwh()}
 
     def identity(self) -> dict:
         """Train settings plus ``data.*`` settings: what a resumed run must share."""
@@ -139,25 +167,38 @@ class Trainer:
         self.iteration = int(state["iteration"])
         progress = state["progress"]
         self.result.losses, self.result.history = list(progress["losses"]), list(progress["history"])
+        self.result.probes = list(progress.get("probes", []))
         self.target = dict(progress["target"])
         self.offset_seconds, self.offset_kwh = float(progress["seconds"]), float(progress["energy_kwh"])
+        self.offset_eval_seconds = float(progress.get("eval_seconds", 0.0))
+        self.offset_eval_kwh = float(progress.get("eval_kwh", 0.0))
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
     # -- evaluation and logging --------------------------------------------------
-    def evaluate(self, run, bar: TrainProgress) -> None:
-        """Rank 0: probe min/max/random, update history, target and MLflow."""
+    def evaluate(self, run, bar: TrainProgress, validate: bool = True) -> None:
+        """Rank 0: validation (min/max/random subnets) and/or the target probe (min subnet only).
+
+        ``validate`` False probes only the smallest subnet (``train.target_every``).
+        Either way its mIoU updates the Table I milestone; the time and energy
+        spent here are excluded from the training figures.
+        """
         if self.ctx.is_main:
-            scores = self.probe()
-            since = [e["loss"] for e in self.result.losses if e["iteration"] > self._last_eval_iteration()]
+            with self.excluded():
+                scores = self.probe() if validate else self.probe(("min",))
             seconds, kwh = self.seconds(), self.kwh()
-            entry = {"iteration": self.iteration, **scores,
-                     "loss": sum(since) / len(since) if since else None,
-                     "seconds": seconds, "energy_kwh": kwh}
-            self.result.history.append(entry)
+            self.result.probes.append({"iteration": self.iteration, "miou_min": scores["miou_min"]})
             if update_target(self.target, scores["miou_min"], self.target_miou.value, self.iteration, seconds, kwh):
                 log.info("smallest subnet reached mIoU %.3f at iteration %d", self.target_miou.value, self.iteration)
-            run.log_metrics(scores, step=self.iteration)
-            bar.show_miou(scores)
+            if validate:
+                since = [e["loss"] for e in self.result.losses if e["iteration"] > self._last_eval_iteration()]
+                entry = {"iteration": self.iteration, **scores,
+                         "loss": sum(since) / len(since) if since else None,
+                         "seconds": seconds, "energy_kwh": kwh}
+                self.result.history.append(entry)
+                run.log_metrics(scores, step=self.iteration)
+                bar.show_miou(scores)
+            else:
+                run.log_metrics({"miou_min_probe": scores["miou_min"]}, step=self.iteration)
         barrier(self.ctx)
 
     def _last_eval_iteration(self) -> int:
@@ -218,6 +259,8 @@ class Trainer:
         bar.advance(step.loss)
         if self.due(cfg.eval_every) or self.iteration == cfg.iterations:
             self.evaluate(run, bar)
+        elif self.due(cfg.target_every):
+            self.evaluate(run, bar, validate=False)
         if self.due(cfg.save_every) or self.iteration == end:
             self.save_checkpoint()
 
@@ -231,6 +274,7 @@ class Trainer:
         """Rank 0: write supernet.pt, metrics.json, history.json; log final metrics and tags."""
         last = self.result.history[-1]
         kwh, seconds = self.kwh(), self.seconds()
+        kwh_total, seconds_total = kwh + self.eval_kwh(), seconds + self.eval_seconds()
         collapsed, reason = self.probe.collapse_check(last["miou_min"], "min")
         if collapsed:
             log.warning("the smallest subnet looks collapsed: %s", reason)
@@ -238,7 +282,12 @@ class Trainer:
             **{k: last[k] for k in ("miou_min", "miou_max", "miou_random")},
             **self.probe.baseline_metrics(), "collapsed": collapsed,
             "iterations": self.iteration, **self.target, **self.target_miou.report("target_miou", base_key=None),
+            "metric": self.cfg.metric, "target_every": self.cfg.target_every,
+            "val_images": self.probe.n_images, "val_objects": self.probe.n_objects,
+            # Table I: training only; validation and target probes are counted apart
             "seconds": seconds, "energy_kwh": kwh, "co2_kg": self.meter.co2_kg(kwh),
+            "seconds_total": seconds_total, "energy_kwh_total": kwh_total,
+            "co2_kg_total": self.meter.co2_kg(kwh_total),
             "co2_kg_to_target": (None if self.target["energy_kwh_to_target"] is None
                                  else self.meter.co2_kg(self.target["energy_kwh_to_target"])),
             "energy_method": self.meter.method, "energy_detail": self.meter.detail,
@@ -251,7 +300,8 @@ class Trainer:
             "iterations": self.iteration, "seed": self.cfg.seed, "mode": self.cfg.mode,
             "source": str(self.cfg.supernet_path)})
         save_supernet(self.out / paths.SUPERNET_FILE, self.supernet)
-        artifacts = write_outputs(self.out, metrics, self.result.history, title=f"{self.model_type} {self.meta.variant}")
+        artifacts = write_outputs(self.out, metrics, self.result.history, self.result.probes,
+                                  title=f"{self.model_type} {self.meta.variant}")
         # docs/contracts.md's common names: `miou`/`params` of the smallest subnet (paper Table I's subject)
         run.log_metrics({**metrics, "miou": metrics["miou_min"], "params": metrics.get("params_min")},
                         step=self.iteration)

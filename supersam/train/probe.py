@@ -10,6 +10,7 @@ import torch
 from supersam.artifacts import SupernetMeta
 from supersam.baselines import collapse_check, describe, trivial_baselines
 from supersam.data import DataConfig, prepare_split
+from supersam.config import metric_key
 from supersam.sampling import eval_generator
 from supersam.scoring import SubnetEvaluator
 from supersam.thresholds import ResolvedThreshold, base_checkpoint, resolve_threshold
@@ -18,8 +19,8 @@ from supersam.train.config import TrainConfig
 class ValidationProbe:
     """mIoU of the smallest, the largest and one fixed random subnet on a fixed val sample.
 
-    The sample is ``prepare_split(data, "val", img_size, cfg.val_images, cfg.seed)``;
-    the random subnet is drawn once from ``eval_generator(cfg.seed)``. Prompt
+    The sample is ``prepare_split(data, "val", img_size, cfg.val_images, cfg.seed)``
+    (each object once); mIoUs are ``cfg.metric``'s (single or oracle); the random subnet is drawn once from ``eval_generator(cfg.seed)``. Prompt
     embeddings are cached unless the prompt encoder is being trained. The
     trivial baselines (:func:`supersam.baselines.trivial_baselines`) are computed
     once on the same sample (``baselines``); every call keeps each subnet's
@@ -43,6 +44,7 @@ class ValidationProbe:
         space = supernet.space
         self.subnets = {"min": space.min_subnet(), "max": space.max_subnet(),
                         "random": space.sample(eval_generator(cfg.seed))}
+        self.key = metric_key(cfg.metric)
         self.n_images = len(inputs)
         self.n_objects = sum(inp.n_objects for inp in inputs)
         self.baselines = trivial_baselines(inputs)
@@ -69,12 +71,12 @@ class ValidationProbe:
         """
         return collapse_check(miou, self.fg_fractions.get(kind, math.nan), self.baselines)
 
-    def __call__(self) -> dict[str, float]:
-        """``miou_min``, ``miou_max``, ``miou_random`` (single-mask mIoU, in [0, 1])."""
+    def __call__(self, kinds: tuple[str, ...] = ("min", "max", "random")) -> dict[str, float]:
+        """``miou_min``, ``miou_max``, ``miou_random`` (mIoU under ``cfg.metric``, in [0, 1]) of ``kinds``."""
         scores = {}
-        for k, s in self.subnets.items():
-            result = self.evaluator.evaluate(s)
-            scores[f"miou_{k}"] = float(result["miou"])
+        for k in kinds:
+            result = self.evaluator.evaluate(self.subnets[k])
+            scores[f"miou_{k}"] = float(result[self.key])
             self.fg_fractions[k] = float(result["fg_fraction"])
         return scores
 
@@ -83,8 +85,9 @@ def update_target(target: dict, miou_min: float, target_miou: float, iteration: 
                   seconds: float, kwh: float) -> bool:
     """Record the first iteration whose smallest-subnet mIoU reaches ``target_miou``.
 
-    ``target`` holds ``iterations_to_target``, ``seconds_to_target`` (wall s)
-    and ``energy_kwh_to_target``, all None until reached. Returns True when
+    ``target`` holds ``iterations_to_target``, ``seconds_to_target`` (s of
+    training, validation and probes excluded) and ``energy_kwh_to_target``
+    (likewise), all None until reached. Returns True when
     this call recorded it.
     """
     if target.get("iterations_to_target") is not None or not miou_min >= target_miou:
@@ -103,7 +106,7 @@ def resolve_target(cfg: TrainConfig, meta: SupernetMeta, probe: ValidationProbe 
                    source: str = "the supernet") -> ResolvedThreshold | None:
     """``cfg.target_miou`` as an absolute mIoU, resolved once at the start of training.
 
-    A relative target (``0.9x``) multiplies the base model's single-mask mIoU
+    A relative target (``0.9x``) multiplies the base model's mIoU (``cfg.metric``)
     (``meta.checkpoint``, the SAM the supernet was built from) on the probe's
     own validation sample. Every rank checks that a base model exists; only the
     rank with the probe (rank 0) measures it, the others get None.
@@ -117,4 +120,4 @@ def resolve_target(cfg: TrainConfig, meta: SupernetMeta, probe: ValidationProbe 
         return None
     evaluator = probe.evaluator
     return resolve_threshold(cfg.target_miou, meta, evaluator.inputs, evaluator.device, what="train.target_miou",
-                             source=source, metric="miou", amp=cfg.amp)
+                             source=source, metric=probe.key, amp=cfg.amp)

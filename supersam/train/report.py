@@ -43,19 +43,24 @@ class TrainProgress:
 
 
 TABLE1_KEYS = ("iterations_to_target", "seconds_to_target", "energy_kwh_to_target", "co2_kg_to_target",
-               "target_miou", "target_miou_setting", "iterations", "seconds", "energy_kwh", "co2_kg",
-               "energy_method", "miou_min", "params_min")
+               "target_miou", "target_miou_setting", "target_every", "metric", "iterations", "seconds",
+               "energy_kwh", "co2_kg", "seconds_total", "energy_kwh_total", "energy_method", "energy_detail",
+               "miou_min", "params_min")
 
 
-def write_outputs(out: Path, metrics: dict, history: list[dict], title: str = "") -> tuple[str, ...]:
-    """Atomically write ``out/``: metrics.json, history.json, the training curve (history.png) and
-    this run's paper Table I row (table1.json: iterations, time, energy and CO2 to target).
+def write_outputs(out: Path, metrics: dict, history: list[dict], probes: list[dict],
+                  title: str = "") -> tuple[str, ...]:
+    """Atomically write ``out/``: metrics.json, history.json, probes.json (the smallest
+    subnet's mIoU at every target probe), the training curve (history.png) and this
+    run's paper Table I row (table1.json: iterations, time, energy and CO2 to target;
+    time and energy exclude validation and probes, ``*_total`` include them).
 
     Returns:
         the file names written (for MLflow artifacts).
     """
     write_json(out / "metrics.json", metrics)
     write_json(out / "history.json", history)
+    write_json(out / "probes.json", probes)
     write_json(out / "table1.json", {key: metrics.get(key) for key in TABLE1_KEYS})
-    plot_history(out / "history.png", history, metrics.get("target_miou"), title)
-    return ("metrics.json", "history.json", "table1.json", "history.png")
+    plot_history(out / "history.png", history, metrics.get("target_miou"), title, probes)
+    return ("metrics.json", "history.json", "probes.json", "table1.json", "history.png")
