@@ -48,6 +48,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return _atomic(path, write)
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    return _atomic(path, write)
+
+
 def torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically."""
     return _atomic(path, lambda tmp: torch.save(obj, tmp))

@@ -12,6 +12,7 @@ Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
     outputs/supernet/<variant>/supernet.pt       reordered supernet (+ search_space.json)
     outputs/train/<variant>/supernet.pt          trained supernet (+ metrics, history, checkpoints/)
     outputs/search/<variant>/best_subnet.json    search result (+ candidates, Pareto front)
+    outputs/compare/table1.json                  the variants side by side (Table I, Fig. 4/5)
     outputs/export/model/                        exported subnet: model.pt + config.json
     outputs/eval/<name>/metrics.json             evaluation (+ overlays/)
 
@@ -31,6 +32,8 @@ BASE_MODEL = PRETRAIN_DIR / "model.pt"
 RANK_LAYERS_DIR = OUTPUTS / "rank_layers"
 RANKING = RANK_LAYERS_DIR / "ranking.json"
 CALIBRATION_STATS = OUTPUTS / "calibration" / "wanda_stats.pt"
+COMPARE_DIR = OUTPUTS / "compare"
+USER_COMPARE_DIR = RUNS / "compare"
 EXPORT_DIR = OUTPUTS / "export" / "model"
 EVAL_DIR = OUTPUTS / "eval"
 
@@ -63,6 +66,11 @@ def trained_supernet(variant: str) -> Path:
     return train_dir(variant) / SUPERNET_FILE
 
 
+def train_table1(variant: str) -> Path:
+    """``outputs/train/<variant>/table1.json``: the variant's paper Table I row."""
+    return train_dir(variant) / "table1.json"
+
+
 def search_dir(variant: str) -> Path:
     """``outputs/search/<variant>``: the pipeline's search output folder."""
     return OUTPUTS / "search" / variant
@@ -71,6 +79,11 @@ def search_dir(variant: str) -> Path:
 def user_search_dir(variant: str) -> Path:
     """``runs/search/<variant>``: where a hand-run ``supersam search`` writes by default."""
     return RUNS / "search" / variant
+
+
+def search_pareto(variant: str) -> Path:
+    """``outputs/search/<variant>/pareto.json``: the search's params-vs-mIoU frontier."""
+    return search_dir(variant) / "pareto.json"
 
 
 def best_subnet(variant: str) -> Path:

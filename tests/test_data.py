@@ -299,3 +299,18 @@ def test_coco_missing_image_file_skipped_and_logged(shared_data, tmp_path, caplo
     assert ds.names == [first["file_name"]]
     assert f"skipped 1 image whose file is missing (annotated but not in the image folder): {second['file_name']}" in caplog.text
     assert "ignored 1 annotations whose image_id is not in the JSON's images (ids -1)" in caplog.text
+
+
+def test_probes_never_repeat_an_object_on_tiny_coco(shared_data, coco_val):
+    """Evaluation samples (rank-layers, search, training probes, compare, eval) prompt each object once,
+    even under the paper's COCO cap of 8 objects per image (training batches alone repeat)."""
+    cfg = coco_cfg(shared_data, images="val2017", max_objects=8)
+    inputs = prepare_split(cfg, "all", 64, seed=0)
+    counts = dict(zip(coco_val.names, coco_val.object_counts))
+    assert len(inputs) == 48 and any(counts[inp.name] < 8 for inp in inputs)
+    for inp in inputs:
+        assert inp.n_objects == min(counts[inp.name], 8)
+        flat = inp.gt_masks.flatten(1)
+        assert len({hash(m.numpy().tobytes()) for m in flat}) == inp.n_objects  # no mask twice
+    total = sum(inp.n_objects for inp in inputs)
+    assert total == sum(min(c, 8) for c in counts.values()) < 377

@@ -26,12 +26,12 @@ PKG = REPO / "supersam"
 # stage name in dvc.yaml -> the CLI module that runs it
 STAGE_COMMANDS = {
     "pretrain": "pretrain", "rank-layers": "rank_layers", "calibrate-wanda": "calibrate_wanda",
-    "build-supernet": "build_supernet", "train": "train", "search": "search", "export": "export",
-    "eval": "eval",
+    "build-supernet": "build_supernet", "train": "train", "search": "search", "compare": "compare",
+    "export": "export", "eval": "eval",
 }
 # the stage modules/packages (one per command); everything else in supersam/ but cli/ is core
 STAGE_MODULES = ("supersam.pretrain", "supersam.rank_layers", "supersam.calibrate", "supersam.build_supernet",
-                 "supersam.train", "supersam.search", "supersam.export", "supersam.eval")
+                 "supersam.train", "supersam.search", "supersam.compare", "supersam.export", "supersam.eval")
 # sources that cannot change a stage's outputs, so dvc.yaml need not list them:
 # messages (errors.py) and MLflow logging (tracking.py); cli/ only parses options.
 NOT_DEPS = {"supersam/errors.py", "supersam/tracking.py"}
@@ -155,6 +155,7 @@ def _layout(variant: str) -> dict[str, list[str]]:
         "build-supernet": [str(paths.built_supernet(variant)), str(paths.supernet_dir(variant) / paths.SEARCH_SPACE_FILE)],
         "train": [str(paths.trained_supernet(variant)), str(paths.train_dir(variant) / paths.METRICS_FILE)],
         "search": [str(paths.best_subnet(variant)), str(paths.search_dir(variant) / paths.METRICS_FILE)],
+        "compare": [str(paths.COMPARE_DIR / name) for name in ("table1.json", "metrics.json", "subnets.json")],
         "export": [str(paths.EXPORT_DIR)],
         "eval": [str(paths.eval_dir(name) / paths.METRICS_FILE) for name in ("subnet", "full", "base")],
     }
@@ -181,6 +182,13 @@ def test_dvc_inputs_are_the_layout():
         assert str(paths.RANKING) in [_resolve(d) for d in _entries(_stage("build-supernet"), "deps")]
         assert str(paths.built_supernet(variant)) in [_resolve(d, variant) for d in _entries(_stage("train"), "deps")]
         assert str(paths.trained_supernet(variant)) in [_resolve(d, variant) for d in _entries(_stage("search"), "deps")]
+    # compare reads every variant's trained supernet, Table I row and search frontier
+    compare_deps = {_resolve(d) for d in _entries(_stage("compare"), "deps")}
+    for variant in params["variants"]:
+        want = {str(paths.trained_supernet(variant)), str(paths.train_table1(variant)), str(paths.search_pareto(variant))}
+        assert want <= compare_deps, f"dvc.yaml compare deps lack {sorted(want - compare_deps)} (params.yaml variants)"
+        assert str(paths.train_table1(variant)) in _declared("train", variant)
+        assert str(paths.search_pareto(variant)) in [_resolve(p, variant) for p in _entries(_stage("search"), "plots")]
     export_deps = [_resolve(d) for d in _entries(_stage("export"), "deps")]
     variant = params["export"]["variant"]
     assert {str(paths.trained_supernet(variant)), str(paths.best_subnet(variant))} <= set(export_deps)
@@ -190,6 +198,7 @@ def test_command_defaults_are_the_layout():
     """The commands' defaults (what a stage writes without --out) come from paths.py."""
     from supersam.build_supernet import SpaceConfig, SupernetConfig
     from supersam.calibrate import CalibrateConfig
+    from supersam.compare import CompareConfig
     from supersam.eval import EvalConfig
     from supersam.export import ExportConfig
     from supersam.pretrain import PretrainConfig
@@ -207,6 +216,7 @@ def test_command_defaults_are_the_layout():
     assert train.out_dir_for("magnitude") == paths.train_dir("magnitude")  # the loaded supernet's variant wins
     search = SearchConfig(variant="none")
     assert (search.supernet_path, search.out_dir()) == (paths.trained_supernet("none"), paths.user_search_dir("none"))
+    assert CompareConfig().out_dir == paths.COMPARE_DIR
     export = ExportConfig(variant="none").resolved()
     assert (Path(export.supernet), Path(export.subnet), Path(export.out)) == (
         paths.trained_supernet("none"), paths.best_subnet("none"), paths.EXPORT_DIR)

@@ -1,6 +1,6 @@
 """`dvc repro` of the whole pipeline on the tiny SAM config in a temporary copy of the project.
 
-Runs `pretrain` and the seven SuperSAM stages on real ISBI EM patches, checks every stage's artifacts and
+Runs `pretrain`, the seven SuperSAM stages and `compare` on real ISBI EM patches, checks every stage's artifacts and
 metrics, that a second `dvc repro` does nothing, and reads the MLflow runs back
 through the REST API of a real `mlflow server` on 127.0.0.1.
 """
@@ -37,6 +37,7 @@ def _tiny_params() -> dict:
     params["calibrate"].update(n_images=2, batch_size=2)
     params["train"].update(iterations=4, batch_size=2, max_objects=4, eval_every=2, val_images=2, save_every=2)
     params["search"].update(budget=6, n_images=2, max_params="0.6M", min_miou=0.0)
+    params["compare"].update(n_subnets=3, n_images=2)
     params["eval"].update(n_images=2, overlays=1)
     return params
 
@@ -92,6 +93,20 @@ def test_every_stage_writes_its_artifacts(project):
         assert search["feasible"] is True and search["best_params"] <= 600_000
         best = _json(out / "search" / variant / "best_subnet.json")
         assert len(best["mlp_dims"]) == 12 and best["mlp_dims"][0] == 256
+        probes = _json(out / "train" / variant / "probes.json")
+        assert [p["iteration"] for p in probes] == [0, 1, 2, 3, 4]  # target_every: 1
+    # the greedy curve: each step's choice is the best remaining candidate
+    for step in _json(out / "rank_layers" / "curve.json")[1:]:
+        assert step["miou"] == max(c["miou"] for c in step["candidates"])
+        assert step["removed"] == step["dropped"][-1] and len(step["candidates"]) == 12 - step["step"]
+    compare = out / "compare"
+    subnets = _json(compare / "subnets.json")
+    assert set(subnets["miou"]) == set(VARIANTS) and len(subnets["subnets"]) == len(subnets["params"]) == 3
+    table = _json(compare / "table1.json")
+    assert set(table["variants"]) == set(VARIANTS) and table["reference"] == "none"
+    assert "| wanda |" in (compare / "table1.md").read_text()
+    for name in ("fig4.png", "fig5.png"):
+        assert (compare / name).read_bytes()[:4] == b"\x89PNG"
     export = _json(out / "export" / "model" / "config.json")
     assert export["subnet"]["kept_layers"] == _json(out / "search" / "wanda" / "best_subnet.json")["kept_layers"]
     subnet_eval = _json(out / "eval" / "subnet" / "metrics.json")
@@ -172,11 +187,11 @@ def test_mlflow_server_serves_one_train_run_per_variant(project):
     assert all(t["mlflow.parentRunId"] == parents[0] for t in tags if t["stage"] != "pipeline")
     runs, tags = zip(*[(run, t) for run, t in zip(runs, tags) if t["stage"] != "pipeline"])
     for run, t in zip(runs, tags):
-        if t["stage"] in ("pretrain", "rank-layers", "calibrate-wanda", "train", "search", "eval"):
+        if t["stage"] in ("pretrain", "rank-layers", "calibrate-wanda", "train", "search", "compare", "eval"):
             assert run.get("inputs", {}).get("dataset_inputs"), f"{t['stage']} run has no dataset input"
     stages = sorted(t["stage"] for t in tags)
     assert stages.count("train") == 3 and stages.count("search") == 3 and stages.count("build-supernet") == 3
-    assert {"pretrain", "rank-layers", "calibrate-wanda", "eval"} <= set(stages)
+    assert {"pretrain", "rank-layers", "calibrate-wanda", "compare", "eval"} <= set(stages)
     assert len({t.get("pipeline_run") for t in tags}) == 1
     train = [run for run, t in zip(runs, tags) if t["stage"] == "train"]
     assert sorted(t["variant"] for t in tags if t["stage"] == "train") == sorted(VARIANTS)

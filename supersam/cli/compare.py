@@ -1,0 +1,65 @@
+"""``supersam compare`` and ``supersam compare-seeds``: parse options, then call :mod:`supersam.compare`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from supersam.cli.app import app, load_params, params_option, set_option
+
+
+@app.command("compare")
+def compare_cli(
+    params: Path = params_option(),
+    sets: list[str] = set_option(),
+    out: Optional[str] = typer.Option(None, help="Output folder (default outputs/compare)."),
+) -> None:
+    """Compare the reordering variants: Table I (iterations/time/energy to target), Fig. 4 and Fig. 5."""
+    from supersam.compare import CompareConfig, compare
+    from supersam.config import TrackingConfig, stage_config
+    from supersam.data import DataConfig
+
+    values = load_params("compare", ("compare", "variants", "data", "mlflow"), params, sets, {"compare.out": out})
+    compare(stage_config(CompareConfig, values, "compare"), _variants(values),
+            stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"))
+
+
+@app.command("compare-seeds")
+def compare_seeds_cli(
+    params: Path = params_option(),
+    sets: list[str] = set_option(),
+    exp_json: Optional[Path] = typer.Option(None, "--from", help="Saved `dvc exp show --json` output (default: run it)."),
+    out: Optional[str] = typer.Option(None, help="Output folder (default runs/compare)."),
+) -> None:
+    """Mean +- std per variant over several runs (e.g. `dvc exp run --queue -S train.seed=N`; README)."""
+    from supersam.compare import compare_seeds
+    from supersam.errors import ConfigError
+
+    values = load_params("compare-seeds", ("variants",), params, sets)
+    if exp_json is not None:
+        try:
+            exp_show = json.loads(exp_json.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"--from {exp_json} is not readable `dvc exp show --json` output ({exc})") from None
+    else:
+        if shutil.which("dvc") is None:
+            raise ConfigError("dvc is not on PATH; activate the project's environment or pass --from FILE")
+        done = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ConfigError(f"`dvc exp show --json` failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        exp_show = json.loads(done.stdout)
+    compare_seeds(exp_show, _variants(values), out or "")
+
+
+def _variants(values: dict) -> list[str]:
+    from supersam.errors import ConfigError
+
+    variants = values.get("variants") or ["none", "magnitude", "wanda"]
+    if not isinstance(variants, list) or not all(isinstance(v, str) for v in variants):
+        raise ConfigError(f"variants must be a list of variant names, got {variants!r}")
+    return variants

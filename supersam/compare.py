@@ -1,0 +1,373 @@
+"""The ``compare`` stage: the reordering variants side by side, as the paper measures them.
+
+After every variant's supernet is trained and searched, ``compare`` writes
+(``outputs/compare/``; docs/method.md, "Comparing the variants"):
+
+- ``table1.json`` / ``table1.md``: paper Table I, per variant the iterations,
+  time, energy and CO2 its smallest subnet needed to reach ``train.target_miou``
+  (read from each ``outputs/train/<variant>/table1.json``; training only, the
+  validation and target probes excluded) and the ratio of each to ``none``'s.
+- ``subnets.json`` / ``fig4.png``: paper Fig. 4, N subnets sampled once
+  (seeded) and evaluated in every variant's trained supernet on the same
+  validation objects: ``{"subnets": [...], "params": [...], "miou": {variant:
+  [...]}, "summary": {variant: mean/median/std/min/max, paired difference and
+  wins against none}}``.
+- ``fig5.png``: paper Fig. 5, every variant's search Pareto frontier on one plot.
+- ``metrics.json``: the figures DVC and ``dvc exp show`` compare across runs.
+
+:func:`summarize_seeds` turns several such runs (one per ``train.seed``, e.g. DVC
+experiments) into mean +- std per variant, since one CPU run cannot separate the
+variants from noise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from supersam import paths
+from supersam.config import TrackingConfig
+from supersam.errors import ConfigError, DataError
+from supersam.io import read_json, write_json, write_text
+from supersam.config import metric_key
+from supersam.plots import plot_frontiers, plot_subnet_distributions
+from supersam.tracking import start_run
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "none"  # Table I's ratios are to the variant without reordering
+TABLE1_FIELDS = ("iterations_to_target", "seconds_to_target", "energy_kwh_to_target", "co2_kg_to_target")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """params.yaml ``compare`` section.
+
+    Attributes:
+        n_subnets: subnets sampled once and evaluated in every variant (paper Fig. 4: 100).
+        seed: seeds the subnet sample (the validation objects are fixed by ``data.seed``).
+        split: data split evaluated (``val``; ``test`` is refused: it is held out for eval).
+        n_images: validation images (0 = the whole split).
+        metric: ``single`` or ``oracle`` (params.yaml's top-level ``metric``).
+        out: output folder ("" = ``outputs/compare``).
+        batch_size, device, amp: evaluation settings.
+    """
+
+    n_subnets: int = 20
+    seed: int = 0
+    split: str = "val"
+    n_images: int = 8
+    metric: str = "single"
+    out: str = ""
+    batch_size: int = 1
+    device: str = "auto"
+    amp: bool = False
+
+    def validate(self) -> None:
+        """Raises ConfigError naming the offending ``compare.<key>``."""
+        from supersam.data.config import check_selection_split
+
+        check_selection_split(self.split, "compare.split")
+        metric_key(self.metric, "metric")
+        if self.n_subnets < 1:
+            raise ConfigError(f"compare.n_subnets must be >= 1, got {self.n_subnets}")
+        if self.n_images < 0 or self.batch_size < 1:
+            raise ConfigError("compare.n_images must be >= 0 and compare.batch_size >= 1")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or paths.COMPARE_DIR)
+
+
+def _ratio(value: Any, reference: Any) -> float | None:
+    if value is None or reference is None or not reference:
+        return None
+    return float(value) / float(reference)
+
+
+def table1(rows: dict[str, dict]) -> dict[str, Any]:
+    """Paper Table I from each variant's ``table1.json`` row, with ratios to ``none``.
+
+    Args:
+        rows: variant -> the train stage's table1.json content.
+
+    Returns:
+        ``{"variants": {v: {...row, "ratio_to_none": {field: v / none or None}}},
+        "reference": "none" or None}``; a ratio is None when either run missed the
+        target (or ``none`` was not trained).
+    """
+    ref = rows.get(REFERENCE)
+    out = {}
+    for variant, row in rows.items():
+        ratios = {f: _ratio(row.get(f), ref.get(f)) if ref else None for f in TABLE1_FIELDS}
+        out[variant] = {**row, "ratio_to_none": ratios}
+    return {"reference": REFERENCE if ref else None, "variants": out}
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table1_markdown(table: dict[str, Any]) -> str:
+    """Table I as a markdown table (one line per variant)."""
+    lines = ["| variant | iterations to target | time to target (s) | energy to target (kWh) | CO2 to target (kg) "
+             "| ratio to none (it / s / kWh) | target mIoU | smallest subnet mIoU at the end | energy method |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for variant, row in table["variants"].items():
+        reached = row.get("iterations_to_target") is not None
+        its = str(row["iterations_to_target"]) if reached else f"not reached in {row.get('iterations')}"
+        r = row["ratio_to_none"]
+        ratio = " / ".join(_fmt(r[f], ".2f") for f in TABLE1_FIELDS[:3])
+        lines.append(
+            f"| {variant} | {its} | {_fmt(row.get('seconds_to_target'), '.1f')} "
+            f"| {_fmt(row.get('energy_kwh_to_target'), '.3g')} | {_fmt(row.get('co2_kg_to_target'), '.3g')} "
+            f"| {ratio} | {_fmt(row.get('target_miou'), '.4f')} ({row.get('target_miou_setting')}) "
+            f"| {_fmt(row.get('miou_min'), '.4f')} | {row.get('energy_method')} |")
+    every = {row.get("target_every") for row in table["variants"].values()}
+    lines.append("")
+    lines.append(f"Time and energy count training only (validation and the target probes excluded); the smallest "
+                 f"subnet was probed every {', '.join(map(str, sorted(e for e in every if e is not None)))} "
+                 "iteration(s).")
+    return "\n".join(lines) + "\n"
+
+
+def sample_subnets(space: Any, n: int, seed: int) -> list:
+    """``n`` distinct subnets drawn with :meth:`SearchSpace.sample` from a seeded generator.
+
+    Raises:
+        ConfigError: the space has fewer than ``n`` distinct subnets.
+    """
+    import torch
+
+    if space.size() < n:
+        raise ConfigError(f"compare.n_subnets is {n} but the search space has only {space.size()} subnets; lower it")
+    generator = torch.Generator().manual_seed(int(seed))
+    seen, subnets = set(), []
+    for _ in range(1000 * n):
+        subnet = space.sample(generator)
+        key = json.dumps(subnet.to_dict(), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            subnets.append(subnet)
+            if len(subnets) == n:
+                return subnets
+    raise ConfigError(f"could not draw {n} distinct subnets from the search space; lower compare.n_subnets")
+
+
+def summarize(miou: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per variant: mean, median, std, min, max; against ``none`` (same subnets, paired):
+    mean difference and the number of subnets where the variant is better."""
+    ref = miou.get(REFERENCE)
+    out = {}
+    for variant, values in miou.items():
+        row = {"mean": statistics.fmean(values), "median": statistics.median(values),
+               "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+               "min": min(values), "max": max(values), "n": len(values)}
+        if ref is not None and variant != REFERENCE:
+            diffs = [a - b for a, b in zip(values, ref)]
+            row.update(mean_diff_to_none=statistics.fmean(diffs), wins_over_none=sum(d > 0 for d in diffs))
+        out[variant] = row
+    return out
+
+
+def _check_spaces(supernets: dict[str, Any]) -> Any:
+    spaces = {v: s.space.to_dict() for v, s in supernets.items()}
+    first = next(iter(spaces.values()))
+    for variant, space in spaces.items():
+        if space != first:
+            raise ConfigError(f"the {variant} supernet has another search space than {next(iter(spaces))}'s; "
+                              "rebuild the variants from one ranking (dvc repro)")
+    return next(iter(supernets.values())).space
+
+
+def evaluate_subnets(cfg: CompareConfig, variants: Sequence[str], data: Any, run: Any) -> dict[str, Any]:
+    """Fig. 4: the same sampled subnets in every variant's trained supernet, on the validation objects."""
+    from supersam.checkpoint import load_supernet
+    from supersam.data import prepare_split
+    from supersam.device import resolve_device
+    from supersam.scoring import SubnetEvaluator
+
+    device = resolve_device(cfg.device)
+    key = metric_key(cfg.metric)
+    supernets = {v: load_supernet(paths.trained_supernet(v), device) for v in variants}
+    space = _check_spaces(supernets)
+    subnets = sample_subnets(space, cfg.n_subnets, cfg.seed)
+    img_size = next(iter(supernets.values())).meta.img_size
+    inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images)
+    n_objects = sum(inp.n_objects for inp in inputs)
+    run.log_dataset(data.root, cfg.split, len(inputs), n_objects, data.kind)
+    miou: dict[str, list[float]] = {}
+    params: list[int] = []
+    for variant, supernet in supernets.items():
+        evaluator = SubnetEvaluator(supernet, inputs, device, cfg.amp, cfg.batch_size)
+        results = [evaluator.evaluate(s) for s in subnets]
+        miou[variant] = [float(r[key]) for r in results]
+        params = [int(r["params"]) for r in results]
+        log.info("%s: %d subnets, %s mean %.4f (min %.4f, max %.4f)", variant, len(subnets), key,
+                 statistics.fmean(miou[variant]), min(miou[variant]), max(miou[variant]))
+    return {"metric": cfg.metric, "split": cfg.split, "n_images": len(inputs), "n_objects": n_objects,
+            "img_size": img_size, "seed": cfg.seed, "subnets": [s.to_dict() for s in subnets],
+            "params": params, "miou": miou, "summary": summarize(miou)}
+
+
+def compare(cfg: CompareConfig, variants: Sequence[str], data: Any, tracking: TrackingConfig) -> dict[str, Any]:
+    """Compare the reordering variants (paper Table I, Fig. 4 and Fig. 5); ``supersam compare``.
+
+    Args:
+        cfg: the ``compare`` section.
+        variants: the variants to compare (params.yaml ``variants``); each must have
+            been trained (``outputs/train/<v>/``) and searched (``outputs/search/<v>/``).
+        data: ``supersam.data.DataConfig`` of the validation objects.
+        tracking: MLflow settings (run tagged stage=compare).
+
+    Returns:
+        the metrics.json dict.
+
+    Raises:
+        ConfigError: bad settings, no variants, or variants with different search spaces.
+        DataError: a variant's train or search outputs are missing.
+        CheckpointError: an unreadable trained supernet.
+    """
+    cfg.validate()
+    variants = list(dict.fromkeys(variants))
+    if not variants:
+        raise ConfigError("no variants to compare; list them in params.yaml `variants:`")
+    for v in variants:
+        for needed in (paths.train_table1(v), paths.trained_supernet(v), paths.search_pareto(v)):
+            if not needed.is_file():
+                raise DataError(f"{needed} is missing: run `dvc repro` (or train and search the {v} variant) first")
+    out = cfg.out_dir
+    key = metric_key(cfg.metric)
+    with start_run(tracking, "compare", params={**{f"compare.{k}": v for k, v in asdict(cfg).items()},
+                                                 "variants": ",".join(variants)}) as run:
+        table = table1({v: read_json(paths.train_table1(v), "Table I row") for v in variants})
+        subnets = evaluate_subnets(cfg, variants, data, run)
+        fronts = {v: read_json(paths.search_pareto(v), "Pareto frontier") for v in variants}
+        metrics = _metrics(table, subnets)
+        write_json(out / "table1.json", table)
+        write_text(out / "table1.md", table1_markdown(table))
+        write_json(out / "subnets.json", subnets)
+        write_json(out / "metrics.json", metrics)
+        plot_subnet_distributions(out / "fig4.png", subnets["miou"], subnets["params"], key,
+                                  f"{len(subnets['params'])} subnets, {subnets['n_objects']} validation objects")
+        plot_frontiers(out / "fig5.png", fronts, key)
+        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+        for name in ("table1.json", "table1.md", "subnets.json", "metrics.json", "fig4.png", "fig5.png"):
+            run.log_artifact(str(out / name))
+    log.info("Table I (%s):\n%s", out / "table1.md", table1_markdown(table))
+    return metrics
+
+
+def _metrics(table: dict[str, Any], subnets: dict[str, Any]) -> dict[str, Any]:
+    """Flat per-variant figures (``<field>_<variant>``) for DVC metrics and MLflow."""
+    out: dict[str, Any] = {"metric": subnets["metric"], "n_subnets": len(subnets["params"]),
+                           "n_objects": subnets["n_objects"]}
+    for variant, row in table["variants"].items():
+        for field in TABLE1_FIELDS:
+            out[f"{field}_{variant}"] = row.get(field)
+        stats = subnets["summary"][variant]
+        out[f"subnet_miou_mean_{variant}"] = stats["mean"]
+        out[f"subnet_miou_std_{variant}"] = stats["std"]
+        if "mean_diff_to_none" in stats:
+            out[f"subnet_miou_diff_to_none_{variant}"] = stats["mean_diff_to_none"]
+            out[f"subnet_wins_over_none_{variant}"] = stats["wins_over_none"]
+    return out
+
+
+# -- several seeds ------------------------------------------------------------------
+
+def experiments_from_dvc(exp_show: list[dict], metrics_path: str = "outputs/compare/metrics.json") -> list[dict]:
+    """The compare metrics and ``train.seed`` of every run in ``dvc exp show --json`` output.
+
+    Returns:
+        ``[{"name", "seed", "metrics"}]`` for the workspace, each commit and each
+        experiment that has ``metrics_path``; a run with the same seed and the same
+        figures as one already found (the workspace after its last experiment, a
+        commit of it) is counted once.
+    """
+    found, seen = [], set()
+
+    def visit(entry: dict) -> None:
+        data = entry.get("data") or {}
+        rev = data.get("rev") or entry.get("rev")
+        metrics = ((data.get("metrics") or {}).get(metrics_path) or {}).get("data")
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        seed = (params.get("train") or {}).get("seed")
+        key = json.dumps([seed, metrics], sort_keys=True)
+        if metrics and key not in seen:
+            seen.add(key)
+            found.append({"name": entry.get("name") or rev, "seed": seed, "metrics": metrics})
+        for exp in entry.get("experiments") or []:
+            for rev_entry in exp.get("revs") or []:
+                visit(rev_entry)
+
+    for entry in exp_show:
+        visit(entry)
+    return found
+
+
+def summarize_seeds(runs: Sequence[dict]) -> dict[str, Any]:
+    """Mean +- std over runs of every per-variant compare figure.
+
+    Args:
+        runs: ``[{"name", "seed", "metrics"}]`` (:func:`experiments_from_dvc`).
+
+    Returns:
+        ``{"runs": [{"name", "seed"}], "figures": {key: {"mean", "std", "n", "values"}}}``;
+        a run that did not reach a target contributes no value for that key.
+
+    Raises:
+        ConfigError: no runs with compare metrics.
+    """
+    if not runs:
+        raise ConfigError("no run with outputs/compare/metrics.json found; run `dvc repro` or queue seeds with "
+                          "`dvc exp run --queue -S train.seed=N` and `dvc exp run --run-all` first")
+    keys = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))
+                   and not isinstance(v, bool)})
+    figures = {}
+    for key in keys:
+        values = [float(r["metrics"][key]) for r in runs if isinstance(r["metrics"].get(key), (int, float))
+                  and math.isfinite(float(r["metrics"][key]))]
+        figures[key] = {"mean": statistics.fmean(values) if values else None,
+                        "std": statistics.stdev(values) if len(values) > 1 else None,
+                        "n": len(values), "values": values}
+    return {"runs": [{"name": r["name"], "seed": r["seed"]} for r in runs], "figures": figures}
+
+
+def seeds_markdown(summary: dict[str, Any], variants: Sequence[str]) -> str:
+    """Per variant: mean +- std (n runs) of iterations to target, energy to target and subnet mIoU."""
+    cols = (("iterations_to_target", ".1f"), ("seconds_to_target", ".1f"), ("energy_kwh_to_target", ".3g"),
+            ("subnet_miou_mean", ".4f"), ("subnet_miou_diff_to_none", "+.4f"))
+    lines = ["| variant | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for v in variants:
+        cells = []
+        for col, spec in cols:
+            fig = summary["figures"].get(f"{col}_{v}")
+            if not fig or fig["mean"] is None:
+                cells.append("-")
+            else:
+                std = "" if fig["std"] is None else f" +- {format(fig['std'], spec.lstrip('+'))}"
+                cells.append(f"{format(fig['mean'], spec)}{std} (n={fig['n']})")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    seeds = ", ".join(str(r["seed"]) for r in summary["runs"])
+    return "\n".join(lines) + f"\n\n{len(summary['runs'])} runs (train.seed {seeds}).\n"
+
+
+def compare_seeds(exp_show: list[dict], variants: Sequence[str], out: str | Path = "") -> dict[str, Any]:
+    """Summarise the compare figures of several runs (``supersam compare-seeds``).
+
+    Writes ``seeds.json`` and ``seeds.md`` to ``out`` (default ``runs/compare``).
+    """
+    summary = summarize_seeds(experiments_from_dvc(exp_show))
+    out = Path(out or paths.USER_COMPARE_DIR)
+    write_json(out / "seeds.json", summary)
+    text = seeds_markdown(summary, variants)
+    write_text(out / "seeds.md", text)
+    log.info("variants over %d runs (%s):\n%s", len(summary["runs"]), out / "seeds.md", text)
+    return summary
