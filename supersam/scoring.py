@@ -25,7 +25,7 @@ from supersam.baselines import object_foreground_fractions
 from supersam.data.types import ModelInput
 from supersam.device import autocast
 from supersam.metrics import MiouMeter
-from supersam.predict import decode_all_masks, embed_prompts, encode_images
+from supersam.inference import decode_all_masks, embed_prompts, encode_images
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from supersam.data.config import PROMPTS
 from supersam.device import autocast, resolve_device
 from supersam.io import torch_save, write_json
 from supersam.losses import SamLossWeights, low_res_targets, sam_loss
-from supersam.predict import decode_low_res, embed_prompts, encode_images
+from supersam.inference import decode_low_res, embed_prompts, encode_images
 from supersam.pretrain.config import TRAJECTORY_FIELDS, PretrainConfig
 from supersam.sam import build_sam, count_params
 from supersam.sampling import batch_indices, data_position, prompt_rng

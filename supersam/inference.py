@@ -1,4 +1,4 @@
-"""Run SAM (plain, elastic or exported) on :class:`ModelInput` batches, with autograd.
+"""Run SAM (plain, elastic or exported) on :class:`ModelInput` batches, with autograd (core; was ``supersam/predict.py``).
 
 ``segment_anything``'s ``Sam.forward`` runs under ``torch.no_grad``, so training
 and evaluation share these functions instead. ``model`` is anything shaped like

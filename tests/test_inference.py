@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from supersam.data import DataConfig, prepare_split
-from supersam.predict import decode_all_masks, decode_masks, embed_prompts, encode_images
+from supersam.inference import decode_all_masks, decode_masks, embed_prompts, encode_images
 from supersam.sam import build_sam
 
 
