@@ -84,23 +84,33 @@ def decode_low_res(
     )
 
 
-def decode_all_masks(
+def decode_all(
     model: nn.Module,
     embedding: torch.Tensor,
     prompts: tuple[torch.Tensor, torch.Tensor],
     inp: ModelInput,
-) -> torch.Tensor:
-    """All four of SAM's mask outputs in one decoder pass, at the original size.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four of SAM's mask outputs and their predicted IoUs in one decoder pass, at the original size.
 
     SAM's ``MaskDecoder.forward`` computes four masks and slices them: channel 0
     is the ``multimask_output=False`` mask, channels 1..3 the three multimask
     outputs. Evaluation needs both, so this runs the decoder once.
 
     Returns:
-        logits N x 4 x H x W (float32).
+        logits N x 4 x H x W (float32) and SAM's predicted IoU N x 4 (float32).
     """
-    low_res, _ = decode_low_res(model, embedding, prompts)  # N x 4 x S/4 x S/4
-    return model.postprocess_masks(low_res, inp.input_size, inp.original_size).float()
+    low_res, iou_pred = decode_low_res(model, embedding, prompts)  # N x 4 x S/4 x S/4, N x 4
+    return model.postprocess_masks(low_res, inp.input_size, inp.original_size).float(), iou_pred.float()
+
+
+def decode_all_masks(
+    model: nn.Module,
+    embedding: torch.Tensor,
+    prompts: tuple[torch.Tensor, torch.Tensor],
+    inp: ModelInput,
+) -> torch.Tensor:
+    """The logits of :func:`decode_all`: N x 4 x H x W (float32), channel 0 the single mask."""
+    return decode_all(model, embedding, prompts, inp)[0]
 
 
 def segment(
