@@ -13,7 +13,7 @@ Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
     outputs/train/<variant>/supernet.pt          trained supernet (+ metrics, history, checkpoints/)
     outputs/search/<variant>/best_subnet.json    search result (+ candidates, Pareto front)
     outputs/export/model/                        exported subnet: model.pt + config.json
-    outputs/eval/<name>/metrics.json             evaluation (+ overlays/)
+    outputs/eval/<name>/metrics.json             evaluation (+ objects.csv, predictions/, overlays/)
 
 A search or eval run by hand (not by the pipeline) writes ``runs/search/<variant>`` or
 ``runs/eval/<name>`` unless ``--out`` is given, so it never overwrites what DVC tracks.
@@ -41,6 +41,9 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 EXPORT_WEIGHTS_FILE = "model.pt"
 EXPORT_CONFIG_FILE = "config.json"
+OBJECTS_FILE = "objects.csv"          # eval: one row per object and prompt kind
+PREDICTIONS_DIR = "predictions"       # eval: <kind>.json, COCO results with RLE masks
+OVERLAYS_DIR = "overlays"             # eval: <image>[_y<y0>_x<x0>].png
 
 
 def supernet_dir(variant: str) -> Path:
@@ -79,7 +82,7 @@ def best_subnet(variant: str) -> Path:
 
 
 def eval_dir(name: str) -> Path:
-    """``outputs/eval/<name>``: one of the pipeline's evaluations (metrics.json, overlays/)."""
+    """``outputs/eval/<name>``: one of the pipeline's evaluations (metrics.json, objects.csv, predictions/, overlays/)."""
     return EVAL_DIR / name
 
 

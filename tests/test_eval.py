@@ -84,10 +84,10 @@ def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, s
 
 @pytest.mark.slow
 def test_eval_is_deterministic_for_the_same_seed(tmp_path, shared_data):
-    # default split: test (here the held-out 20 % of the EM slices); only point prompts
+    # split test (here the held-out 20 % of the EM slices; --data-root alone would mean all); only point prompts
     params = _empty_params(tmp_path, "data:\n  test_fraction: 0.2\n")
     base = [
-        "eval", "--params", params, "--set", "model.type=tiny",
+        "eval", "--params", params, "--set", "model.type=tiny", "--split", "test",
         "--set", "data.kind=image_label", "--data-root", str(shared_data / "isbi2012_em"),
         "--set", "data.images=image", "--set", "data.labels=label", "--set", "data.label_mode=binary",
         "--set", "eval.n_images=2", "--set", "eval.prompt=point", "--set", "eval.prompts=[point]",
