@@ -16,7 +16,8 @@ Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
     outputs/eval/<name>/metrics.json             evaluation (+ objects.csv, predictions/, overlays/)
 
 A search or eval run by hand (not by the pipeline) writes ``runs/search/<variant>`` or
-``runs/eval/<name>`` unless ``--out`` is given, so it never overwrites what DVC tracks.
+``runs/eval/<name>`` unless ``--out`` is given, so it never overwrites what DVC tracks;
+``supersam predict`` writes ``runs/predict/<image stem>``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ def best_subnet(variant: str) -> Path:
 def eval_dir(name: str) -> Path:
     """``outputs/eval/<name>``: one of the pipeline's evaluations (metrics.json, objects.csv, predictions/, overlays/)."""
     return EVAL_DIR / name
+
+
+def user_predict_dir(image_stem: str) -> Path:
+    """``runs/predict/<image stem>``: where ``supersam predict`` writes by default."""
+    return RUNS / "predict" / (image_stem or "image")
 
 
 def user_eval_dir(name: str) -> Path:
