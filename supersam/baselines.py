@@ -13,7 +13,8 @@ stage reports these predictors' mIoU on the very same objects:
   median equivalent radius sqrt(area / pi) of the evaluated objects.
 
 IoUs come from :func:`supersam.metrics.mask_iou` (IoU of two empty masks is 1)
-against ``gt_masks`` at the original image size. Prompts live in the model's
+against ``gt_masks`` at the original image size, void pixels (``inp.ignore``)
+excluded as for the model. Prompts live in the model's
 input frame (``ResizeLongestSide``), so they are mapped back to original pixels
 first (:func:`input_to_original`).
 """
@@ -161,9 +162,9 @@ def baseline_ious(inputs: Sequence[ModelInput]) -> dict[str, torch.Tensor]:
     radius = median_equivalent_radius(inputs) if kind == "point" else 0.0
     out: dict[str, list[torch.Tensor]] = {"all_foreground": [], PROMPT_BASELINE[kind]: []}
     for inp in inputs:
-        out["all_foreground"].append(mask_iou(all_foreground_masks(inp), inp.gt_masks).cpu())
+        out["all_foreground"].append(mask_iou(all_foreground_masks(inp), inp.gt_masks, inp.ignore).cpu())
         shaped = box_fill_masks(inp) if kind == "box" else disk_masks(inp, radius)
-        out[PROMPT_BASELINE[kind]].append(mask_iou(shaped, inp.gt_masks).cpu())
+        out[PROMPT_BASELINE[kind]].append(mask_iou(shaped, inp.gt_masks, inp.ignore).cpu())
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 

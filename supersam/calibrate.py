@@ -18,7 +18,7 @@ from supersam.activation_stats import ActivationStats, collect_mlp_sq_norms, wei
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.device import resolve_device
 from supersam.errors import ConfigError
-from supersam.sam import build_sam_from_config
+from supersam.sam import build_sam_from_config, pixel_stats
 from supersam.tracking import start_run
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ def calibrate_wanda(
               **dataclasses.asdict(cfg), "data_root": data_cfg.root, "data_kind": data_cfg.kind}
     with start_run(tracking, "calibrate-wanda", "", params, {"pretrained": bool(model_cfg.checkpoint)}) as run:
         loaded = build_sam_from_config(model_cfg)
-        inputs = prepare_split(data_cfg, cfg.split, loaded.img_size, n_images=cfg.n_images, seed=cfg.seed)
+        inputs = prepare_split(data_cfg, cfg.split, loaded.img_size, n_images=cfg.n_images, seed=cfg.seed,
+                               **pixel_stats(loaded.model))
         if cfg.n_images and len(inputs) < cfg.n_images:
             log.warning("only %d calibration images available (asked for %d)", len(inputs), cfg.n_images)
         run.log_dataset(data_cfg.root, cfg.split, len(inputs), sum(inp.n_objects for inp in inputs), data_cfg.kind)

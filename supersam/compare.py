@@ -191,6 +191,7 @@ def evaluate_subnets(cfg: CompareConfig, variants: Sequence[str], data: Any, run
     from supersam.checkpoint import load_supernet
     from supersam.data import prepare_split
     from supersam.device import resolve_device
+    from supersam.sam import pixel_stats
     from supersam.scoring import SubnetEvaluator
 
     device = resolve_device(cfg.device)
@@ -198,8 +199,9 @@ def evaluate_subnets(cfg: CompareConfig, variants: Sequence[str], data: Any, run
     supernets = {v: load_supernet(paths.trained_supernet(v), device) for v in variants}
     space = _check_spaces(supernets)
     subnets = sample_subnets(space, cfg.n_subnets, cfg.seed)
-    img_size = next(iter(supernets.values())).meta.img_size
-    inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images)
+    first = next(iter(supernets.values()))
+    img_size = first.meta.img_size
+    inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images, **pixel_stats(first))
     n_objects = sum(inp.n_objects for inp in inputs)
     run.log_dataset(data.root, cfg.split, len(inputs), n_objects, data.kind)
     miou: dict[str, list[float]] = {}

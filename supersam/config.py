@@ -36,7 +36,7 @@ TOP_LEVEL = ("variants", "metric")  # plain values, not sections of keys
 
 # The sections whose ``metric`` field is filled from the top-level ``metric`` (never
 # set per section: one setting drives ranking, target, constraint and eval headline).
-METRIC_SECTIONS = ("rank_layers", "train", "search", "compare")
+METRIC_SECTIONS = ("rank_layers", "train", "search", "compare", "eval")
 
 # params.yaml's top-level ``metric``: which mIoU drives layer ranking, the training
 # target, the search constraint and eval's headline (docs/method.md, "The metric").

@@ -176,7 +176,7 @@ class SuperSam(nn.Module):
     Args:
         sam: a ``segment_anything`` Sam; converted in place (its encoder becomes an
             :class:`ElasticImageEncoderViT`), so ``.sam`` works with
-            :mod:`supersam.predict` and ``SamPredictor``. ``state_dict()`` keys are the
+            :mod:`supersam.inference` and ``SamPredictor``. ``state_dict()`` keys are the
             official SAM layout under ``sam.``.
         space: the :class:`SearchSpace`; its depth and mlp_dim must match ``sam``.
         meta: what the supernet is (architecture, img_size, variant, provenance);

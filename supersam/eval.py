@@ -1,10 +1,18 @@
 """The ``eval`` stage: mIoU of plain SAM, an exported subnet, or a supernet subnet.
 
 Writes ``metrics.json`` (``miou`` single mask, ``miou_oracle`` best of 3,
-counts, params, speed, ``pretrained``), a few overlay PNGs, and an MLflow run
-tagged ``stage=eval``. The same objects are evaluated with every prompt kind of
-``eval.prompts``, each next to trivial baselines (:mod:`supersam.baselines`) and
-an untrained model of the same architecture, so a collapsed model shows.
+counts, params, speed, ``pretrained``), ``objects.csv`` (one row per object and
+prompt kind), ``predictions/<kind>.json`` (COCO results with RLE masks), overlay
+PNGs at the images' own resolution, and an MLflow run tagged ``stage=eval``.
+The same objects are evaluated with every prompt kind of ``eval.prompts``, each
+next to trivial baselines (:mod:`supersam.baselines`) and an untrained model of
+the same architecture, so a collapsed model shows. Images are normalised with
+the evaluated model's own pixel statistics.
+
+The pipeline (no ``--data-root``) reads params.yaml's ``data`` section as is; a
+user's own folder (``--data-root``) gets :data:`USER_FOLDER_DEFAULTS` first
+(whole images, every object, tight boxes, no split), which ``--set`` and the
+command's flags override.
 """
 
 from __future__ import annotations
@@ -13,24 +21,42 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from supersam import paths
 from supersam.baselines import kind_metrics, trivial_baselines, untrained_mious
-from supersam.config import ModelConfig, TrackingConfig
+from supersam.config import ModelConfig, TrackingConfig, metric_key
 from supersam.data import DataConfig, prepare_split
 from supersam.data.config import PROMPTS, SPLITS
 from supersam.device import resolve_device
 from supersam.errors import ConfigError
-from supersam.io import write_json
-from supersam.overlays import save_overlay
-from supersam.sam import build_sam_from_config, count_params
+from supersam.data.types import ModelInput
+from supersam.io import write_csv, write_json
+from supersam.metrics import object_ious
+from supersam.overlays import overlay_name, save_overlay
+from supersam.sam import build_sam_from_config, count_params, pixel_stats
 from supersam.scoring import run_eval
 from supersam.tracking import start_run
 
 log = logging.getLogger(__name__)
+
+USER_FOLDER_DEFAULTS: dict[str, Any] = {
+    "data.patch": 0, "data.max_objects": 0, "data.box_pad": "0", "data.min_area": 0, "data.max_images": 0,
+    "data.val_images": "", "data.val_labels": "", "data.test_images": "", "data.test_labels": "",
+    "eval.split": "all",
+}
+"""Settings applied when ``supersam eval`` is given ``--data-root`` (a user's own folder): whole
+images, every object once (any size), tight boxes, every image of the folder (no split). They sit
+between the params file and ``--set``/flags; ``data.label_mode`` and the rest stay the params file's."""
+
+OBJECT_COLUMNS = ["image", "tile_y0", "tile_x0", "object_id", "category", "prompt",
+                  "box_x0", "box_y0", "box_x1", "box_y1", "point_x", "point_y",
+                  "area", "iou", "iou_oracle", "predicted_iou", "stability_score"]
+"""Columns of ``objects.csv`` (docs/contracts.md, "Evaluation outputs")."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +74,11 @@ class EvalConfig:
             the ``data`` section's.
         prompts: prompt kinds the same objects are also evaluated with
             (``miou_<kind>`` etc.); the headline kind is always included.
+        metric: ``single`` or ``oracle`` (params.yaml's top-level ``metric``): which of
+            ``miou`` / ``miou_oracle`` is the headline (``headline_miou``); both are reported.
         out: output folder (metrics.json, overlays/); "" = ``runs/eval/<name>``
             (the pipeline passes ``outputs/eval/<name>``; :mod:`supersam.paths`).
-        overlays: number of overlay PNGs to save.
+        overlays: number of images (tiles) drawn as overlay PNGs (the first of the split).
         batch_size: images per encoder forward.
         device: ``auto``, ``cpu``, ``cuda``...
         amp: bf16 autocast.
@@ -72,6 +100,7 @@ class EvalConfig:
     amp: bool = False
     seed: int = 0
     name: str = ""
+    metric: str = "single"
 
     def validate(self) -> None:
         """Check ranges and option combinations.
@@ -79,6 +108,7 @@ class EvalConfig:
         Raises:
             ConfigError: naming the offending ``eval.<key>`` and the fix.
         """
+        metric_key(self.metric, "metric")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
         if self.overlays < 0 or self.n_images < 0:
@@ -160,7 +190,7 @@ def evaluate(
     Returns:
         the metrics dict also written to ``<out>/metrics.json``: ``miou``
         (single mask), ``miou_oracle`` (best of 3) of the headline prompt kind
-        (``prompt``), ``n_images``, ``n_objects``, ``params`` and
+        (``prompt``), ``headline_miou`` (the one of the two ``metric`` names), ``n_images``, ``n_objects``, ``params`` and
         ``encoder_params`` (params), ``img_size`` (px), ``pretrained``,
         ``seconds``, ``images_per_second``, ``split``, ``prompts``, and per
         prompt kind K: ``miou_K``, ``miou_oracle_K``, ``fg_fraction_K`` (share
@@ -168,7 +198,10 @@ def evaluate(
         ``baseline_all_foreground_K``, ``baseline_box_fill_box`` /
         ``baseline_disk_point`` (:mod:`supersam.baselines`),
         ``baseline_untrained_K`` (:func:`untrained_mious`) and ``collapsed_K``;
-        all mIoUs in [0, 1].
+        all mIoUs in [0, 1]; ``data`` (the data settings applied) and
+        ``objects_csv``, ``predictions`` (file names). ``miou`` is the mean of
+        ``objects.csv``'s ``iou`` over the rows whose ``prompt`` is ``prompt``
+        (``miou_K`` over the rows of kind K).
 
     Raises:
         ConfigError, CheckpointError, DataError: bad options, model or data.
@@ -181,46 +214,126 @@ def evaluate(
         metrics, out, saved = _evaluate(cfg, model_cfg, data_cfg, loaded, device, run)
         params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source")}
         params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp, "prompts": ",".join(metrics["prompts"])})
+        params.update({f"data.{k}": v for k, v in metrics["data"].items()})
         run.log_params(params)
         run.log_metrics({k: v for k, v in metrics.items() if k not in params})
         run.log_artifact(str(out / "metrics.json"))
+        run.log_artifact(str(out / paths.OBJECTS_FILE))
+        run.log_artifact(str(out / paths.PREDICTIONS_DIR), paths.PREDICTIONS_DIR)
         for path in saved:
-            run.log_artifact(str(path), "overlays")
+            run.log_artifact(str(path), paths.OVERLAYS_DIR)
     return metrics
+
+
+class _Collector:
+    """Per prediction: RLE masks for the COCO results, and the first ``n_overlays`` head-kind overlays."""
+
+    def __init__(self, head: str, out: Path, n_overlays: int, tiled: bool) -> None:
+        self.head, self.out, self.n_overlays, self.tiled = head, out, n_overlays, tiled
+        self.rles: dict[str, list[dict]] = {}
+        self.saved: list[Path] = []
+
+    def __call__(self, key: str | None, inp: ModelInput, single: torch.Tensor) -> None:
+        import pycocotools.mask as mask_utils
+
+        kind = key or self.head
+        pred = (single[:, 0] > 0).cpu().numpy()  # N x H x W
+        encoded = mask_utils.encode(np.asfortranarray(np.moveaxis(pred, 0, -1).astype(np.uint8)))
+        self.rles.setdefault(kind, []).extend(
+            {"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in encoded)
+        if kind == self.head and len(self.saved) < self.n_overlays and inp.raw_image is not None:
+            meta = inp.meta
+            ious = object_ious(single, inp.gt_masks, inp.ignore)[:, 0].tolist()
+            path = self.out / paths.OVERLAYS_DIR / overlay_name(meta.source, meta.origin, self.tiled)
+            ignore = None if inp.ignore is None else inp.ignore.cpu().numpy()
+            self.saved.append(save_overlay(
+                inp.raw_image, pred, meta.prompts, meta.prompt, path, gt=inp.gt_masks.cpu().numpy(), ious=ious,
+                ignore=ignore, labels=[f"#{i}" for i in meta.ids],
+                title=f"{kind} prompts, mIoU {float(np.mean(ious)):.3f}" if ious else f"{kind} prompts"))
+
+
+def object_rows(kind: str, inputs: list[ModelInput], objects: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """``objects.csv`` rows of one prompt kind: one per object, in input order.
+
+    Prompt coordinates are in pixels of the evaluated image (tile): add
+    ``tile_x0``/``tile_y0`` for the source image. ``area`` is the ground-truth
+    mask's pixels (void excluded); the IoU columns come from ``run_eval``'s
+    per-object numbers, so their mean over the rows of a kind is ``miou_<kind>``.
+    """
+    rows: list[dict[str, Any]] = []
+    columns = {k: v.tolist() for k, v in objects.items()}
+    index = 0
+    for inp in inputs:
+        meta = inp.meta
+        areas = inp.gt_masks.flatten(1).sum(1).tolist()
+        for j in range(inp.n_objects):
+            p = [float(v) for v in meta.prompts[j]]
+            row = {"image": meta.source, "tile_y0": int(meta.origin[0]), "tile_x0": int(meta.origin[1]),
+                   "object_id": int(meta.ids[j]), "category": int(meta.categories[j]), "prompt": kind,
+                   "box_x0": None, "box_y0": None, "box_x1": None, "box_y1": None, "point_x": None, "point_y": None,
+                   "area": int(areas[j])}
+            if kind == "box":
+                row.update(box_x0=p[0], box_y0=p[1], box_x1=p[2], box_y1=p[3])
+            else:
+                row.update(point_x=p[0], point_y=p[1])
+            row.update({k: columns[k][index] for k in ("iou", "iou_oracle", "predicted_iou", "stability_score")})
+            rows.append(row)
+            index += 1
+    return rows
+
+
+def coco_results(kind: str, inputs: list[ModelInput], rles: list[dict], objects: dict[str, torch.Tensor]) -> list[dict]:
+    """COCO results (``loadRes`` format) of one prompt kind: ``image_id``, ``category_id``,
+    ``segmentation`` (RLE, counts as text), ``score`` (SAM's predicted IoU), plus ``object_id``,
+    ``file_name`` (the evaluated image or tile), ``prompt`` and ``iou``."""
+    out, index = [], 0
+    predicted, ious = objects["predicted_iou"].tolist(), objects["iou"].tolist()
+    for inp in inputs:
+        meta = inp.meta
+        for j in range(inp.n_objects):
+            out.append({"image_id": meta.image_id, "category_id": int(meta.categories[j]),
+                        "segmentation": rles[index], "score": predicted[index], "object_id": int(meta.ids[j]),
+                        "file_name": inp.name, "prompt": kind, "iou": ious[index]})
+            index += 1
+    return out
+
+
+def _data_settings(data_cfg: DataConfig) -> dict[str, Any]:
+    keys = ("root", "kind", "images", "labels", "label_mode", "ignore_label", "patch", "min_area", "max_objects",
+            "box_pad", "point")
+    return {k: getattr(data_cfg, k) for k in keys}
 
 
 def _evaluate(cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, loaded: LoadedForEval,
               device: torch.device, run) -> tuple[dict, Path, list[Path]]:
-    """The evaluation itself: prepare every prompt kind's inputs, score, write metrics.json and overlays."""
+    """The evaluation itself: prepare every prompt kind's inputs, score, write metrics, objects, predictions, overlays."""
     model = loaded.model.to(device)
     img_size = model.image_encoder.img_size
     kinds = prompt_kinds(cfg, data_cfg)
     head = kinds[0]
     data_cfg = dataclasses.replace(data_cfg, prompt=head)
+    stats = pixel_stats(model)
     inputs = {kind: prepare_split(data_cfg, cfg.split, img_size, n_images=cfg.n_images, seed=cfg.seed,
-                                  repeat=False, prompt=kind)
+                                  repeat=False, prompt=kind, **stats)
               for kind in kinds}
     run.log_dataset(data_cfg.root, cfg.split, len(inputs[head]), sum(inp.n_objects for inp in inputs[head]),
                     data_cfg.kind)
     out = Path(cfg.out or paths.user_eval_dir(cfg.name))
-    (out / "overlays").mkdir(parents=True, exist_ok=True)  # a declared DVC output, even when empty
-    saved: list[Path] = []
-
-    def keep_overlay(inp, logits):
-        if len(saved) < cfg.overlays:
-            saved.append(save_overlay(inp, logits, out / "overlays" / f"{len(saved):02d}_{Path(inp.name).stem}.png"))
+    (out / paths.OVERLAYS_DIR).mkdir(parents=True, exist_ok=True)  # a declared DVC output, even when empty
+    collect = _Collector(head, out, cfg.overlays, tiled=data_cfg.patch > 0)
 
     with _progress() as bar:
         task = bar.add_task("eval", total=2 * len(inputs[head]))
         step = lambda n: bar.advance(task, n)  # noqa: E731
-        result = run_eval(model, inputs[head], device, cfg.amp, cfg.batch_size, on_prediction=keep_overlay,
-                          advance=step, also={k: inputs[k] for k in kinds[1:]})
+        result = run_eval(model, inputs[head], device, cfg.amp, cfg.batch_size, advance=step,
+                          also={k: inputs[k] for k in kinds[1:]}, per_object=True, on_decoded=collect)
         untrained = untrained_mious(loaded.info["model_type"], img_size, model_cfg.seed, inputs, device,
                                     cfg.amp, cfg.batch_size, advance=step)
     by_kind = {head: result, **result.get("also", {})}
     params = loaded.info.get("params") or count_params(model)
     metrics = {
         "miou": result["miou"], "miou_oracle": result["miou_oracle"],
+        "metric": cfg.metric, "headline_miou": result[metric_key(cfg.metric)],
         "n_images": result["n_images"], "n_objects": result["n_objects"],
         "params": int(params), "encoder_params": _encoder_params(loaded),
         "img_size": img_size, "pretrained": loaded.info["pretrained"],
@@ -229,16 +342,28 @@ def _evaluate(cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, loa
         "split": cfg.split, "model_type": loaded.info["model_type"], "source": loaded.info["source"],
         "variant": loaded.info.get("variant", ""),
     }
-    log.info("mIoU %.4f (single mask), %.4f (oracle best of 3) with %s prompts on %d objects in %d images "
-             "of the %s split", metrics["miou"], metrics["miou_oracle"], head, metrics["n_objects"],
-             metrics["n_images"], cfg.split)
+    log.info("mIoU (%s) %.4f; single mask %.4f, oracle best of 3 %.4f, with %s prompts on %d objects in %d "
+             "images of the %s split", cfg.metric, metrics["headline_miou"], metrics["miou"], metrics["miou_oracle"],
+             head, metrics["n_objects"], metrics["n_images"], cfg.split)
     for kind in kinds:
         metrics.update(kind_metrics(kind, by_kind[kind], trivial_baselines(inputs[kind]), untrained[kind]))
     if loaded.info.get("subnet"):
         metrics["subnet"] = loaded.info["subnet"]
+    rows = [row for kind in kinds for row in object_rows(kind, inputs[kind], by_kind[kind]["objects"])]
+    write_csv(out / paths.OBJECTS_FILE, OBJECT_COLUMNS, rows)
+    predictions = {}
+    for kind in kinds:
+        name = f"{paths.PREDICTIONS_DIR}/{kind}.json"
+        write_json(out / name, coco_results(kind, inputs[kind], collect.rles[kind], by_kind[kind]["objects"]))
+        predictions[kind] = name
+    metrics.update({"data": _data_settings(data_cfg), "pixel_mean": list(stats["pixel_mean"]),
+                    "pixel_std": list(stats["pixel_std"]), "objects_csv": paths.OBJECTS_FILE,
+                    "predictions": predictions})
     write_json(out / "metrics.json", metrics)
-    log.info("wrote %s", out / "metrics.json")
-    return metrics, out, saved
+    log.info("wrote %s (%d objects x %d prompt kinds in %s; miou = mean iou of its %s rows), %s, %d overlays",
+             out / "metrics.json", metrics["n_objects"], len(kinds), paths.OBJECTS_FILE, head,
+             ", ".join(predictions.values()), len(collect.saved))
+    return metrics, out, collect.saved
 
 
 def _encoder_params(loaded: LoadedForEval) -> int:

@@ -57,6 +57,23 @@ def write_text(path: str | Path, text: str) -> Path:
     return _atomic(path, write)
 
 
+def write_csv(path: str | Path, fieldnames: list[str], rows: list[dict[str, Any]]) -> Path:
+    """Write ``rows`` (dicts keyed by ``fieldnames``) as a CSV file with a header, atomically.
+
+    Floats are written with ``repr`` (round-trip exact), None as an empty cell.
+    """
+    import csv
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fieldnames, extrasaction="raise")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+
+    return _atomic(path, write)
+
+
 def torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically."""
     return _atomic(path, lambda tmp: torch.save(obj, tmp))

@@ -1,6 +1,9 @@
 """Dice loss (paper Eq. 2) and IoU / mIoU on mask logits.
 
-Conventions: a predicted mask is ``logits > 0``; IoU of two empty masks is 1.
+Conventions: a predicted mask is ``logits > 0``; IoU of two empty masks is 1;
+pixels of an ``ignore`` mask (void, ``data.ignore_label``) count in neither the
+intersection nor the union, which is pycocotools' mask IoU of the two masks
+with those pixels cleared.
 ``miou`` is the single-mask mIoU (``multimask_output=False``); ``miou_oracle`` is
 the best-of-3 IoU per object over SAM's three multimask outputs, averaged over
 objects. params.yaml's top-level ``metric`` (``single`` | ``oracle``) picks which one
@@ -35,25 +38,32 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return per_mask_dice(logits, target, eps).mean()
 
 
-def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-mask IoU of boolean masks ``pred`` and ``target`` (... x H x W) -> (...), float64."""
+def mask_iou(pred: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-mask IoU of boolean masks ``pred`` and ``target`` (... x H x W) -> (...), float64.
+
+    ``ignore``: H x W bool (broadcast) pixels excluded from intersection and union; None = none.
+    """
     pred, target = pred.bool(), target.bool()
+    if ignore is not None:
+        keep = ~ignore.bool()
+        pred, target = pred & keep, target & keep
     inter = (pred & target).flatten(-2).sum(-1).double()
     union = (pred | target).flatten(-2).sum(-1).double()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def object_ious(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def object_ious(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
     """IoU per object and mask output at logit threshold 0.
 
     Args:
         logits: N x M x H x W (M mask outputs per object).
         target: N x H x W bool.
+        ignore: H x W bool pixels excluded from every IoU (void), or None.
 
     Returns:
         N x M IoU.
     """
-    return mask_iou(logits > 0, target[:, None].expand_as(logits))
+    return mask_iou(logits > 0, target[:, None].expand_as(logits), ignore)
 
 
 class MiouMeter:
@@ -63,13 +73,13 @@ class MiouMeter:
         self.single: list[torch.Tensor] = []
         self.oracle: list[torch.Tensor] = []
 
-    def add_single(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a single-mask prediction: logits N x 1 x H x W, target N x H x W."""
-        self.single.append(object_ious(logits[:, :1], target)[:, 0].cpu())
+    def add_single(self, logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> None:
+        """Add a single-mask prediction: logits N x 1 x H x W, target N x H x W, ignore H x W or None."""
+        self.single.append(object_ious(logits[:, :1], target, ignore)[:, 0].cpu())
 
-    def add_multimask(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+    def add_multimask(self, logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> None:
         """Add a 3-mask prediction: logits N x 3 x H x W; keeps the best IoU per object."""
-        self.oracle.append(object_ious(logits, target).max(dim=1).values.cpu())
+        self.oracle.append(object_ious(logits, target, ignore).max(dim=1).values.cpu())
 
     @property
     def n_objects(self) -> int:

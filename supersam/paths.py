@@ -14,10 +14,11 @@ Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
     outputs/search/<variant>/best_subnet.json    search result (+ candidates, Pareto front)
     outputs/compare/table1.json                  the variants side by side (Table I, Fig. 4/5)
     outputs/export/model/                        exported subnet: model.pt + config.json
-    outputs/eval/<name>/metrics.json             evaluation (+ overlays/)
+    outputs/eval/<name>/metrics.json             evaluation (+ objects.csv, predictions/, overlays/)
 
 A search or eval run by hand (not by the pipeline) writes ``runs/search/<variant>`` or
-``runs/eval/<name>`` unless ``--out`` is given, so it never overwrites what DVC tracks.
+``runs/eval/<name>`` unless ``--out`` is given, so it never overwrites what DVC tracks;
+``supersam predict`` writes ``runs/predict/<image stem>``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 EXPORT_WEIGHTS_FILE = "model.pt"
 EXPORT_CONFIG_FILE = "config.json"
+OBJECTS_FILE = "objects.csv"          # eval: one row per object and prompt kind
+PREDICTIONS_DIR = "predictions"       # eval: <kind>.json, COCO results with RLE masks
+OVERLAYS_DIR = "overlays"             # eval: <image>[_y<y0>_x<x0>].png
 
 
 def supernet_dir(variant: str) -> Path:
@@ -92,8 +96,13 @@ def best_subnet(variant: str) -> Path:
 
 
 def eval_dir(name: str) -> Path:
-    """``outputs/eval/<name>``: one of the pipeline's evaluations (metrics.json, overlays/)."""
+    """``outputs/eval/<name>``: one of the pipeline's evaluations (metrics.json, objects.csv, predictions/, overlays/)."""
     return EVAL_DIR / name
+
+
+def user_predict_dir(image_stem: str) -> Path:
+    """``runs/predict/<image stem>``: where ``supersam predict`` writes by default."""
+    return RUNS / "predict" / (image_stem or "image")
 
 
 def user_eval_dir(name: str) -> Path:

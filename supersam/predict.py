@@ -1,114 +1,205 @@
-"""Run SAM (plain, elastic or exported) on :class:`ModelInput` batches, with autograd.
+"""The ``predict`` command: apply an exported model to one image with box and/or point prompts.
 
-``segment_anything``'s ``Sam.forward`` runs under ``torch.no_grad``, so training
-and evaluation share these functions instead. ``model`` is anything shaped like
-``segment_anything.modeling.Sam`` (``image_encoder``, ``prompt_encoder``,
-``mask_decoder``, ``postprocess_masks``), which includes a supernet's ``.sam``.
+Not a pipeline stage (it reads no params.yaml section and logs no MLflow run):
+the step a user takes after ``supersam export`` and ``supersam eval``. The
+model is :func:`supersam.checkpoint.load_model`'s standard ``Sam`` run through
+``segment_anything.SamPredictor``, so the image is normalised with the model's
+own pixel statistics (its ``config.json``) exactly as any SAM user's code would.
+
+Prompts (original image pixels, x right, y down):
+
+* each ``--box x0,y0,x1,y1`` is one object;
+* the ``--point x,y[,label]`` items (label 1 = foreground, the default; 0 =
+  background) together prompt one object, with the box when exactly one box
+  is given.
+
+Writes to ``out``: ``mask.png`` (one object) or ``mask_00.png``, ``mask_01.png``
+... (one per box), 8-bit 0/255 at the image's own size; ``prediction.json``
+(prompts, SAM's predicted IoU, area, the model's pixel statistics); with
+``rle`` ``masks_rle.json`` (pycocotools RLE, counts as text); with ``overlay``
+``overlay.png`` (:func:`supersam.overlays.save_overlay`, the image's size).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import torch
-from torch import nn
+import numpy as np
 
-from supersam.data.types import ModelInput
+from supersam import paths
+from supersam.errors import ConfigError, DataError
+from supersam.io import write_json
 
-
-def encode_images(model: nn.Module, inputs: Sequence[ModelInput]) -> torch.Tensor:
-    """Image embeddings of a batch: B x prompt_embed_dim x S/16 x S/16."""
-    images = torch.stack([inp.image for inp in inputs])  # B x 3 x S x S
-    return model.image_encoder(images)
-
-
-def embed_prompts(model: nn.Module, inp: ModelInput) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sparse (N x K x D) and dense (N x D x S/16 x S/16) prompt embeddings of one input."""
-    points = None
-    if inp.point_coords is not None:
-        points = (inp.point_coords, inp.point_labels)
-    return model.prompt_encoder(points=points, boxes=inp.boxes, masks=None)
+log = logging.getLogger(__name__)
 
 
-def decode_masks(
-    model: nn.Module,
-    embedding: torch.Tensor,
-    prompts: tuple[torch.Tensor, torch.Tensor],
-    inp: ModelInput,
-    multimask: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask logits at the original image size for one image's N prompts.
+@dataclass(frozen=True)
+class PredictConfig:
+    """What ``supersam predict`` was asked to do.
 
-    Args:
-        embedding: 1 x D x G x G image embedding of this image.
-        prompts: (sparse, dense) from :func:`embed_prompts`.
-        multimask: SAM's three-mask output (True) or its single mask (False).
+    Attributes:
+        model: export folder (``model.pt`` + ``config.json``, ``supersam export``).
+        image: image file (PNG, JPEG, TIFF; gray, RGB or 16-bit, converted as ``eval`` does).
+        boxes: ``"x0,y0,x1,y1"`` texts, original pixels; each one object.
+        points: ``"x,y"`` or ``"x,y,label"`` texts, original pixels; together one object.
+        out: output folder; "" = ``runs/predict/<image stem>`` (:func:`supersam.paths.user_predict_dir`).
+        rle: also write ``masks_rle.json`` (pycocotools RLE).
+        multimask: take the best (by SAM's predicted IoU) of SAM's 3 masks instead of its single mask.
+        overlay: also write ``overlay.png``.
+        device: ``auto``, ``cpu``, ``cuda``...
+    """
+
+    model: str
+    image: str
+    boxes: tuple[str, ...] = field(default_factory=tuple)
+    points: tuple[str, ...] = field(default_factory=tuple)
+    out: str = ""
+    rle: bool = False
+    multimask: bool = False
+    overlay: bool = True
+    device: str = "auto"
+
+
+def _numbers(text: str, option: str, form: str, counts: tuple[int, ...]) -> list[float]:
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in counts or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{option} {text!r} must be {form} (comma-separated numbers in image pixels)")
+    return values
+
+
+def parse_box(text: str, size: tuple[int, int]) -> np.ndarray:
+    """``"x0,y0,x1,y1"`` -> float64 array of 4, checked against the image size (H, W).
+
+    Raises:
+        ConfigError: not 4 numbers, x1 < x0 or y1 < y0, or a corner outside 0..W x 0..H.
+    """
+    x0, y0, x1, y1 = _numbers(text, "--box", "x0,y0,x1,y1", (4,))
+    h, w = size
+    if x1 < x0 or y1 < y0:
+        raise ConfigError(f"--box {text!r}: x0,y0 is the top-left and x1,y1 the bottom-right corner (x0 <= x1, y0 <= y1)")
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise ConfigError(f"--box {text!r} lies outside the {w} x {h} image (x in 0..{w}, y in 0..{h})")
+    return np.array([x0, y0, x1, y1], np.float64)
+
+
+def parse_point(text: str, size: tuple[int, int]) -> tuple[float, float, int]:
+    """``"x,y"`` or ``"x,y,label"`` -> (x, y, label), label 1 (foreground, default) or 0 (background).
+
+    Raises:
+        ConfigError: not 2 or 3 numbers, a label other than 0/1, or a point outside the image.
+    """
+    values = _numbers(text, "--point", "x,y or x,y,label", (2, 3))
+    x, y = values[0], values[1]
+    label = values[2] if len(values) == 3 else 1.0
+    if label not in (0.0, 1.0):
+        raise ConfigError(f"--point {text!r}: the label is 1 (foreground) or 0 (background)")
+    h, w = size
+    if not (0 <= x <= w and 0 <= y <= h):
+        raise ConfigError(f"--point {text!r} lies outside the {w} x {h} image (x in 0..{w}, y in 0..{h})")
+    return x, y, int(label)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from supersam.data.imaging import read_rgb
+
+    if not path.is_file():
+        raise DataError(f"image {path} not found; pass an existing image file")
+    return read_rgb(path)
+
+
+def _save_mask(path: Path, mask: np.ndarray) -> Path:
+    from PIL import Image
+
+    from supersam.io import _atomic
+
+    return _atomic(path, lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG"))
+
+
+def predict(cfg: PredictConfig) -> dict[str, Any]:
+    """Segment the prompted objects of one image with an exported model (``supersam predict``).
 
     Returns:
-        logits N x M x H x W (M = 3 or 1; threshold 0 gives the mask) and the
-        predicted IoU N x M.
+        the ``prediction.json`` dict: ``model``, ``image``, ``size`` [H, W],
+        ``pixel_mean``/``pixel_std`` (the model's), ``multimask`` and
+        ``objects``: per object ``mask`` (PNG file name), ``box`` ([x0, y0, x1, y1]
+        or None), ``points`` ([[x, y, label], ...]), ``predicted_iou`` (SAM's
+        estimate, 0..1) and ``area`` (mask pixels).
+
+    Raises:
+        ConfigError: no prompt, malformed or out-of-image prompts, points with several boxes.
+        DataError: the image is missing or unreadable.
+        CheckpointError: MODEL is not an export folder.
     """
-    sparse, dense = prompts
-    low_res, iou_pred = model.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )  # N x M x S/4 x S/4
-    logits = model.postprocess_masks(low_res, inp.input_size, inp.original_size)
-    return logits.float(), iou_pred.float()
+    import torch
+    from segment_anything import SamPredictor
 
+    from supersam.checkpoint import load_model
+    from supersam.device import resolve_device
+    from supersam.overlays import save_overlay
+    from supersam.sam import pixel_stats
 
-def decode_low_res(
-    model: nn.Module, embedding: torch.Tensor, prompts: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """All four low-resolution mask outputs and their predicted IoUs, with autograd.
+    if not cfg.boxes and not cfg.points:
+        raise ConfigError("give at least one prompt: --box x0,y0,x1,y1 (one object each) or --point x,y[,label]")
+    if len(cfg.boxes) > 1 and cfg.points:
+        raise ConfigError("--point prompts one object, with at most one --box; run predict once per boxed object")
+    image_path = Path(cfg.image)
+    image = _read_image(image_path)
+    size = (int(image.shape[0]), int(image.shape[1]))
+    boxes = [parse_box(b, size) for b in cfg.boxes]
+    points = [parse_point(p, size) for p in cfg.points]
+    device = resolve_device(cfg.device)
+    model = load_model(cfg.model, device)
+    stats = pixel_stats(model)
+    predictor = SamPredictor(model)
+    with torch.inference_mode():
+        predictor.set_image(image)
+        prompts = [(b, points) for b in boxes] if boxes else [(None, points)]
+        masks, results = [], []
+        for box, pts in prompts:
+            coords = np.array([[x, y] for x, y, _ in pts], np.float64) if pts else None
+            labels = np.array([lab for _, _, lab in pts], np.int64) if pts else None
+            out_masks, scores, _ = predictor.predict(point_coords=coords, point_labels=labels, box=box,
+                                                     multimask_output=cfg.multimask)
+            best = int(np.argmax(scores)) if cfg.multimask else 0
+            masks.append(out_masks[best])
+            results.append({"box": None if box is None else [float(v) for v in box],
+                            "points": [[x, y, lab] for x, y, lab in pts],
+                            "predicted_iou": float(scores[best]), "area": int(out_masks[best].sum())})
+    out = Path(cfg.out or paths.user_predict_dir(image_path.stem))
+    out.mkdir(parents=True, exist_ok=True)
+    for k, (mask, result) in enumerate(zip(masks, results)):
+        name = "mask.png" if len(masks) == 1 else f"mask_{k:02d}.png"
+        _save_mask(out / name, mask)
+        result["mask"] = name
+    report = {"model": str(cfg.model), "image": str(image_path), "size": list(size),
+              "pixel_mean": list(stats["pixel_mean"]), "pixel_std": list(stats["pixel_std"]),
+              "multimask": cfg.multimask, "objects": results}
+    if cfg.rle:
+        import pycocotools.mask as mask_utils
 
-    Channel 0 is the ``multimask_output=False`` mask, channels 1..3 the multimask
-    outputs (``MaskDecoder.predict_masks``).
-
-    Args:
-        embedding: 1 x D x G x G image embedding of one image.
-        prompts: (sparse, dense) from :func:`embed_prompts` for its N objects.
-
-    Returns:
-        logits N x 4 x S/4 x S/4 (the padded input frame) and predicted IoU N x 4.
-    """
-    sparse, dense = prompts
-    return model.mask_decoder.predict_masks(
-        image_embeddings=embedding,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-    )
-
-
-def decode_all_masks(
-    model: nn.Module,
-    embedding: torch.Tensor,
-    prompts: tuple[torch.Tensor, torch.Tensor],
-    inp: ModelInput,
-) -> torch.Tensor:
-    """All four of SAM's mask outputs in one decoder pass, at the original size.
-
-    SAM's ``MaskDecoder.forward`` computes four masks and slices them: channel 0
-    is the ``multimask_output=False`` mask, channels 1..3 the three multimask
-    outputs. Evaluation needs both, so this runs the decoder once.
-
-    Returns:
-        logits N x 4 x H x W (float32).
-    """
-    low_res, _ = decode_low_res(model, embedding, prompts)  # N x 4 x S/4 x S/4
-    return model.postprocess_masks(low_res, inp.input_size, inp.original_size).float()
-
-
-def segment(
-    model: nn.Module, inputs: Sequence[ModelInput], multimask: bool = False
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Full SAM forward for a batch: per input (logits N x M x H x W, iou N x M)."""
-    embeddings = encode_images(model, inputs)
-    return [
-        decode_masks(model, embeddings[i : i + 1], embed_prompts(model, inp), inp, multimask)
-        for i, inp in enumerate(inputs)
-    ]
+        rles = []
+        for mask, result in zip(masks, results):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii"),
+                         "predicted_iou": result["predicted_iou"], "mask": result["mask"]})
+        write_json(out / "masks_rle.json", rles)
+        report["rle"] = "masks_rle.json"
+    if cfg.overlay:
+        kind = "box" if boxes else "point"
+        anchors = np.array([r["box"] for r in results]) if boxes else np.array([[x, y] for x, y, _ in points[:1]])
+        save_overlay(image, np.stack(masks), anchors, kind, out / "overlay.png",
+                     ious=[r["predicted_iou"] for r in results], title="prediction (predicted IoU beside each prompt)")
+        report["overlay"] = "overlay.png"
+    write_json(out / "prediction.json", report)
+    for result in results:
+        log.info("%s: %d px, predicted IoU %.3f", result["mask"], result["area"], result["predicted_iou"])
+    log.info("wrote %s", out)
+    return report

@@ -236,14 +236,15 @@ def _measure(cfg: RankLayersConfig, model: ModelConfig, data: Any) -> tuple[dict
     from supersam.data import prepare_split
     from supersam.device import resolve_device
     from supersam.scoring import SubnetEvaluator
-    from supersam.sam import build_sam_from_config
+    from supersam.sam import build_sam_from_config, pixel_stats
 
     arch = get_arch(model.type)
     device = resolve_device(cfg.device)
     loaded = build_sam_from_config(model)
     if not loaded.pretrained:
         log.warning("rank-layers runs on a randomly initialised SAM (no checkpoint): the ranking is not meaningful")
-    inputs = prepare_split(data, cfg.split, loaded.img_size, n_images=cfg.n_images, seed=cfg.seed)
+    inputs = prepare_split(data, cfg.split, loaded.img_size, n_images=cfg.n_images, seed=cfg.seed,
+                           **pixel_stats(loaded.model))
     skipper = _BlockSkipper(loaded.model.to(device), model.type)
     evaluator = SubnetEvaluator(skipper, inputs, device, cfg.amp, cfg.batch_size)
     log.info("ranking %d blocks of %s at %d px on %d images (%s)", arch.depth, model.type, loaded.img_size,

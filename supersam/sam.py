@@ -40,6 +40,23 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+def pixel_stats(model: nn.Module) -> dict[str, tuple[float, ...]]:
+    """The model's own input normalisation: ``{"pixel_mean": (3 floats), "pixel_std": (3 floats)}``.
+
+    Read from Sam's ``pixel_mean``/``pixel_std`` buffers (an export's
+    ``config.json`` values once loaded by :func:`supersam.checkpoint.load_model`;
+    SAM's defaults :data:`PIXEL_MEAN`/:data:`PIXEL_STD` otherwise), as keyword
+    arguments for :func:`supersam.data.prepare.prepare_split` and friends. A
+    supernet (``.sam``) or a wrapper without buffers gives SAM's defaults.
+    """
+    sam = getattr(model, "sam", model)
+    mean, std = getattr(sam, "pixel_mean", None), getattr(sam, "pixel_std", None)
+    if mean is None or std is None:
+        return {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
+    return {"pixel_mean": tuple(float(v) for v in mean.flatten().tolist()),
+            "pixel_std": tuple(float(v) for v in std.flatten().tolist())}
+
+
 @dataclass(frozen=True)
 class SamArch:
     """Architecture numbers of one SAM variant (segment_anything/build_sam.py).

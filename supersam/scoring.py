@@ -25,11 +25,14 @@ from supersam.baselines import object_foreground_fractions
 from supersam.data.types import ModelInput
 from supersam.device import autocast
 from supersam.metrics import MiouMeter
-from supersam.predict import decode_all_masks, embed_prompts, encode_images
+from supersam.inference import decode_all, embed_prompts, encode_images
 
 log = logging.getLogger(__name__)
 
 PredictionHook = Callable[[ModelInput, torch.Tensor], None]
+DecodedHook = Callable[[str | None, ModelInput, torch.Tensor], None]
+STABILITY_OFFSET = 1.0
+"""Logit offset of SAM's stability score (``SamAutomaticMaskGenerator`` default)."""
 
 
 def _batches(items: Sequence, size: int):
@@ -45,23 +48,38 @@ def _check_aligned(inputs: Sequence[ModelInput], others: Mapping[str, Sequence[M
 
 
 class _KindMeter:
-    """mIoU, oracle mIoU and predicted foreground fraction of one prompt set."""
+    """mIoU, oracle mIoU and predicted foreground fraction of one prompt set (and, on request, per object)."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_object: bool = False) -> None:
         self.meter = MiouMeter()
         self.fg: list[torch.Tensor] = []
         self.seconds = 0.0
+        self.per_object = per_object
+        self.predicted: list[torch.Tensor] = []
+        self.stability: list[torch.Tensor] = []
 
-    def add(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def add(self, logits: torch.Tensor, inp: ModelInput, iou_pred: torch.Tensor) -> torch.Tensor:
         single = logits[:, :1]
-        self.meter.add_single(single, target)
-        self.meter.add_multimask(logits[:, 1:], target)
+        self.meter.add_single(single, inp.gt_masks, inp.ignore)
+        self.meter.add_multimask(logits[:, 1:], inp.gt_masks, inp.ignore)
         self.fg.append(object_foreground_fractions(single[:, 0] > 0).cpu())
+        if self.per_object:
+            from segment_anything.utils.amg import calculate_stability_score
+
+            self.predicted.append(iou_pred[:, 0].double().cpu())
+            self.stability.append(calculate_stability_score(single[:, 0], 0.0, STABILITY_OFFSET).double().cpu())
         return single
 
-    def result(self) -> dict[str, float]:
+    def result(self) -> dict[str, Any]:
         fg = float(torch.cat(self.fg).mean()) if self.fg else float("nan")
-        return {**self.meter.result(), "fg_fraction": fg, "n_objects": self.meter.n_objects}
+        out: dict[str, Any] = {**self.meter.result(), "fg_fraction": fg, "n_objects": self.meter.n_objects}
+        if self.per_object:
+            def cat(parts):
+                return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+            out["objects"] = {"iou": cat(self.meter.single), "iou_oracle": cat(self.meter.oracle),
+                              "predicted_iou": cat(self.predicted), "stability_score": cat(self.stability)}
+        return out
 
 
 def run_eval(
@@ -74,6 +92,8 @@ def run_eval(
     on_prediction: PredictionHook | None = None,
     advance: Callable[[int], None] | None = None,
     also: Mapping[str, Sequence[ModelInput]] | None = None,
+    per_object: bool = False,
+    on_decoded: DecodedHook | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on prepared ``inputs`` (already on ``device`` or moved here).
 
@@ -90,6 +110,9 @@ def run_eval(
         also: other prompt sets on the same images (same order, e.g. the same
             objects with point instead of box prompts), decoded from the same
             image embeddings, so their images are encoded only once.
+        per_object: also return every object's numbers (``objects`` below).
+        on_decoded: called with (key, input, single-mask logits N x 1 x H x W)
+            for every prompt set: key None for ``inputs``, the ``also`` key otherwise.
 
     Returns:
         ``miou``, ``miou_oracle``, ``fg_fraction`` (share 0..1 of image pixels
@@ -98,7 +121,12 @@ def run_eval(
         (time inside the image encoder). ``seconds`` leaves out the decoding of
         ``also``. With ``also``: ``also`` maps each key to its own ``miou``,
         ``miou_oracle``, ``fg_fraction``, ``n_objects`` and ``seconds`` (its
-        decoding time, s).
+        decoding time, s). With ``per_object``: ``objects`` (and
+        ``also[key]["objects"]``) maps ``iou`` (single mask; its mean is
+        ``miou``), ``iou_oracle`` (best of 3), ``predicted_iou`` (SAM's own
+        estimate for the single mask) and ``stability_score`` (IoU of the mask
+        at logit thresholds +1 and -1, SAM's automatic mask generator's
+        score) to float64 tensors of one value per object, in input order.
 
     Raises:
         ValueError: an ``also`` set is not the same images in the same order.
@@ -107,8 +135,8 @@ def run_eval(
     _check_aligned(inputs, also)
     was_training = model.training
     model.eval()
-    main = _KindMeter()
-    extra = {key: _KindMeter() for key in also}
+    main = _KindMeter(per_object)
+    extra = {key: _KindMeter(per_object) for key in also}
     start, encoder_seconds = time.perf_counter(), 0.0
     index = 0
     with torch.inference_mode(), autocast(device, amp):
@@ -122,16 +150,21 @@ def run_eval(
             for j, inp in enumerate(batch):
                 prompts = prompt_cache[index] if prompt_cache is not None else embed_prompts(model, inp)
                 emb = embeddings[j : j + 1]
-                logits = decode_all_masks(model, emb, prompts, inp)  # N x 4 x H x W
-                single = main.add(logits, inp.gt_masks)
+                logits, iou_pred = decode_all(model, emb, prompts, inp)  # N x 4 x H x W, N x 4
+                single = main.add(logits, inp, iou_pred)
                 if on_prediction is not None:
                     on_prediction(inp, single)
+                if on_decoded is not None:
+                    on_decoded(None, inp, single)
                 for key, meter in extra.items():
                     t1 = time.perf_counter()
                     other = also[key][index]
                     other = other if other.gt_masks.device == device else other.to(device)
-                    meter.add(decode_all_masks(model, emb, embed_prompts(model, other), other), other.gt_masks)
+                    other_logits, other_iou = decode_all(model, emb, embed_prompts(model, other), other)
+                    other_single = meter.add(other_logits, other, other_iou)
                     meter.seconds += time.perf_counter() - t1
+                    if on_decoded is not None:
+                        on_decoded(key, other, other_single)
                 index += 1
             if advance is not None:
                 advance(len(batch))

@@ -118,7 +118,10 @@ def test_one_metric_setting_reaches_every_section_that_selects(tmp_path):
     params.write_text("metric: oracle\nsearch:\n  budget: 3\n")
     values = load_params("search", ("search",), params, [])
     assert stage_config(SearchConfig, values, "search").metric == "oracle"
-    for cls, section in ((TrainConfig, "train"), (RankLayersConfig, "rank_layers"), (CompareConfig, "compare")):
+    from supersam.eval import EvalConfig
+
+    for cls, section in ((TrainConfig, "train"), (RankLayersConfig, "rank_layers"), (CompareConfig, "compare"),
+                         (EvalConfig, "eval")):
         assert stage_config(cls, values, section).metric == "oracle"
     assert stage_config(SearchConfig, load_params("search", ("search",), params, ["metric=single"]), "search").metric == "single"
     assert metric_key("single") == "miou" and metric_key("oracle") == "miou_oracle"

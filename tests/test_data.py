@@ -173,7 +173,7 @@ def test_point_prompts_inside_masks(coco_val):
 
 def test_box_prompts_contain_masks_with_bounded_padding(shared_data):
     sample = load_split(dsb_cfg(shared_data), "all")[0]
-    inp = prepare_sample(sample, 256, "box", 64, 20, np.random.default_rng(1))
+    inp = prepare_sample(sample, 256, "box", 64, "0-20", np.random.default_rng(1))
     assert inp.boxes.shape == (64, 4) and inp.point_coords is None
     boxes = inp.boxes.double().numpy() * 2.0  # 512 -> 256
     masks = inp.gt_masks.numpy()
@@ -314,3 +314,119 @@ def test_probes_never_repeat_an_object_on_tiny_coco(shared_data, coco_val):
         assert len({hash(m.numpy().tobytes()) for m in flat}) == inp.n_objects  # no mask twice
     total = sum(inp.n_objects for inp in inputs)
     assert total == sum(min(c, 8) for c in counts.values()) < 377
+
+
+def _tight(masks: np.ndarray) -> np.ndarray:
+    ys, xs = masks.any(2), masks.any(1)
+    h, w = masks.shape[1:]
+    return np.stack([xs.argmax(1), ys.argmax(1), w - 1 - xs[:, ::-1].argmax(1), h - 1 - ys[:, ::-1].argmax(1)], 1)
+
+
+def test_box_pad_fixed_random_and_invalid(shared_data):
+    from supersam.data.config import parse_box_pad
+    from supersam.errors import ConfigError
+
+    assert parse_box_pad(0) == (0, 0) and parse_box_pad("5") == (5, 5) and parse_box_pad("0-20") == (0, 20)
+    for bad in ("-3", "20-0", "a", "1-2-3", "0.5", True):
+        with pytest.raises(ConfigError, match=r"^data.box_pad is .*use N \(fixed"):
+            parse_box_pad(bad)
+    with pytest.raises(ConfigError, match="data.box_pad"):
+        DataConfig(box_pad="x").validate()
+    sample = load_split(dsb_cfg(shared_data), "all")[0]
+    tight = _tight(sample.masks)
+    fixed = prepare_sample(sample, 512, "box", 0, "3", np.random.default_rng(1))
+    expected = np.clip(tight + [-3, -3, 3, 3], 0, 511)
+    np.testing.assert_array_equal(fixed.meta.prompts, expected)  # original pixels, exactly
+    np.testing.assert_allclose(fixed.boxes.numpy(), expected, atol=1e-4)  # 512 px model: same frame
+    assert (prepare_sample(sample, 512, "box", 0, 0, np.random.default_rng(1)).meta.prompts == tight).all()
+    # the old meaning of 0 (random 0..0) and the new fixed 0 draw the same numbers: later draws unchanged
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    prepare_sample(sample, 64, "box", 4, 0, a)
+    prepare_sample(sample, 64, "box", 4, (0, 0), b)
+    assert a.integers(1 << 30) == b.integers(1 << 30)
+
+
+def _voc_fixture(root: Path) -> dict:
+    """Two RGB images with instance-id labels: 0 background, ids 1..k, 255 void borders (VOC style).
+
+    Returns the instances per image (id -> mask), hand-made.
+    """
+    (root / "image").mkdir(parents=True)
+    (root / "label").mkdir()
+    rng = np.random.default_rng(0)
+    truth = {}
+    for name, boxes in (("a", {1: (10, 30, 10, 40), 2: (10, 30, 40, 70), 7: (50, 70, 15, 35)}),
+                        ("b", {3: (5, 60, 5, 25)})):
+        label = np.zeros((80, 90), np.uint8)
+        masks = {}
+        for k, (y0, y1, x0, x1) in boxes.items():
+            label[y0 - 2:y1 + 2, x0 - 2:x1 + 2] = 255  # void band around every object
+        for k, (y0, y1, x0, x1) in boxes.items():
+            label[y0:y1, x0:x1] = k
+            masks[k] = label == k
+        truth[name] = {k: label == k for k in boxes}
+        Image.fromarray(rng.integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(root / "image" / f"{name}.jpg")
+        Image.fromarray(label).save(root / "label" / f"{name}.png")
+    return truth
+
+
+def test_instance_labels_with_void_border(tmp_path, caplog):
+    truth = _voc_fixture(tmp_path)
+    cfg = DataConfig(root=str(tmp_path), label_mode="instance", ignore_label=255, min_area=0)
+    ds = load_split(cfg, "all")
+    assert ds.names == ["a.jpg", "b.jpg"] and ds.object_counts == [3, 1]  # 255 is never an object
+    a = ds[0]
+    assert a.ids.tolist() == [1, 2, 7] and a.categories.tolist() == [1, 1, 1]
+    assert all((m == truth["a"][k]).all() for k, m in zip(a.ids, a.masks))
+    # objects 1 and 2 touch (x 30..39 / 40..69 with their void bands overlapping): instance mode keeps them apart
+    label = np.array(Image.open(tmp_path / "label" / "a.png"))
+    assert (a.ignore == (label == 255)).all() and a.ignore.sum() > 0
+    # without the ignore value, 255 is an instance id of its own
+    assert load_split(replace(cfg, ignore_label=-1), "all").object_counts == [4, 2]
+    # binary mode: void excluded from the foreground, touching 1 and 2 merge, with a warning naming the file
+    with caplog.at_level(logging.WARNING):
+        binary = load_split(replace(cfg, label_mode="binary"), "all")
+    assert binary.object_counts == [2, 1]
+    assert "label_mode binary merged touching regions of different label values into one object in 1 image (a.jpg)" \
+        in caplog.text and "--label-mode instance" in caplog.text
+    # semantic: each class value's components; the classes are the values
+    sem = load_split(replace(cfg, label_mode="semantic"), "all")[0]
+    assert sem.categories.tolist() == [1, 2, 7] and len(sem.masks) == 3
+
+
+def test_semantic_components_of_each_class(tmp_path):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "label").mkdir()
+    label = np.zeros((40, 40), np.uint8)
+    label[2:10, 2:10] = 5   # class 5, component 1
+    label[20:30, 2:10] = 5  # class 5, component 2
+    label[2:10, 10:20] = 9  # class 9 touching class 5's first component
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "image" / "s.png")
+    Image.fromarray(label).save(tmp_path / "label" / "s.png")
+    sample = load_split(DataConfig(root=str(tmp_path), label_mode="semantic", min_area=0), "all")[0]
+    assert sample.categories.tolist() == [5, 5, 9] and sample.ids.tolist() == [1, 2, 3]
+    assert [int(m.sum()) for m in sample.masks] == [64, 80, 80]
+    assert len(load_split(DataConfig(root=str(tmp_path), label_mode="binary", min_area=0), "all")[0].masks) == 2
+
+
+def test_prepare_uses_the_given_pixel_statistics(coco_val):
+    image = coco_val[0].image
+    mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 8.0)
+    x, (h, w) = preprocess_image(image, 128, mean, std)
+    resized = ResizeLongestSide(128).apply_image(image).astype(np.float32)
+    expected = (resized - np.array(mean, np.float32)) / np.array(std, np.float32)
+    np.testing.assert_allclose(x[:, :h, :w].permute(1, 2, 0).numpy(), expected, rtol=1e-6)
+    assert not torch.equal(x, preprocess_image(image, 128)[0])
+
+
+def test_tiles_and_objects_carry_their_origin(shared_data):
+    cfg = isbi_cfg(shared_data, patch=256, min_area=0, max_objects=0, box_pad=0)
+    ds = load_split(cfg, "all")
+    i = ds.names.index("3.png@256,0")
+    sample = ds[i]
+    assert sample.origin == (256, 0) and sample.source == "3.png"
+    inp = prepare_sample(sample, 64, "box", 0, 0, np.random.default_rng(0))
+    assert inp.meta.origin == (256, 0) and inp.meta.source == "3.png" and inp.meta.image_id == "3.png@256,0"
+    assert inp.meta.ids.tolist() == list(range(1, len(sample.masks) + 1))
+    assert inp.raw_image is sample.image and inp.ignore is None
+    np.testing.assert_array_equal(inp.meta.prompts, _tight(sample.masks))

@@ -24,7 +24,7 @@ from supersam.elastic import ElasticMLP, SuperSam
 from supersam.errors import ConfigError
 from supersam.data.prepare import preprocess_image
 from supersam.metrics import dice_loss
-from supersam.predict import decode_masks, embed_prompts, encode_images, segment
+from supersam.inference import decode_masks, embed_prompts, encode_images, segment
 from supersam.sam import build_sam_model, count_params
 from supersam.space import SearchSpace, SubnetConfig
 

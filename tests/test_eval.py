@@ -54,6 +54,7 @@ def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, s
     assert metrics["prompt"] == "box" and metrics["prompts"] == ["box", "point"] and metrics["split"] == "all"
     _check_kind_metrics(metrics, KINDS)
     assert metrics["miou_box"] == metrics["miou"] and metrics["miou_oracle_box"] == metrics["miou_oracle"]
+    assert metrics["metric"] == "single" and metrics["headline_miou"] == metrics["miou"]  # params.yaml `metric`
     assert "baseline_disk_box" not in metrics and "baseline_box_fill_point" not in metrics
     assert metrics["baseline_all_foreground_box"] == metrics["baseline_all_foreground_point"]  # same objects
     assert metrics["baseline_box_fill_box"] > metrics["baseline_all_foreground_box"]  # small nuclei
@@ -84,10 +85,10 @@ def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, s
 
 @pytest.mark.slow
 def test_eval_is_deterministic_for_the_same_seed(tmp_path, shared_data):
-    # default split: test (here the held-out 20 % of the EM slices); only point prompts
+    # split test (here the held-out 20 % of the EM slices; --data-root alone would mean all); only point prompts
     params = _empty_params(tmp_path, "data:\n  test_fraction: 0.2\n")
     base = [
-        "eval", "--params", params, "--set", "model.type=tiny",
+        "eval", "--params", params, "--set", "model.type=tiny", "--split", "test",
         "--set", "data.kind=image_label", "--data-root", str(shared_data / "isbi2012_em"),
         "--set", "data.images=image", "--set", "data.labels=label", "--set", "data.label_mode=binary",
         "--set", "eval.n_images=2", "--set", "eval.prompt=point", "--set", "eval.prompts=[point]",
@@ -149,3 +150,171 @@ def test_eval_rejects_conflicting_or_bad_options(tmp_path):
     assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
     result = CliRunner().invoke(app, ["eval", "--params", _empty_params(tmp_path), "--set", "eval.prompts=box"])
     assert result.exit_code != 0 and "eval.prompts: input should be a valid tuple" in str(result.exception)
+
+
+# -- a user's own data (issue 13) ------------------------------------------------------------------
+
+def _user_eval(tmp_path, model_dir, data_root, *extra):
+    """`supersam eval --model M --data-root D ... --out OUT` in-process, MLflow off; returns (OUT, metrics)."""
+    out = tmp_path / "out"
+    args = ["eval", "--params", _empty_params(tmp_path), "--model", str(model_dir), "--data-root", str(data_root),
+            "--set", "mlflow.enabled=false", "--set", "eval.device=cpu", "--out", str(out), *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def _rows(out):
+    import csv
+
+    with open(out / "objects.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_eval_voc_style_folder_every_instance_once_and_reproducible(tmp_path, shared_data, tiny_export):
+    """The issue's done-when on real tiny-COCO images turned into VOC-style instance labels (255 void bands)."""
+    import numpy as np
+    import pycocotools.mask as mask_utils
+    from PIL import Image
+    from segment_anything import SamPredictor
+
+    import supersam
+    from conftest import make_voc_folder
+
+    data = tmp_path / "voc"
+    truth = make_voc_folder(shared_data, data, n_images=2)
+    out, metrics = _user_eval(tmp_path, tiny_export, data, "--label-mode", "instance", "--ignore-label", "255",
+                              "--max-objects", "0", "--patch", "0", "--box-pad", "0", "--split", "all")
+    assert metrics["split"] == "all" and metrics["n_images"] == 2
+    assert metrics["n_objects"] == sum(len(t["ids"]) for t in truth.values())
+    assert metrics["data"]["patch"] == 0 and metrics["data"]["box_pad"] == "0" and metrics["data"]["ignore_label"] == 255
+    assert metrics["pixel_mean"] == [100.0, 110.0, 120.0]  # the model's config, not SAM's
+    rows = _rows(out)
+    for kind in ("box", "point"):
+        got = sorted((r["image"], int(r["object_id"])) for r in rows if r["prompt"] == kind)
+        assert got == sorted((f"{stem}.jpg", i) for stem, t in truth.items() for i in t["ids"])  # each once, no 255
+        ious = [float(r["iou"]) for r in rows if r["prompt"] == kind]
+        assert np.mean(ious) == pytest.approx(metrics[f"miou_{kind}"], abs=1e-12)
+    assert metrics["miou"] == metrics["miou_box"] and metrics["prompt"] == "box"
+
+    predictor = SamPredictor(supersam.load_model(tiny_export))
+    results = {k: json.loads((out / "predictions" / f"{k}.json").read_text()) for k in ("box", "point")}
+    for stem, t in truth.items():
+        image = np.array(Image.open(data / "image" / f"{stem}.jpg").convert("RGB"))
+        void = t["label"] == 255
+        predictor.set_image(image)
+        mine = [r for r in rows if r["image"] == f"{stem}.jpg"]
+        for r in mine:
+            gt = t["label"] == int(r["object_id"])
+            assert int(r["area"]) == gt.sum()
+            if r["prompt"] == "box":
+                box = np.array([float(r[k]) for k in ("box_x0", "box_y0", "box_x1", "box_y1")])
+                ys, xs = np.nonzero(gt)
+                assert box.tolist() == [xs.min(), ys.min(), xs.max(), ys.max()]  # tight box, original pixels
+                masks, scores, _ = predictor.predict(box=box, multimask_output=False)
+            else:
+                point = np.array([[float(r["point_x"]), float(r["point_y"])]])
+                assert gt[int(point[0, 1]), int(point[0, 0])]
+                masks, scores, _ = predictor.predict(point_coords=point, point_labels=np.array([1]),
+                                                     multimask_output=False)
+            pred = masks[0] & ~void
+            union = (pred | gt).sum()
+            assert float(r["iou"]) == pytest.approx((pred & gt).sum() / union if union else 1.0, abs=1e-6)
+            assert float(r["predicted_iou"]) == pytest.approx(float(scores[0]), abs=1e-4)
+        # COCO results: RLE masks of the same predictions, in CSV order
+        for kind in ("box", "point"):
+            entries = [e for e in results[kind] if e["file_name"] == f"{stem}.jpg"]
+            assert [e["object_id"] for e in entries] == [int(r["object_id"]) for r in mine if r["prompt"] == kind]
+            first = mask_utils.decode({**entries[0]["segmentation"], "counts": entries[0]["segmentation"]["counts"].encode()})
+            assert first.shape == t["label"].shape
+        overlay = Image.open(out / "overlays" / f"{stem}.png")
+        assert overlay.size == (2 * image.shape[1], image.shape[0])  # GT | prediction, each at the image's size
+
+
+def test_eval_hand_made_void_fixture_counts_and_ignores_void(tmp_path, tiny_export):
+    """Hand-computed: two rectangles (20 x 30, 20 x 40 px) in 2 px void bands. A box padded by 2 px covers
+    exactly object + void, so its box-fill IoU is 1 with the void ignored, and w h / ((w + 4)(h + 4))
+    when the void counts as background (no --ignore-label, where 255 is also an instance of its own)."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "rects"
+    (data / "image").mkdir(parents=True)
+    (data / "label").mkdir()
+    label = np.zeros((64, 96), np.uint8)
+    rects = {3: (8, 28, 8, 38), 9: (36, 56, 50, 90)}  # id: y0, y1, x0, x1 (end exclusive); 20x30 and 20x40
+    for k, (y0, y1, x0, x1) in rects.items():
+        label[y0 - 2:y1 + 2, x0 - 2:x1 + 2] = 255
+        label[y0:y1, x0:x1] = k
+    Image.fromarray(np.full((64, 96, 3), 90, np.uint8)).save(data / "image" / "r.png")
+    Image.fromarray(label).save(data / "label" / "r.png")
+    _, ignored = _user_eval(tmp_path, tiny_export, data, "--label-mode", "instance", "--ignore-label", "255",
+                            "--box-pad", "2", "--set", "eval.prompts=[box]")
+    assert ignored["n_objects"] == 2 and ignored["baseline_box_fill_box"] == 1.0
+    # the same boxes without an ignore value: void counts as background (and 255 is an instance of its own)
+    out, counted = _user_eval(tmp_path, tiny_export, data, "--label-mode", "instance", "--box-pad", "2",
+                              "--set", "eval.prompts=[box]")
+    assert counted["n_objects"] == 3
+    expected = [600 / (24 * 34), 800 / (24 * 44)]
+    areas = {int(r["object_id"]): int(r["area"]) for r in _rows(out)}
+    assert areas[3] == 600 and areas[9] == 800 and 255 in areas
+    from supersam.baselines import baseline_ious
+    from supersam.data import DataConfig, prepare_split
+
+    cfg = DataConfig(root=str(data), label_mode="instance", min_area=0, max_objects=0, box_pad="2")
+    fills = baseline_ious(prepare_split(cfg, "all", 128, prompt="box"))["box_fill"].tolist()
+    assert fills[:2] == pytest.approx(expected, abs=1e-12)
+
+
+def test_eval_user_folder_defaults_and_pipeline_settings(tmp_path, shared_data, monkeypatch):
+    """--data-root switches to the user-folder defaults; flags and --set override them; without it params rule."""
+    import supersam.eval as eval_stage
+
+    seen = {}
+    monkeypatch.setattr(eval_stage, "evaluate", lambda cfg, model, data, tracking: seen.update(cfg=cfg, data=data))
+    params = _empty_params(tmp_path, "data:\n  patch: 256\n  max_objects: 8\n  box_pad: 0-20\n  min_area: 100\n"
+                                     "  label_mode: binary\neval:\n  split: test\n")
+    runner = CliRunner()
+    assert runner.invoke(app, ["eval", "-p", params]).exit_code == 0
+    d = seen["data"]
+    assert (d.patch, d.max_objects, d.box_pad, d.min_area, seen["cfg"].split) == (256, 8, "0-20", 100, "test")
+    assert runner.invoke(app, ["eval", "-p", params, "--data-root", "/my/data"]).exit_code == 0
+    d = seen["data"]
+    assert (d.root, d.patch, d.max_objects, d.box_pad, d.min_area, d.label_mode, seen["cfg"].split) == (
+        "/my/data", 0, 0, "0", 0, "binary", "all")
+    result = runner.invoke(app, ["eval", "-p", params, "--data-root", "/my/data", "--set", "data.patch=64",
+                                 "--box-pad", "0-20", "--max-objects", "3", "--split", "val", "--label-mode", "semantic",
+                                 "--ignore-label", "255", "--images", "JPEGImages", "--labels", "SegmentationObject"])
+    assert result.exit_code == 0
+    d = seen["data"]
+    assert (d.patch, d.box_pad, d.max_objects, seen["cfg"].split, d.label_mode, d.ignore_label, d.images, d.labels) == (
+        64, "0-20", 3, "val", "semantic", 255, "JPEGImages", "SegmentationObject")
+
+
+def test_eval_tiled_real_em_names_overlays_by_tile_origin(tmp_path, shared_data, tiny_export):
+    import numpy as np
+    from PIL import Image
+
+    out, metrics = _user_eval(tmp_path, tiny_export, shared_data / "isbi2012_em", "--patch", "256",
+                              "--set", "eval.n_images=1", "--set", "eval.prompts=[point]", "--set", "eval.prompt=point",
+                              "--overlays", "1")
+    rows = _rows(out)
+    (tile,) = {(r["image"], int(r["tile_y0"]), int(r["tile_x0"])) for r in rows}
+    assert metrics["data"]["label_mode"] == "binary" and metrics["n_objects"] == len(rows)
+    stem = tile[0].removesuffix(".png")
+    (overlay,) = (out / "overlays").glob("*.png")
+    assert overlay.name == f"{stem}_y{tile[1]:04d}_x{tile[2]:04d}.png" and Image.open(overlay).size == (512, 256)
+    assert np.mean([float(r["iou"]) for r in rows]) == pytest.approx(metrics["miou"], abs=1e-12)
+    assert all(0 <= float(r["point_x"]) < 256 and 0 <= float(r["point_y"]) < 256 for r in rows)  # tile frame
+
+
+def test_eval_bad_data_options_are_one_line_errors(tmp_path):
+    from supersam.errors import ConfigError
+
+    for args, message in ((["--box-pad", "x"], "data.box_pad is 'x'; use N (fixed"),
+                          (["--label-mode", "blobs"], "data.label_mode is 'blobs'"),
+                          (["--ignore-label", "-3"], "data.ignore_label is -3")):
+        result = CliRunner().invoke(app, ["eval", "--params", _empty_params(tmp_path), "--data-root", str(tmp_path),
+                                          "--set", "mlflow.enabled=false", *args])
+        assert result.exit_code != 0 and isinstance(result.exception, ConfigError), result.output
+        assert message in str(result.exception)

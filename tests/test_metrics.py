@@ -52,3 +52,21 @@ def test_miou_single_and_oracle():
     meter.add_multimask(m, gt)
     assert meter.result() == {"miou": (1.0 + 0.25) / 2, "miou_oracle": 1.0}
     assert meter.n_objects == 2
+
+
+def test_ignore_pixels_leave_intersection_and_union():
+    """Void pixels count nowhere: hand-computed, and pycocotools' mask IoU with them cleared agrees."""
+    import numpy as np
+    import pycocotools.mask as mask_utils
+
+    gt = _square(0, 4, 0, 4)           # 16 px
+    pred = _square(0, 4, 2, 8)         # 24 px, overlap 8 -> IoU 8/32 without ignore
+    void = _square(0, 8, 6, 8)         # 16 px, 8 of them predicted, none in gt
+    assert mask_iou(pred, gt).item() == 8 / 32
+    assert mask_iou(pred, gt, void).item() == 8 / 24
+    enc = lambda m: mask_utils.encode(np.asfortranarray((m & ~void).numpy().astype(np.uint8)))  # noqa: E731
+    assert abs(mask_utils.iou([enc(pred)], [enc(gt)], [0])[0, 0] - 8 / 24) < 1e-12
+    logits = (torch.stack([pred, gt])[:, None].float() * 2 - 1)  # 2 objects x 1 mask
+    meter = MiouMeter()
+    meter.add_single(logits, torch.stack([gt, gt]), void)
+    assert meter.result()["miou"] == (8 / 24 + 1.0) / 2

@@ -10,6 +10,7 @@ import yaml
 
 from supersam.build_supernet import SpaceConfig, SupernetConfig
 from supersam.calibrate import CalibrateConfig
+from supersam.compare import CompareConfig
 from supersam.cli.main import app
 from supersam.config import ModelConfig, TrackingConfig, build_config
 from supersam.data import DataConfig
@@ -26,9 +27,10 @@ SECTIONS = {
     "model": ModelConfig, "data": DataConfig, "mlflow": TrackingConfig, "pretrain": PretrainConfig,
     "rank_layers": RankLayersConfig, "calibrate": CalibrateConfig, "space": SpaceConfig,
     "supernet": SupernetConfig, "train": TrainConfig, "search": SearchConfig,
-    "export": ExportConfig, "eval": EvalConfig,
+    "compare": CompareConfig, "export": ExportConfig, "eval": EvalConfig,
 }
-STAGES = ["pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "search", "export", "eval"]
+STAGES = ["pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "search", "compare", "export",
+          "eval"]
 
 
 def _dvc() -> dict:
@@ -44,13 +46,13 @@ def _commands(stage: dict) -> list[str]:
 @pytest.mark.parametrize("params_file", ["params.yaml", "profiles/paper.yaml"])
 def test_every_params_section_builds_its_config(params_file):
     params = yaml.safe_load((ROOT / params_file).read_text())
-    assert set(params) == set(SECTIONS) | {"variants"}
-    assert params["variants"] == ["none", "magnitude", "wanda"]
+    assert set(params) == set(SECTIONS) | {"variants", "metric"}
+    assert params["variants"] == ["none", "magnitude", "wanda"] and params["metric"] == "single"
     for section, cls in SECTIONS.items():
         build_config(cls, params[section], section)  # raises on unknown keys / bad types
 
 
-def test_dvc_stages_are_pretrain_and_the_seven_commands_in_order():
+def test_dvc_stages_are_pretrain_the_seven_commands_and_compare_in_order():
     stages = _dvc()["stages"]
     assert list(stages) == STAGES
     for name in ("build-supernet", "train", "search"):

@@ -43,13 +43,15 @@ def set_option() -> list[str]:
 
 
 def load_params(command: str, reads: tuple[str, ...], params: Path, sets: list[str],
-                flags: dict[str, Any] | None = None) -> dict[str, Any]:
-    """params.yaml, then ``--set`` items, then the command's own flags (by dotted key; None = not given).
+                flags: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """params.yaml, then ``defaults``, then ``--set`` items, then the command's own flags (by dotted key; None = not given).
 
     Args:
         command: the command's name, for messages.
         reads: the params sections the command reads; a ``--set`` of another section
             would be silently ignored, so it is an error.
+        defaults: dotted keys that replace the params file's values but yield to
+            ``--set`` and flags (``eval --data-root``'s user-folder settings).
 
     Raises:
         ConfigError: unreadable params file, a malformed ``--set``, an unknown section,
@@ -63,7 +65,7 @@ def load_params(command: str, reads: tuple[str, ...], params: Path, sets: list[s
         if section not in reads and section != "metric":
             raise ConfigError(f"--set {item}: `supersam {command}` does not read the {section} section "
                               f"(it reads {', '.join(reads)})")
-    return apply_metric(apply_sets(read_params(params), sets, flags))
+    return apply_metric(apply_sets(apply_sets(read_params(params), (), defaults), sets, flags))
 
 
 def setup_logging(verbose: bool = False) -> None:

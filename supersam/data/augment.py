@@ -28,10 +28,14 @@ def augment_sample(sample: Sample, rng: np.random.Generator, photometric: bool =
     k = int(rng.integers(4))
     flip = bool(rng.integers(2))
     image, masks = np.rot90(sample.image, k, axes=(0, 1)), np.rot90(sample.masks, k, axes=(1, 2))
+    ignore = None if sample.ignore is None else np.rot90(sample.ignore, k, axes=(0, 1))
     if flip:
         image, masks = image[:, ::-1], masks[:, :, ::-1]
+        ignore = None if ignore is None else ignore[:, ::-1]
     if photometric:
         contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-20.0, 20.0)
         mean = float(image.mean())
         image = np.clip((image.astype(np.float32) - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
-    return Sample(np.ascontiguousarray(image), np.ascontiguousarray(masks), sample.name)
+    return Sample(np.ascontiguousarray(image), np.ascontiguousarray(masks), sample.name, ids=sample.ids,
+                  categories=sample.categories, ignore=None if ignore is None else np.ascontiguousarray(ignore),
+                  source=sample.source, image_id=sample.image_id)

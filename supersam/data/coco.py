@@ -62,18 +62,24 @@ class CocoReader:
         self.coco = load_coco(ann_file)
         self.description = f"coco {image_dir}"
 
+    def _annotations(self, img_id: int) -> list[tuple[dict, dict]]:
+        """(annotation, RLE) of the usable (non-crowd, >= min_area px) objects of one image."""
+        anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[img_id])) if not a.get("iscrowd", 0)]
+        pairs = [(a, self.coco.annToRLE(a)) for a in anns]
+        return [(a, r) for a, r in pairs if int(mask_utils.area(r)) >= self.min_px]
+
     def _objects(self, img_id: int) -> list[dict]:
         """RLEs of the usable (non-crowd, >= min_area px) objects of one image."""
-        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[img_id]))
-        rles = [self.coco.annToRLE(a) for a in anns if not a.get("iscrowd", 0)]
-        return [r for r in rles if int(mask_utils.area(r)) >= self.min_px]
+        return [r for _, r in self._annotations(img_id)]
 
-    def _decode(self, rles: list[dict], tile: Tile | None) -> np.ndarray:
-        """N x h x w bool masks of ``rles`` cut to ``tile``, small ones dropped."""
+    def _decode(self, rles: list[dict], tile: Tile | None, keep: bool = False):
+        """N x h x w bool masks of ``rles`` cut to ``tile``, small ones dropped (and, with ``keep``, their indices)."""
         if not rles:
-            return np.zeros((0, 0, 0), bool)
+            empty = np.zeros((0, 0, 0), bool)
+            return (empty, np.zeros(0, np.int64)) if keep else empty
         masks = crop_masks(np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool), tile)
-        return masks[masks.sum(axis=(1, 2)) >= self.min_px]
+        kept = np.flatnonzero(masks.sum(axis=(1, 2)) >= self.min_px)
+        return (masks[kept], kept) if keep else masks[kept]
 
     def index(self, skips: SkipLog) -> list[Item]:
         """Items of all images that exist and match their annotated size (tiles when patch > 0)."""
@@ -117,7 +123,13 @@ class CocoReader:
         """
         img_id, path = item.key
         image = crop(read_rgb(path), item.tile)
-        masks = self._decode(self._objects(img_id), item.tile)
+        objects = self._annotations(img_id)
+        masks, kept = self._decode([r for _, r in objects], item.tile, keep=True)
         if len(masks) == 0:
             raise DataError(f"{item.name} has no object >= {self.min_px} px; rebuild the data index")
-        return Sample(np.ascontiguousarray(image), masks, item.name)
+        anns = [objects[i][0] for i in kept]
+        origin = (0, 0) if item.tile is None else (int(item.tile[0]), int(item.tile[1]))
+        return Sample(np.ascontiguousarray(image), masks, item.name,
+                      ids=np.array([a.get("id", i + 1) for i, a in enumerate(anns)], np.int64),
+                      categories=np.array([a.get("category_id", 1) for a in anns], np.int64),
+                      source=item.group, origin=origin, image_id=int(img_id))

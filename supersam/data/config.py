@@ -7,18 +7,41 @@ current working directory (the project root when run through DVC).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from supersam.errors import ConfigError
 
 KINDS = ("coco", "sa1b", "image_label")
-LABEL_MODES = ("instance", "binary")
+LABEL_MODES = ("instance", "binary", "semantic")
 PROMPTS = ("point", "box")
 TRAIN_PROMPTS = PROMPTS + ("mixed",)
 POINT_PLACEMENTS = ("random", "center")
 SPLITS = ("train", "val", "test", "all")
 SPLIT_MODES = ("ordered", "random")
+BOX_PAD_FORMS = "N (fixed N px per side, 0 = tight boxes) or LO-HI (a seeded random LO..HI px per side, e.g. 0-20)"
+
+
+def parse_box_pad(value: int | str, key: str = "data.box_pad") -> tuple[int, int]:
+    """``data.box_pad`` / ``--box-pad`` -> (lo, hi) px added to each side of a tight box.
+
+    ``N`` (int or text) is a fixed pad (lo = hi = N; ``0`` = tight boxes);
+    ``"LO-HI"`` draws each side's pad uniformly from LO..HI (inclusive) under the
+    prompt seed (the paper's EM protocol is ``0-20``).
+
+    Raises:
+        ConfigError: anything else, in one line naming ``key`` and the accepted forms.
+    """
+    text = str(value).strip()
+    match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", text)
+    if isinstance(value, bool) or match is None:
+        raise ConfigError(f"{key} is {value!r}; use {BOX_PAD_FORMS}")
+    lo = int(match.group(1))
+    hi = int(match.group(2)) if match.group(2) is not None else lo
+    if hi < lo:
+        raise ConfigError(f"{key} is {value!r}: LO is above HI; use {BOX_PAD_FORMS}")
+    return lo, hi
 
 
 def check_selection_split(split: str, key: str) -> None:
@@ -56,8 +79,14 @@ class DataConfig:
             by ``test_fraction``).
         test_labels: labels of ``test_images`` (required with it, except sa1b).
         label_mode: image_label only: ``instance`` (0 = background, k > 0 = one
-            object, ids may have gaps) or ``binary`` (connected components of
-            the foreground are the objects).
+            object, ids may have gaps), ``binary`` (connected components of
+            the foreground are the objects; touching instances merge, with a
+            warning when they carry different label values) or ``semantic``
+            (label values are classes; each class's connected components are
+            the objects, so touching objects of different classes stay apart).
+        ignore_label: image_label only: label value of "void" pixels (e.g. 255
+            in Pascal VOC), never an object and excluded from every object's
+            IoU (intersection and union); -1 = none.
         patch: > 0 cuts every image into patch x patch px tiles (paper, EM:
             512x512 -> four 256x256); 0 = whole images.
         min_area: objects smaller than this many px are dropped.
@@ -65,10 +94,12 @@ class DataConfig:
             subset when more, random repetition when fewer; 0 = all, no repeat.
         prompt: evaluation prompt (ranking, calibration, validation probe,
             search, eval): ``point`` (one pixel inside the object, see ``point``)
-            or ``box`` (tight box padded by a random 0..box_pad px per side).
+            or ``box`` (the tight box padded per ``box_pad``).
         point: where an evaluation point goes: ``center`` (the interior pixel
             farthest from the boundary) or ``random`` (uniform inside the object).
-        box_pad: maximum box padding in px (paper: 20; 0 = tight boxes).
+        box_pad: box padding per side in px: ``N`` fixed (0 = tight boxes) or
+            ``LO-HI`` a seeded random LO..HI per side (paper, EM: ``0-20``);
+            :func:`parse_box_pad`.
         train_prompt: prompts of the training stages (pretrain, train): ``box``,
             ``point`` (uniform random interior pixel) or ``mixed`` (box or point
             per image); "" = same as ``prompt``.
@@ -95,12 +126,13 @@ class DataConfig:
     test_images: str = ""
     test_labels: str = ""
     label_mode: str = "binary"
+    ignore_label: int = -1
     patch: int = 0
     min_area: int = 100
     max_objects: int = 8
     prompt: str = "box"
     point: str = "random"
-    box_pad: int = 20
+    box_pad: str = "0-20"
     train_prompt: str = ""
     box_jitter: int = 0
     val_fraction: float = 0.5
@@ -108,6 +140,11 @@ class DataConfig:
     split_mode: str = "random"
     max_images: int = 0
     seed: int = 0
+
+    @property
+    def box_pad_range(self) -> tuple[int, int]:
+        """(lo, hi) px of padding per box side (:func:`parse_box_pad`)."""
+        return parse_box_pad(self.box_pad)
 
     @property
     def training_prompt(self) -> str:
@@ -131,7 +168,10 @@ class DataConfig:
                 raise ConfigError(f"data.{key} is {value!r}; use one of {', '.join(allowed)}")
         if self.train_prompt and self.train_prompt not in TRAIN_PROMPTS:
             raise ConfigError(f"data.train_prompt is {self.train_prompt!r}; use one of {', '.join(TRAIN_PROMPTS)} or \"\"")
-        for key in ("patch", "min_area", "max_objects", "box_pad", "max_images", "box_jitter"):
+        parse_box_pad(self.box_pad)
+        if self.ignore_label < -1:
+            raise ConfigError(f"data.ignore_label is {self.ignore_label}; use a label value >= 0, or -1 for none")
+        for key in ("patch", "min_area", "max_objects", "max_images", "box_jitter"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} is {getattr(self, key)}; use a value >= 0")
         for key in ("val_fraction", "test_fraction"):

@@ -4,13 +4,17 @@ Covers ISBI 2012 EM (``image/N.png`` + ``label/N.png``, 255 = cell interior),
 EPFL mitochondria (``training.tif`` + ``training_groundtruth.tif`` stacks, one
 image per page) and DSB2018 (``img2d.tif`` + ``mask2d.tif`` instance ids).
 ``label_mode`` says how a label page becomes objects: ``instance`` (each
-non-zero id, gaps allowed) or ``binary`` (connected components of the
-foreground, 4-connectivity, via ``scipy.ndimage.label``).
+non-zero id, gaps allowed), ``binary`` (connected components of the
+foreground, 4-connectivity, via ``scipy.ndimage.label``) or ``semantic``
+(each class value's connected components). ``ignore_label`` (e.g. VOC's 255
+void) is never an object and its pixels are excluded from every IoU.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import logging
 
 import numpy as np
 from scipy import ndimage
@@ -19,6 +23,8 @@ from supersam.data.base import Item, SkipLog
 from supersam.data.imaging import crop, image_shape, list_images, page_count, read_page, read_rgb, tiles
 from supersam.data.types import Sample
 from supersam.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 def _label_plane(label: np.ndarray) -> np.ndarray:
     """H x W ids from a label page (RGB(A) colour-coded labels packed into one int)."""
@@ -30,23 +36,73 @@ def _label_plane(label: np.ndarray) -> np.ndarray:
     return label
 
 
-def object_ids(label: np.ndarray, mode: str, min_px: int) -> tuple[np.ndarray, np.ndarray]:
+def object_ids(label: np.ndarray, mode: str, min_px: int, ignore: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """(H x W int id map, ids of objects >= min_px px) of one label page.
 
-    ``instance``: ids are the label values != 0. ``binary``: ids are connected
-    components (4-connectivity) of ``label > 0``.
+    ``instance``: ids are the label values other than 0 and ``ignore``.
+    ``binary``: ids are connected components (4-connectivity) of the
+    foreground (``label > 0`` and not ``ignore``). ``semantic``: every class
+    value's connected components, numbered 1..K over all classes in class
+    order (:func:`object_classes` gives each id's class). ``ignore`` (-1 =
+    none) is never an object.
     """
     plane = _label_plane(label)
+    void = plane == ignore if ignore >= 0 else None
     if mode == "binary":
-        plane, _ = ndimage.label(plane > 0)
+        fg = plane > 0 if void is None else (plane > 0) & ~void
+        plane, _ = ndimage.label(fg)
+    elif mode == "semantic":
+        plane = _semantic_components(plane, ignore)
+    elif void is not None:
+        plane = np.where(void, 0, plane)
     ids, counts = np.unique(plane, return_counts=True)
     keep = (ids != 0) & (counts >= min_px)
     return plane, ids[keep]
 
 
-def label_masks(label: np.ndarray, mode: str, min_px: int) -> np.ndarray:
+def _semantic_components(plane: np.ndarray, ignore: int) -> np.ndarray:
+    """H x W int64: each class value's connected components numbered 1..K (classes ascending), 0 elsewhere."""
+    out = np.zeros(plane.shape, np.int64)
+    next_id = 0
+    for value in np.unique(plane):
+        if value == 0 or (ignore >= 0 and value == ignore):
+            continue
+        comp, n = ndimage.label(plane == value)
+        out[comp > 0] = comp[comp > 0] + next_id
+        next_id += n
+    return out
+
+
+def object_classes(label: np.ndarray, ids_plane: np.ndarray, ids: np.ndarray, mode: str) -> np.ndarray:
+    """N int64 class of each object id: its label value in ``semantic`` mode, 1 otherwise."""
+    if mode != "semantic" or len(ids) == 0:
+        return np.ones(len(ids), np.int64)
+    values, first = np.unique(ids_plane, return_index=True)  # a component has one label value
+    classes = _label_plane(label).ravel()[first]
+    return classes[np.searchsorted(values, ids)].astype(np.int64)
+
+
+def merged_instances(label: np.ndarray, ignore: int = -1) -> int:
+    """How many foreground components of one label page join regions of different label values.
+
+    ``binary`` mode makes every connected foreground region one object; when
+    the label holds instance ids, touching instances silently become one
+    object. A count > 0 means this page looks like an instance-id label.
+    """
+    plane = _label_plane(label)
+    fg = plane > 0 if ignore < 0 else (plane > 0) & (plane != ignore)
+    values = np.unique(plane[fg])
+    if len(values) < 2:
+        return 0
+    comp, n = ndimage.label(fg)
+    pairs = np.unique(np.stack([comp[fg], np.searchsorted(values, plane[fg])]), axis=1)  # (component, value)
+    per_comp = np.bincount(pairs[0], minlength=n + 1)
+    return int((per_comp > 1).sum())
+
+
+def label_masks(label: np.ndarray, mode: str, min_px: int, ignore: int = -1) -> np.ndarray:
     """N x H x W bool masks of the objects (>= min_px px) of one label page."""
-    plane, ids = object_ids(label, mode, min_px)
+    plane, ids = object_ids(label, mode, min_px, ignore)
     return plane[None] == ids[:, None, None]
 
 
@@ -77,17 +133,20 @@ class ImageLabelReader:
     Args:
         images: image folder or single (multi-page) image file.
         labels: label folder (files paired by stem) or single label file.
-        label_mode: ``instance`` or ``binary``.
+        label_mode: ``instance``, ``binary`` or ``semantic``.
         min_area: smallest object kept, px.
         patch: > 0 cuts every page into patch x patch tiles.
+        ignore_label: void label value (never an object, excluded from IoU); -1 = none.
 
     Raises:
         DataError: a path is missing, or a folder/file mix.
     """
 
-    def __init__(self, images: Path, labels: Path, label_mode: str, min_area: int, patch: int):
+    def __init__(self, images: Path, labels: Path, label_mode: str, min_area: int, patch: int,
+                 ignore_label: int = -1):
         self.images, self.labels = images, labels
         self.mode, self.min_px, self.patch = label_mode, max(min_area, 1), patch
+        self.ignore = ignore_label
         self.description = f"image_label {images}"
 
     def _pages(self, image: Path, label: Path, skips: SkipLog) -> int:
@@ -108,8 +167,13 @@ class ImageLabelReader:
         return n_image
 
     def index(self, skips: SkipLog) -> list[Item]:
-        """Items for every page (and tile) of every usable pair; reads each label page once."""
+        """Items for every page (and tile) of every usable pair; reads each label page once.
+
+        In ``binary`` mode, labels whose touching regions carry different values
+        (instance ids) are named in one warning: those instances were merged.
+        """
         items = []
+        merged = SkipLog()
         for image, label in _pairs(self.images, self.labels, skips):
             n_pages = self._pages(image, label, skips)
             for page in range(n_pages):
@@ -123,10 +187,18 @@ class ImageLabelReader:
                 except (DataError, ValueError):
                     skips.add("whose label cannot be used", base)
                     continue
+                if self.mode == "binary" and merged_instances(plane, self.ignore):
+                    merged.add("", base)
                 for tile in tiles(plane.shape[0], plane.shape[1], self.patch):
-                    n = len(object_ids(crop(plane, tile), self.mode, self.min_px)[1])
+                    n = len(object_ids(crop(plane, tile), self.mode, self.min_px, self.ignore)[1])
                     name = base if tile is None else f"{base}@{tile[0]},{tile[1]}"
                     items.append(Item((image, label, page), tile, name, base, n))
+        for _, names in merged.reasons.items():
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            logger.warning("%s: label_mode binary merged touching regions of different label values into one "
+                           "object in %d %s (%s); for instance-id labels use --label-mode instance "
+                           "(data.label_mode: instance), for class labels semantic", self.description, len(names),
+                           "image" if len(names) == 1 else "images", shown)
         return items
 
     def load(self, item: Item) -> Sample:
@@ -138,7 +210,13 @@ class ImageLabelReader:
         image_path, label_path, page = item.key
         image = crop(read_rgb(image_path, page), item.tile)
         label = crop(_label_plane(read_page(label_path, page)), item.tile)
-        masks = label_masks(label, self.mode, self.min_px)
+        plane, ids = object_ids(label, self.mode, self.min_px, self.ignore)
+        masks = plane[None] == ids[:, None, None]
         if len(masks) == 0:
             raise DataError(f"{item.name} has no object >= {self.min_px} px; rebuild the data index")
-        return Sample(np.ascontiguousarray(image), masks, item.name)
+        ignore = label == self.ignore if self.ignore >= 0 else None
+        origin = (0, 0) if item.tile is None else (int(item.tile[0]), int(item.tile[1]))
+        return Sample(np.ascontiguousarray(image), masks, item.name, ids=ids.astype(np.int64),
+                      categories=object_classes(label, plane, ids, self.mode),
+                      ignore=ignore if ignore is not None and ignore.any() else None,
+                      source=item.group, origin=origin)

@@ -1,12 +1,15 @@
 """SAM preprocessing and prompts: Sample -> ModelInput exactly as SamPredictor does it.
 
 Image: ``ResizeLongestSide(S).apply_image`` (uint8, PIL bilinear), 3 x h x w
-float, ``(x - pixel_mean) / pixel_std``, zero-padded bottom/right to S x S
-(``Sam.preprocess``). Prompts (paper Sec. IV, training setup): one positive
+float, ``(x - pixel_mean) / pixel_std`` with the model's own statistics
+(``Sam.pixel_mean``/``pixel_std``, an export's ``config.json``; SAM's by
+default), zero-padded bottom/right to S x S (``Sam.preprocess``). Prompts
+(paper Sec. IV, training setup): one positive
 point per object -- a uniformly random pixel inside it (training) or its
 interior pixel farthest from the boundary (``center``, the usual single-point
-evaluation protocol) -- or the object's tight box padded by a random 0..box_pad
-px per side and jittered by a random -box_jitter..box_jitter px per side,
+evaluation protocol) -- or the object's tight box padded per side by a fixed N
+or a random LO..HI px (``data.box_pad``: ``0`` tight, ``0-20`` the paper's EM
+protocol) and jittered by a random -box_jitter..box_jitter px per side,
 clipped to the image; both in original (x, y) pixels, then mapped with
 ``apply_coords``/``apply_boxes``. ``mixed`` draws box or point per image (SAM's
 own training mixes prompt kinds). Objects are capped at ``max_objects`` per
@@ -22,19 +25,28 @@ from scipy import ndimage
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from supersam.data.config import POINT_PLACEMENTS, PROMPTS, TRAIN_PROMPTS, DataConfig
+from collections.abc import Sequence
+
+from supersam.data.config import POINT_PLACEMENTS, PROMPTS, TRAIN_PROMPTS, DataConfig, parse_box_pad
 from supersam.data.dataset import load_split
-from supersam.data.types import ModelInput, Sample
+from supersam.data.types import ModelInput, ObjectMeta, Sample
 from supersam.errors import ConfigError
 from supersam.sam import PIXEL_MEAN, PIXEL_STD
 
 
-def preprocess_image(image: np.ndarray, img_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """H x W x 3 uint8 RGB -> (3 x S x S float32 normalised + padded, input size (h, w))."""
+def preprocess_image(
+    image: np.ndarray, img_size: int,
+    pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """H x W x 3 uint8 RGB -> (3 x S x S float32 normalised + padded, input size (h, w)).
+
+    ``pixel_mean``/``pixel_std`` (3 floats each, RGB 0..255) are the model's
+    own (:func:`supersam.sam.pixel_stats`); SAM's by default.
+    """
     resized = ResizeLongestSide(img_size).apply_image(image)  # h x w x 3 uint8
     x = torch.as_tensor(resized).permute(2, 0, 1).float()
-    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
+    mean = torch.tensor(tuple(pixel_mean), dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(tuple(pixel_std), dtype=torch.float32).view(3, 1, 1)
     x = (x - mean) / std
     h, w = resized.shape[:2]
     return F.pad(x, (0, img_size - w, 0, img_size - h)).contiguous(), (h, w)
@@ -87,13 +99,22 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
     return np.stack([x0, y0, x1, y1], axis=1).astype(np.float64)
 
 
-def padded_boxes(masks: np.ndarray, box_pad: int, rng: np.random.Generator, box_jitter: int = 0) -> np.ndarray:
-    """N x 4 tight boxes widened by uniform random 0..box_pad px per side, clipped to the image.
+def padded_boxes(masks: np.ndarray, box_pad: int | str | tuple[int, int], rng: np.random.Generator,
+                 box_jitter: int = 0) -> np.ndarray:
+    """N x 4 tight boxes widened per side by ``box_pad`` px, clipped to the image.
 
-    ``box_jitter`` > 0 then moves every side by a uniform random -box_jitter..box_jitter px.
+    ``box_pad``: ``N`` / ``(N, N)`` a fixed N px, ``"LO-HI"`` / ``(LO, HI)`` a
+    uniform random LO..HI px per side (:func:`supersam.data.config.parse_box_pad`).
+    The rng is drawn from in both cases, so a fixed 0 and the old random 0..0
+    give the same later draws. ``box_jitter`` > 0 then moves every side by a
+    uniform random -box_jitter..box_jitter px.
+
+    Raises:
+        ConfigError: a malformed ``box_pad``.
     """
     h, w = masks.shape[1:]
-    pad = rng.integers(0, box_pad + 1, size=(len(masks), 4)) * np.array([-1, -1, 1, 1])
+    lo, hi = box_pad if isinstance(box_pad, tuple) else parse_box_pad(box_pad)
+    pad = rng.integers(lo, hi + 1, size=(len(masks), 4)) * np.array([-1, -1, 1, 1])
     boxes = tight_boxes(masks) + pad
     if box_jitter > 0:
         boxes = boxes + rng.integers(-box_jitter, box_jitter + 1, size=(len(masks), 4))
@@ -102,8 +123,9 @@ def padded_boxes(masks: np.ndarray, box_pad: int, rng: np.random.Generator, box_
 
 
 def prepare_sample(
-    sample: Sample, img_size: int, prompt: str, max_objects: int, box_pad: int,
+    sample: Sample, img_size: int, prompt: str, max_objects: int, box_pad: int | str | tuple[int, int],
     rng: np.random.Generator, repeat: bool = True, box_jitter: int = 0, point: str = "random",
+    pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD,
 ) -> ModelInput:
     """SAM-ready input with N = max_objects prompted objects (all objects when max_objects == 0).
 
@@ -111,17 +133,21 @@ def prepare_sample(
         sample: H x W x 3 uint8 image and N0 x H x W bool masks (N0 >= 1, none empty).
         img_size: encoder input size S (px).
         prompt: ``point``, ``box`` or ``mixed`` (box or point, drawn per image).
+        box_pad: box padding per side: ``N`` fixed px or ``"LO-HI"`` random (:func:`padded_boxes`).
         rng: drives the object choice and the prompts (same rng state -> same input).
         repeat: False disables the random repetition up to ``max_objects``.
         box_jitter: random per-side box noise in px (training).
         point: ``random`` (uniform interior pixel) or ``center`` (farthest from the boundary).
+        pixel_mean, pixel_std: the model's input normalisation (3 floats each).
 
     Returns:
         ModelInput: image 3 x S x S, gt_masks N x H x W, point_coords N x 1 x 2 +
-        point_labels N x 1 (point) or boxes N x 4 (box), in the input frame.
+        point_labels N x 1 (point) or boxes N x 4 (box), in the input frame;
+        ``ignore`` (the sample's void pixels), ``raw_image`` (the uint8 image)
+        and ``meta`` (object ids, prompts in original pixels, tile origin).
 
     Raises:
-        ConfigError: unknown prompt.
+        ConfigError: unknown prompt or malformed ``box_pad``.
     """
     if prompt not in TRAIN_PROMPTS:
         raise ConfigError(f"prompt {prompt!r} is unknown; use one of {', '.join(TRAIN_PROMPTS)}")
@@ -129,25 +155,32 @@ def prepare_sample(
         raise ConfigError(f"point placement {point!r} is unknown; use one of {', '.join(POINT_PLACEMENTS)}")
     if prompt == "mixed":
         prompt = PROMPTS[int(rng.integers(len(PROMPTS)))]
-    image, size = preprocess_image(sample.image, img_size)
+    image, size = preprocess_image(sample.image, img_size, pixel_mean, pixel_std)
     original = (int(sample.image.shape[0]), int(sample.image.shape[1]))
-    masks = sample.masks[select_objects(len(sample.masks), max_objects, rng, repeat)]
+    chosen = select_objects(len(sample.masks), max_objects, rng, repeat)
+    masks = sample.masks[chosen]
     transform = ResizeLongestSide(img_size)
     coords = labels = boxes = None
     if prompt == "point":
-        points = random_points(masks, rng) if point == "random" else center_points(masks)
-        points = transform.apply_coords(points, original)
-        coords = torch.as_tensor(points, dtype=torch.float32)[:, None, :]
+        prompts = random_points(masks, rng) if point == "random" else center_points(masks)
+        coords = torch.as_tensor(transform.apply_coords(prompts, original), dtype=torch.float32)[:, None, :]
         labels = torch.ones(len(masks), 1)
     else:
-        mapped = transform.apply_boxes(padded_boxes(masks, box_pad, rng, box_jitter), original)
-        boxes = torch.as_tensor(mapped, dtype=torch.float32)
-    return ModelInput(image, original, size, torch.as_tensor(masks), coords, labels, boxes, sample.name)
+        prompts = padded_boxes(masks, box_pad, rng, box_jitter)
+        boxes = torch.as_tensor(transform.apply_boxes(prompts, original), dtype=torch.float32)
+    ids = sample.ids[chosen] if sample.ids is not None else chosen.astype(np.int64) + 1
+    categories = sample.categories[chosen] if sample.categories is not None else np.ones(len(chosen), np.int64)
+    meta = ObjectMeta(ids, categories, prompt, prompts, sample.source or sample.name, sample.origin,
+                      sample.image_id if sample.image_id is not None else sample.name)
+    ignore = None if sample.ignore is None else torch.as_tensor(sample.ignore, dtype=torch.bool)
+    return ModelInput(image, original, size, torch.as_tensor(masks), coords, labels, boxes, sample.name,
+                      ignore, sample.image, meta)
 
 
 def prepare_split(
     cfg: DataConfig, split: str, img_size: int, n_images: int = 0, seed: int | None = None,
     repeat: bool = False, prompt: str | None = None,
+    pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD,
 ) -> list[ModelInput]:
     """A fixed list of SAM inputs for evaluation/calibration, identical for the same arguments.
 
@@ -158,18 +191,21 @@ def prepare_split(
     mIoU when an image has fewer than ``max_objects`` objects; ``repeat=True``
     repeats objects up to the cap as training batches do);
     ``prompt`` overrides ``cfg.prompt`` (same objects, other prompt kind).
-    Points are placed by ``cfg.point``.
+    Points are placed by ``cfg.point``, boxes padded by ``cfg.box_pad``;
+    ``pixel_mean``/``pixel_std`` are the model's (:func:`supersam.sam.pixel_stats`).
 
     Raises:
         ConfigError / DataError: see :func:`load_split`.
     """
     seed = cfg.seed if seed is None else seed
+    box_pad = cfg.box_pad_range
     dataset = load_split(cfg, split)
     indices = range(len(dataset))
     if 0 < n_images < len(dataset):
         indices = sorted(int(i) for i in np.random.default_rng([seed, 2]).choice(len(dataset), n_images, replace=False))
     return [
-        prepare_sample(dataset[i], img_size, prompt or cfg.prompt, cfg.max_objects, cfg.box_pad,
-                       np.random.default_rng([seed, i]), repeat, point=cfg.point)
+        prepare_sample(dataset[i], img_size, prompt or cfg.prompt, cfg.max_objects, box_pad,
+                       np.random.default_rng([seed, i]), repeat, point=cfg.point,
+                       pixel_mean=pixel_mean, pixel_std=pixel_std)
         for i in indices
     ]

@@ -58,12 +58,14 @@ class Sa1bReader:
         self.min_px, self.patch = max(min_area, 1), patch
         self.description = f"sa1b {folder}"
 
-    def _decode(self, rles: list[dict], tile: Tile | None) -> np.ndarray:
-        """N x h x w bool masks cut to ``tile``, objects < min_area px dropped."""
+    def _decode(self, rles: list[dict], tile: Tile | None, keep: bool = False):
+        """N x h x w bool masks cut to ``tile``, objects < min_area px dropped (and, with ``keep``, their indices)."""
         if not rles:
-            return np.zeros((0, 0, 0), bool)
+            empty = np.zeros((0, 0, 0), bool)
+            return (empty, np.zeros(0, np.int64)) if keep else empty
         masks = crop_masks(np.moveaxis(mask_utils.decode(rles), -1, 0).astype(bool), tile)
-        return masks[masks.sum(axis=(1, 2)) >= self.min_px]
+        kept = np.flatnonzero(masks.sum(axis=(1, 2)) >= self.min_px)
+        return (masks[kept], kept) if keep else masks[kept]
 
     def _usable(self, rles: list[dict]) -> list[dict]:
         return [r for r in rles if int(mask_utils.area(r)) >= self.min_px]
@@ -104,7 +106,9 @@ class Sa1bReader:
             rles = self._usable(read_rles(path.with_suffix(".json"), image.shape[:2]))
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise DataError(f"cannot read annotations of {path} ({exc}); replace or remove the pair") from None
-        masks = self._decode(rles, item.tile)
+        masks, kept = self._decode(rles, item.tile, keep=True)
         if len(masks) == 0:
             raise DataError(f"{item.name} has no object >= {self.min_px} px; rebuild the data index")
-        return Sample(np.ascontiguousarray(crop(image, item.tile)), masks, item.name)
+        origin = (0, 0) if item.tile is None else (int(item.tile[0]), int(item.tile[1]))
+        return Sample(np.ascontiguousarray(crop(image, item.tile)), masks, item.name, ids=kept.astype(np.int64) + 1,
+                      source=item.group, origin=origin)

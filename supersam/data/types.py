@@ -8,7 +8,7 @@ mapped into the model's input frame exactly as ``SamPredictor`` does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,12 +21,51 @@ class Sample:
     Attributes:
         image: H x W x 3 uint8 RGB (grayscale replicated, uint16 rescaled).
         masks: N x H x W bool, one mask per object instance (N >= 1).
-        name: identifier for logs and overlays (file name, patch index).
+        name: identifier for logs and overlays (file name, ``:p<page>``, ``@y,x`` tile).
+        ids: N int64 object ids as the data names them (instance label value,
+            connected-component number, COCO annotation id); None = 1..N.
+        categories: N int64 classes (semantic label value, COCO category id);
+            None = all 1.
+        ignore: H x W bool "void" pixels (``data.ignore_label``), excluded from
+            every IoU; None = none.
+        source: the source image (file name, ``:p<page>``); "" = ``name``.
+        origin: (y0, x0) px of this tile in the source image ((0, 0) = whole image).
+        image_id: the data set's own image id (COCO ``image_id``); None = ``name``.
     """
 
     image: np.ndarray
     masks: np.ndarray
     name: str
+    ids: np.ndarray | None = None
+    categories: np.ndarray | None = None
+    ignore: np.ndarray | None = None
+    source: str = ""
+    origin: tuple[int, int] = (0, 0)
+    image_id: int | str | None = None
+
+
+@dataclass
+class ObjectMeta:
+    """Where an input's N prompted objects come from, for per-object reports (objects.csv, COCO results).
+
+    Attributes:
+        ids: N int64 object ids (:attr:`Sample.ids`).
+        categories: N int64 classes (:attr:`Sample.categories`).
+        prompt: ``box`` or ``point``.
+        prompts: the prompts in original pixels of this image (tile): N x 4
+            (x0, y0, x1, y1) float64 boxes or N x 2 (x, y) points.
+        source: source image name.
+        origin: (y0, x0) px of the tile in the source image.
+        image_id: the data set's image id (COCO) or the item name.
+    """
+
+    ids: np.ndarray
+    categories: np.ndarray
+    prompt: str
+    prompts: np.ndarray
+    source: str
+    origin: tuple[int, int] = (0, 0)
+    image_id: int | str = ""
 
 
 @dataclass
@@ -43,6 +82,9 @@ class ModelInput:
         point_labels: N x 1 float (1 = positive), or None.
         boxes: N x 4 float (x0, y0, x1, y1) in the input frame, or None.
         name: identifier of the source sample.
+        ignore: H x W bool pixels excluded from every IoU (void), or None.
+        raw_image: H x W x 3 uint8 original image (for overlays), or None.
+        meta: object ids, original-pixel prompts, tile origin, or None.
     """
 
     image: torch.Tensor
@@ -53,6 +95,9 @@ class ModelInput:
     point_labels: torch.Tensor | None
     boxes: torch.Tensor | None
     name: str
+    ignore: torch.Tensor | None = None
+    raw_image: np.ndarray | None = field(default=None, repr=False)
+    meta: ObjectMeta | None = None
 
     @property
     def n_objects(self) -> int:
@@ -67,4 +112,5 @@ class ModelInput:
         return ModelInput(
             move(self.image), self.original_size, self.input_size, move(self.gt_masks),
             move(self.point_coords), move(self.point_labels), move(self.boxes), self.name,
+            move(self.ignore), self.raw_image, self.meta,
         )

@@ -36,9 +36,9 @@ from supersam.data.config import PROMPTS
 from supersam.device import autocast, resolve_device
 from supersam.io import torch_save, write_json
 from supersam.losses import SamLossWeights, low_res_targets, sam_loss
-from supersam.predict import decode_low_res, embed_prompts, encode_images
+from supersam.inference import decode_low_res, embed_prompts, encode_images
 from supersam.pretrain.config import TRAJECTORY_FIELDS, PretrainConfig
-from supersam.sam import build_sam, count_params
+from supersam.sam import build_sam, count_params, pixel_stats
 from supersam.sampling import batch_indices, data_position, prompt_rng
 from supersam.scoring import run_eval
 from supersam.tracking import start_run
@@ -89,7 +89,8 @@ class Pretrainer:
         self.weights = SamLossWeights(cfg.focal_weight, cfg.dice_weight, cfg.iou_weight, cfg.focal_alpha)
         self.dataset = load_split(data_cfg, "train") if cfg.iterations else None
         self.val = {kind: prepare_split(data_cfg, "val", self.img_size, n_images=cfg.val_images,
-                                        seed=cfg.seed, repeat=False, prompt=kind) for kind in PROMPTS}
+                                        seed=cfg.seed, repeat=False, prompt=kind, **pixel_stats(self.sam))
+                    for kind in PROMPTS}
         self.baselines = {kind: trivial_baselines(inputs) for kind, inputs in self.val.items()}
         self.iteration = 0
         self.losses: list[dict] = []
@@ -106,8 +107,8 @@ class Pretrainer:
             sample = self.dataset[i]
             if cfg.augment:
                 sample = augment_sample(sample, rng)
-            inputs.append(prepare_sample(sample, self.img_size, d.training_prompt, cfg.max_objects, d.box_pad,
-                                         rng, box_jitter=d.box_jitter).to(self.device))
+            inputs.append(prepare_sample(sample, self.img_size, d.training_prompt, cfg.max_objects, d.box_pad_range,
+                                         rng, box_jitter=d.box_jitter, **pixel_stats(self.sam)).to(self.device))
         return inputs
 
     # -- one step --------------------------------------------------------------

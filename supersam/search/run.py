@@ -139,11 +139,12 @@ def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncodin
     from supersam.baselines import describe as describe_baselines
     from supersam.baselines import trivial_baselines
     from supersam.data import prepare_split
+    from supersam.sam import pixel_stats
     from supersam.scoring import SubnetEvaluator
 
     meta = supernet.meta
     model_type, img_size, pretrained, variant = meta.model_type, meta.img_size, meta.pretrained, meta.variant
-    inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images)
+    inputs = prepare_split(data, cfg.split, img_size, n_images=cfg.n_images, **pixel_stats(supernet.sam))
     run.log_dataset(data.root, cfg.split, len(inputs), sum(inp.n_objects for inp in inputs), data.kind)
     evaluator = SubnetEvaluator(supernet, inputs, device, cfg.amp, cfg.batch_size)
     baselines = trivial_baselines(inputs)

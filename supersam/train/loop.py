@@ -18,6 +18,7 @@ from supersam.checkpoint import load_supernet, save_supernet
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample
 from supersam.errors import CheckpointError
+from supersam.sam import pixel_stats
 from supersam.sampling import batch_indices, data_position, prompt_rng, shard
 from supersam.tracking import start_run
 from supersam.train.config import TRAJECTORY_FIELDS, TrainConfig
@@ -129,8 +130,9 @@ class Trainer:
         indices = batch_indices(cfg.seed, iteration, cfg.batch_size, len(self.dataset))
         mine = shard(list(enumerate(indices)), self.ctx.rank, self.ctx.world_size)
         return [
-            prepare_sample(self.dataset[i], self.img_size, d.training_prompt, cfg.max_objects or d.max_objects, d.box_pad,
-                           prompt_rng(cfg.seed, iteration, slot), box_jitter=d.box_jitter).to(self.ctx.device)
+            prepare_sample(self.dataset[i], self.img_size, d.training_prompt, cfg.max_objects or d.max_objects,
+                           d.box_pad_range, prompt_rng(cfg.seed, iteration, slot), box_jitter=d.box_jitter,
+                           **pixel_stats(self.supernet.sam)).to(self.ctx.device)
             for slot, i in mine
         ]
 

@@ -11,6 +11,7 @@ from supersam.artifacts import SupernetMeta
 from supersam.baselines import collapse_check, describe, trivial_baselines
 from supersam.data import DataConfig, prepare_split
 from supersam.config import metric_key
+from supersam.sam import pixel_stats
 from supersam.sampling import eval_generator
 from supersam.scoring import SubnetEvaluator
 from supersam.thresholds import ResolvedThreshold, base_checkpoint, resolve_threshold
@@ -36,7 +37,8 @@ class ValidationProbe:
 
     def __init__(self, supernet, data_cfg: DataConfig, img_size: int, cfg: TrainConfig,
                  device: torch.device) -> None:
-        inputs = prepare_split(data_cfg, "val", img_size, n_images=cfg.val_images, seed=cfg.seed)
+        inputs = prepare_split(data_cfg, "val", img_size, n_images=cfg.val_images, seed=cfg.seed,
+                               **pixel_stats(supernet.sam))
         self.evaluator = SubnetEvaluator(
             supernet, inputs, device, amp=cfg.amp,
             cache_prompts="prompt_encoder" not in cfg.trainable,

@@ -20,7 +20,7 @@ import torch
 from supersam.data.types import ModelInput
 from supersam.device import autocast
 from supersam.metrics import dice_loss
-from supersam.predict import decode_masks, embed_prompts, encode_images
+from supersam.inference import decode_masks, embed_prompts, encode_images
 from supersam.train.config import TrainConfig
 from supersam.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
 from supersam.sampling import subnet_generator
