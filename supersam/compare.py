@@ -86,9 +86,18 @@ class CompareConfig:
 
 
 def _ratio(value: Any, reference: Any) -> float | None:
+    """value / reference; None when either is None (a missed target) or the reference is 0."""
     if value is None or reference is None or not reference:
         return None
     return float(value) / float(reference)
+
+
+def _ratio_text(value: Any, reference: Any, ratio: float | None) -> str:
+    if ratio is not None:
+        return f"{ratio:.2f}"
+    if value is not None and reference is not None and not reference:
+        return "n/a (none: 0)"
+    return "-"
 
 
 def table1(rows: dict[str, dict]) -> dict[str, Any]:
@@ -100,7 +109,8 @@ def table1(rows: dict[str, dict]) -> dict[str, Any]:
     Returns:
         ``{"variants": {v: {...row, "ratio_to_none": {field: v / none or None}}},
         "reference": "none" or None}``; a ratio is None when either run missed the
-        target (or ``none`` was not trained).
+        target, ``none`` reached it at 0 (the markdown says ``n/a (none: 0)``) or
+        ``none`` was not trained.
     """
     ref = rows.get(REFERENCE)
     out = {}
@@ -122,8 +132,8 @@ def table1_markdown(table: dict[str, Any]) -> str:
     for variant, row in table["variants"].items():
         reached = row.get("iterations_to_target") is not None
         its = str(row["iterations_to_target"]) if reached else f"not reached in {row.get('iterations')}"
-        r = row["ratio_to_none"]
-        ratio = " / ".join(_fmt(r[f], ".2f") for f in TABLE1_FIELDS[:3])
+        r, ref = row["ratio_to_none"], table["variants"].get(REFERENCE, {})
+        ratio = " / ".join(_ratio_text(row.get(f), ref.get(f), r[f]) for f in TABLE1_FIELDS[:3])
         lines.append(
             f"| {variant} | {its} | {_fmt(row.get('seconds_to_target'), '.1f')} "
             f"| {_fmt(row.get('energy_kwh_to_target'), '.3g')} | {_fmt(row.get('co2_kg_to_target'), '.3g')} "
@@ -174,6 +184,28 @@ def summarize(miou: dict[str, list[float]]) -> dict[str, dict[str, float]]:
             row.update(mean_diff_to_none=statistics.fmean(diffs), wins_over_none=sum(d > 0 for d in diffs))
         out[variant] = row
     return out
+
+
+def check_comparable(cfg: CompareConfig, rows: dict[str, dict], searches: dict[str, dict]) -> None:
+    """The variants' runs must have measured the same thing, under ``cfg.metric``.
+
+    Raises:
+        ConfigError: a Table I row or a search under another metric, or rows with
+            different targets or probe resolutions.
+    """
+    for variant, row in rows.items():
+        if row.get("metric") != cfg.metric:
+            raise ConfigError(f"outputs/train/{variant} was trained with metric {row.get('metric')!r}, compare runs "
+                              f"with {cfg.metric!r}; re-run the pipeline (dvc repro) with one `metric`")
+    for variant, metrics in searches.items():
+        if metrics.get("metric") != cfg.metric:
+            raise ConfigError(f"outputs/search/{variant} searched with metric {metrics.get('metric')!r}, compare runs "
+                              f"with {cfg.metric!r}; re-run the pipeline (dvc repro) with one `metric`")
+    for key in ("target_miou_setting", "target_every", "iterations"):
+        values = {v: row.get(key) for v, row in rows.items()}
+        if len(set(map(str, values.values()))) > 1:
+            raise ConfigError(f"the variants were trained with different train.{key.removesuffix('_setting')} "
+                              f"({values}); Table I compares like with like: re-run `dvc repro`")
 
 
 def _check_spaces(supernets: dict[str, Any]) -> Any:
@@ -241,14 +273,18 @@ def compare(cfg: CompareConfig, variants: Sequence[str], data: Any, tracking: Tr
     if not variants:
         raise ConfigError("no variants to compare; list them in params.yaml `variants:`")
     for v in variants:
-        for needed in (paths.train_table1(v), paths.trained_supernet(v), paths.search_pareto(v)):
+        for needed in (paths.train_table1(v), paths.trained_supernet(v), paths.search_pareto(v),
+                       paths.search_dir(v) / paths.METRICS_FILE):
             if not needed.is_file():
                 raise DataError(f"{needed} is missing: run `dvc repro` (or train and search the {v} variant) first")
     out = cfg.out_dir
     key = metric_key(cfg.metric)
     with start_run(tracking, "compare", params={**{f"compare.{k}": v for k, v in asdict(cfg).items()},
                                                  "variants": ",".join(variants)}) as run:
-        table = table1({v: read_json(paths.train_table1(v), "Table I row") for v in variants})
+        rows = {v: read_json(paths.train_table1(v), "Table I row") for v in variants}
+        check_comparable(cfg, rows, {v: read_json(paths.search_dir(v) / paths.METRICS_FILE, "search metrics")
+                                     for v in variants})
+        table = table1(rows)
         subnets = evaluate_subnets(cfg, variants, data, run)
         fronts = {v: read_json(paths.search_pareto(v), "Pareto frontier") for v in variants}
         metrics = _metrics(table, subnets)
@@ -284,34 +320,67 @@ def _metrics(table: dict[str, Any], subnets: dict[str, Any]) -> dict[str, Any]:
 
 # -- several seeds ------------------------------------------------------------------
 
-def experiments_from_dvc(exp_show: list[dict], metrics_path: str = "outputs/compare/metrics.json") -> list[dict]:
+def experiments_from_dvc(exp_show: Any, metrics_path: str = "outputs/compare/metrics.json") -> list[dict]:
     """The compare metrics and ``train.seed`` of every run in ``dvc exp show --json`` output.
 
-    Returns:
-        ``[{"name", "seed", "metrics"}]`` for the workspace, each commit and each
-        experiment that has ``metrics_path``; a run with the same seed and the same
-        figures as one already found (the workspace after its last experiment, a
-        commit of it) is counted once.
-    """
-    found, seen = [], set()
+    Every run with ``metrics_path`` counts (the workspace, commits, their
+    experiments), one per ``train.seed``: an experiment wins over the workspace or
+    a commit with the same seed (they are usually the same run restored), and
+    dropped duplicates are logged.
 
-    def visit(entry: dict) -> None:
+    Returns:
+        ``[{"name", "seed", "metrics"}]`` in the order found.
+
+    Raises:
+        ConfigError: not ``dvc exp show --json`` output, or runs whose params differ
+            in more than ``train.seed`` (they would be averaged as if only the seed
+            had changed; the message names a differing key).
+    """
+    if not isinstance(exp_show, list) or not all(isinstance(e, dict) for e in exp_show):
+        raise ConfigError("not `dvc exp show --json` output (DVC 3: a list of commits); "
+                          "save it with `dvc exp show --json > FILE` and pass --from FILE")
+    found: list[dict] = []
+
+    def visit(entry: dict, is_experiment: bool) -> None:
         data = entry.get("data") or {}
-        rev = data.get("rev") or entry.get("rev")
         metrics = ((data.get("metrics") or {}).get(metrics_path) or {}).get("data")
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-        seed = (params.get("train") or {}).get("seed")
-        key = json.dumps([seed, metrics], sort_keys=True)
-        if metrics and key not in seen:
-            seen.add(key)
-            found.append({"name": entry.get("name") or rev, "seed": seed, "metrics": metrics})
+        if metrics:
+            rest = json.loads(json.dumps(params))
+            seed = (rest.get("train") or {}).pop("seed", None)
+            found.append({"name": entry.get("name") or data.get("rev") or entry.get("rev"), "seed": seed,
+                          "metrics": metrics, "params": rest, "experiment": is_experiment})
         for exp in entry.get("experiments") or []:
             for rev_entry in exp.get("revs") or []:
-                visit(rev_entry)
+                visit(rev_entry, True)
 
     for entry in exp_show:
-        visit(entry)
-    return found
+        visit(entry, False)
+    if found:
+        first = found[0]
+        for run in found[1:]:
+            if run["params"] != first["params"]:
+                key = _first_difference(first["params"], run["params"])
+                raise ConfigError(f"runs {first['name']} and {run['name']} differ in {key}, not only in train.seed; "
+                                  "summarise runs of one configuration (remove the others with `dvc exp remove`)")
+    by_seed: dict[Any, dict] = {}
+    for run in found:
+        kept = by_seed.get(run["seed"])
+        if kept is None or (run["experiment"] and not kept["experiment"]):
+            if kept is not None:
+                log.info("train.seed %s: using experiment %s, not %s", run["seed"], run["name"], kept["name"])
+            by_seed[run["seed"]] = run
+        else:
+            log.info("train.seed %s: %s already counted, %s skipped", run["seed"], kept["name"], run["name"])
+    return [{k: r[k] for k in ("name", "seed", "metrics")} for r in by_seed.values()]
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "params"
 
 
 def summarize_seeds(runs: Sequence[dict]) -> dict[str, Any]:

@@ -212,7 +212,7 @@ def evaluate(
     tags = {"pretrained": loaded.info["pretrained"], "name": cfg.name or loaded.info["source"]}
     with start_run(tracking, "eval", loaded.info.get("variant", ""), tags=tags) as run:
         metrics, out, saved = _evaluate(cfg, model_cfg, data_cfg, loaded, device, run)
-        params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source")}
+        params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source", "metric")}
         params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp, "prompts": ",".join(metrics["prompts"])})
         params.update({f"data.{k}": v for k, v in metrics["data"].items()})
         run.log_params(params)

@@ -52,7 +52,7 @@ class RankLayersConfig:
         drop_prob: theta_i of every prunable block, a number in [0, 1]
             (reference code: 0.5), or ``importance`` (less important -> more
             often dropped, linearly mapped to [0.1, 0.9]).
-        metric: ``single`` or ``oracle`` (:data:`supersam.metrics.METRICS`), set by
+        metric: ``single`` or ``oracle`` (:data:`supersam.config.METRICS`), set by
             params.yaml's top-level ``metric``: the mIoU ranking, curve and rule use.
         out: output folder (ranking.json, importance.json/.png, curve.json/.png).
         device, amp, batch_size: evaluation device, bf16 autocast, images per forward.

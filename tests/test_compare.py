@@ -17,11 +17,12 @@ from supersam.compare import (
     experiments_from_dvc, sample_subnets, seeds_markdown, summarize, summarize_seeds, table1, table1_markdown,
 )
 from supersam.elastic import SuperSam
+from supersam.errors import ConfigError
 from supersam.sam import build_sam_model
 from supersam.space import SearchSpace
 
 ROW = {"iterations": 24, "target_miou": 0.7, "target_miou_setting": "0.98x", "target_every": 1,
-       "energy_method": "estimate", "miou_min": 0.69}
+       "energy_method": "estimate", "miou_min": 0.69, "metric": "single"}
 
 
 def test_table1_ratios_to_none_and_markdown():
@@ -44,6 +45,10 @@ def test_table1_ratios_to_none_and_markdown():
     assert "| wanda | 2 | 5.0 | 0.0001 | 4.37e-05 | 0.25 / 0.25 / 0.25 | 0.7000 (0.98x) | 0.6900 | estimate |" in text
     assert "| magnitude | not reached in 24 | - |" in text and "probed every 1 iteration(s)" in text
     assert table1({"wanda": rows["wanda"]})["variants"]["wanda"]["ratio_to_none"]["iterations_to_target"] is None
+    # `none` met the target before training: no ratio, and the table says why instead of "-"
+    rows["none"].update(iterations_to_target=0, seconds_to_target=0.0, energy_kwh_to_target=0.0)
+    assert "| wanda | 2 | 5.0 | 0.0001 | 4.37e-05 | n/a (none: 0) / n/a (none: 0) / n/a (none: 0) |" in \
+        table1_markdown(table1(rows))
 
 
 def test_paired_summary_against_none():
@@ -53,11 +58,12 @@ def test_paired_summary_against_none():
     assert summary["wanda"]["wins_over_none"] == 2 and "wins_over_none" not in summary["none"]
 
 
-def _exp_show(seed_metrics: dict[int, dict]) -> list[dict]:
+def _exp_show(seed_metrics: dict[int, dict], lr: dict[int, float] | None = None) -> list[dict]:
     """`dvc exp show --json` as DVC 3 writes it: the workspace, the commit and its experiments."""
     def entry(rev, name, seed, metrics):
+        train = {"seed": seed, "lr": (lr or {}).get(seed, 3e-5)}
         return {"rev": rev, "name": name, "data": {
-            "rev": rev, "params": {"params.yaml": {"data": {"train": {"seed": seed}}}},
+            "rev": rev, "params": {"params.yaml": {"data": {"train": train, "variants": ["none", "wanda"]}}},
             "metrics": {"outputs/compare/metrics.json": {"data": metrics}}}}
 
     (s0, m0), *rest = seed_metrics.items()
@@ -84,6 +90,18 @@ def test_seed_summary_from_dvc_experiments():
     assert "3 runs (train.seed 0, 1, 2)" in text
     with pytest.raises(Exception, match="no run with outputs/compare/metrics.json"):
         summarize_seeds([])
+    # an experiment of the workspace's seed (re-run: other timings) replaces the workspace run
+    rerun = _exp_show({0: metrics[0], 1: metrics[1], 2: metrics[2]})
+    rerun[1]["experiments"].append({"name": "exp-0", "revs": [
+        {"rev": "rev0", "name": "exp-0", "data": {**rerun[0]["data"], "rev": "rev0",
+         "metrics": {"outputs/compare/metrics.json": {"data": {**metrics[0], "seconds_to_target_wanda": 9.9}}}}}]})
+    runs = experiments_from_dvc(rerun)
+    assert [(r["name"], r["seed"]) for r in runs] == [("exp-0", 0), ("exp-1", 1), ("exp-2", 2)]
+    # runs that differ in more than the seed are not averaged
+    with pytest.raises(ConfigError, match="differ in train.lr, not only in train.seed"):
+        experiments_from_dvc(_exp_show(metrics, lr={2: 1e-4}))
+    with pytest.raises(ConfigError, match="not `dvc exp show --json` output"):
+        experiments_from_dvc({"workspace": {}})
 
 
 def test_sampled_subnets_are_distinct_and_seeded():
@@ -99,14 +117,16 @@ def test_sampled_subnets_are_distinct_and_seeded():
 def project(tmp_path_factory) -> Path:
     """outputs/ of a pipeline with two variants of one tiny supernet (identical weights)."""
     root = tmp_path_factory.mktemp("project")
-    torch.manual_seed(0)
-    supernet = SuperSam(build_sam_model("tiny"), SearchSpace.for_arch("tiny", mlp_dim_choices=(64, 128, 256)))
-    for variant, its in (("none", 6), ("wanda", 3)):
+    space = SearchSpace.for_arch("tiny", mlp_dim_choices=(64, 128, 256))
+    for variant, its in (("none", 6), ("wanda", 3), ("copy", 6)):
+        torch.manual_seed({"none": 0, "wanda": 1, "copy": 0}[variant])  # `copy` has none's weights
+        supernet = SuperSam(build_sam_model("tiny"), space)
         save_supernet(root / f"outputs/train/{variant}/supernet.pt", supernet, SupernetMeta("tiny", 128, False, variant))
         (root / f"outputs/train/{variant}/table1.json").write_text(json.dumps(
             {**ROW, "iterations_to_target": its, "seconds_to_target": 2.0 * its, "energy_kwh_to_target": 1e-5 * its,
              "co2_kg_to_target": 0.437e-5 * its}))
         (root / f"outputs/search/{variant}").mkdir(parents=True)
+        (root / f"outputs/search/{variant}/metrics.json").write_text(json.dumps({"metric": "single"}))
         (root / f"outputs/search/{variant}/pareto.json").write_text(json.dumps(
             [{"params": 400_000, "miou": 0.1, "miou_oracle": 0.2}, {"params": 600_000, "miou": 0.2, "miou_oracle": 0.3}]))
     return root
@@ -114,7 +134,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_compare_cli_writes_table1_fig4_fig5(project, shared_data, monkeypatch, capsys):
     monkeypatch.chdir(project)
-    params = {"variants": ["none", "wanda"], "data": {"root": str(shared_data / "isbi2012_em"), "patch": 256},
+    params = {"variants": ["none", "wanda", "copy"], "data": {"root": str(shared_data / "isbi2012_em"), "patch": 256},
               "compare": {"n_subnets": 4, "n_images": 1, "device": "cpu"}, "mlflow": {"enabled": False}}
     Path("params.yaml").write_text(yaml.safe_dump(params))
     code, err = run_cli(["compare"], monkeypatch, capsys)
@@ -124,14 +144,18 @@ def test_compare_cli_writes_table1_fig4_fig5(project, shared_data, monkeypatch, 
     assert table["variants"]["wanda"]["ratio_to_none"]["iterations_to_target"] == pytest.approx(0.5)
     subnets = json.loads((out / "subnets.json").read_text())
     assert set(subnets) >= {"subnets", "miou", "params"} and len(subnets["subnets"]) == 4
-    assert set(subnets["miou"]) == {"none", "wanda"} and len(subnets["params"]) == 4
-    assert subnets["miou"]["none"] == subnets["miou"]["wanda"]  # same weights, same subnets, same objects
-    assert subnets["summary"]["wanda"]["mean_diff_to_none"] == 0 and subnets["n_objects"] > 0
+    assert set(subnets["miou"]) == {"none", "wanda", "copy"} and len(subnets["params"]) == 4
+    # each variant's own supernet: other weights, other mIoUs; the same weights, the same mIoUs
+    assert subnets["miou"]["none"] == subnets["miou"]["copy"] != subnets["miou"]["wanda"]
+    assert subnets["summary"]["copy"]["mean_diff_to_none"] == 0 and subnets["n_objects"] > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations_to_target_wanda"] == 3 and metrics["n_subnets"] == 4
     assert "| wanda | 3 |" in (out / "table1.md").read_text()
     for name in ("fig4.png", "fig5.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    # runs under another metric are not compared
+    code, err = run_cli(["compare", "--set", "metric=oracle", "--out", "o"], monkeypatch, capsys)
+    assert code == 1 and "outputs/train/none was trained with metric 'single', compare runs with 'oracle'" in err
     # a variant that was never trained: one line naming the missing file, nothing written
     Path("params.yaml").write_text(yaml.safe_dump({**params, "variants": ["none", "magnitude"]}))
     code, err = run_cli(["compare", "--out", "elsewhere"], monkeypatch, capsys)

@@ -80,6 +80,12 @@ def test_greedy_curve_reevaluates_every_remaining_block_after_each_removal():
         assert point["miou"] == max(c["miou"] for c in point["candidates"])
     # budget: stop before the first step that costs more than the budget
     assert choose_prunable(curve, "budget", 0, 0.05, "miou") == (1, 3)
+    # ... even when a later step recovers within the budget (greedy removal has stopped there)
+    dip = {frozenset(): 0.80, frozenset({1}): 0.79, frozenset({2}): 0.70, frozenset({3}): 0.60,
+           frozenset({1, 2}): 0.60, frozenset({1, 3}): 0.65, frozenset({2, 3}): 0.50, frozenset({1, 2, 3}): 0.78}
+    dip_curve = greedy_curve(interacting_evaluate(dip), [1, 2, 3], interacting_evaluate(dip)(()))
+    assert [p["miou"] for p in dip_curve] == [0.80, 0.79, 0.65, 0.78]
+    assert choose_prunable(dip_curve, "budget", 0, 0.05, "miou") == (1,)
     assert choose_prunable(curve, "count", 1, 0.0, "miou") == (1,)
     # ties go to the lower block index
     flat = interacting_evaluate({k: 0.5 for k in table})

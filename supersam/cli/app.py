@@ -62,7 +62,7 @@ def load_params(command: str, reads: tuple[str, ...], params: Path, sets: list[s
 
     for item in sets:
         section = parse_set(item)[0][0]
-        if section not in reads and section != "metric":
+        if section not in reads:
             raise ConfigError(f"--set {item}: `supersam {command}` does not read the {section} section "
                               f"(it reads {', '.join(reads)})")
     return apply_metric(apply_sets(apply_sets(read_params(params), (), defaults), sets, flags))

@@ -24,7 +24,7 @@ def compare_cli(
     from supersam.config import TrackingConfig, stage_config
     from supersam.data import DataConfig
 
-    values = load_params("compare", ("compare", "variants", "data", "mlflow"), params, sets, {"compare.out": out})
+    values = load_params("compare", ("compare", "metric", "variants", "data", "mlflow"), params, sets, {"compare.out": out})
     compare(stage_config(CompareConfig, values, "compare"), _variants(values),
             stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"))
 
@@ -52,7 +52,10 @@ def compare_seeds_cli(
         done = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfigError(f"`dvc exp show --json` failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-        exp_show = json.loads(done.stdout)
+        try:
+            exp_show = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            raise ConfigError("`dvc exp show --json` printed no JSON; run it by hand to see why") from None
     compare_seeds(exp_show, _variants(values), out or "")
 
 

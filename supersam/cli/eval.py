@@ -49,7 +49,7 @@ def eval_cli(
     from supersam.data import DataConfig
     from supersam.eval import USER_FOLDER_DEFAULTS, EvalConfig, evaluate
 
-    values = load_params("eval", ("eval", "model", "data", "mlflow"), params, sets, {
+    values = load_params("eval", ("eval", "metric", "model", "data", "mlflow"), params, sets, {
         "eval.model": model, "eval.supernet": supernet, "eval.subnet": subnet, "model.checkpoint": checkpoint,
         "data.root": data_root, "data.images": images, "data.labels": labels, "data.label_mode": label_mode,
         "data.ignore_label": ignore_label, "data.max_objects": max_objects, "data.patch": patch,

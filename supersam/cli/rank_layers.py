@@ -22,6 +22,6 @@ def rank_layers_cli(
     from supersam.data import DataConfig
     from supersam.rank_layers import RankLayersConfig, rank_layers
 
-    values = load_params("rank-layers", ("rank_layers", "model", "data", "mlflow"), params, sets, {"model.checkpoint": checkpoint, "rank_layers.out": out})
+    values = load_params("rank-layers", ("rank_layers", "metric", "model", "data", "mlflow"), params, sets, {"model.checkpoint": checkpoint, "rank_layers.out": out})
     rank_layers(stage_config(RankLayersConfig, values, "rank_layers"), stage_config(ModelConfig, values, "model"),
                 stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"))

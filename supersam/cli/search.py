@@ -28,7 +28,7 @@ def search_cli(
     from supersam.data import DataConfig
     from supersam.search import SearchConfig, search
 
-    values = load_params("search", ("search", "data", "mlflow"), params, sets, {"search.max_params": max_params, "search.min_miou": min_miou,
+    values = load_params("search", ("search", "metric", "data", "mlflow"), params, sets, {"search.max_params": max_params, "search.min_miou": min_miou,
                                         "search.variant": variant, "search.supernet": supernet, "search.out": out})
     cfg = stage_config(SearchConfig, values, "search")
     metrics = search(cfg, stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"))

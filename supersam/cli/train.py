@@ -31,7 +31,7 @@ def train_cli(
     from supersam.train import TrainConfig, train
     from supersam.train.distributed import launch_torchrun, strip_option
 
-    values = load_params("train", ("train", "data", "mlflow"), params, sets, {"train.variant": variant, "train.supernet": supernet, "train.out": out})
+    values = load_params("train", ("train", "metric", "data", "mlflow"), params, sets, {"train.variant": variant, "train.supernet": supernet, "train.out": out})
     cfg = stage_config(TrainConfig, values, "train")
     data_cfg = stage_config(DataConfig, values, "data")
     tracking = stage_config(TrackingConfig, values, "mlflow")

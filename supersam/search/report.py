@@ -82,8 +82,9 @@ def baseline_report(state: SearchState, baselines: Mapping[str, float],
         log.info("validation sample trivial baselines: %s", describe(baselines))
         return {**out, "best_fg_fraction": None, "collapsed": None}
     fg = fg_fractions.get(best.subnet, float("nan"))
-    collapsed, reason = collapse_check(best.miou, fg, baselines)
-    log.info("chosen subnet: mIoU %.2f (%s) on the validation sample", best.miou, describe(baselines))
+    metric = state.constraints.metric  # the mIoU the search selected on (params.yaml `metric`)
+    collapsed, reason = collapse_check(best.value(metric), fg, baselines)
+    log.info("chosen subnet: %s %.2f (%s) on the validation sample", metric, best.value(metric), describe(baselines))
     if collapsed:
         log.warning("the chosen subnet looks collapsed: %s", reason)
     return {**out, "best_fg_fraction": fg, "collapsed": collapsed}

@@ -18,6 +18,9 @@ TRAJECTORY_FIELDS = (
     "supernet", "iterations", "batch_size", "max_objects", "lr", "min_lr_ratio", "weight_decay",
     "grad_clip", "amp", "mode", "n_random", "distill", "distill_weight", "trainable", "seed",
 )
+# Fields that define what the probes and Table I measure: a resumed run must match them too,
+# or probes.json / history.json would mix two metrics, targets or samples.
+MEASUREMENT_FIELDS = ("metric", "target_miou", "target_every", "val_images")
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,12 @@ class _CodecarbonSource:
         if output_dir:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
             kwargs["output_dir"] = str(output_dir)
+        # We measure at every training/evaluation boundary ourselves (joules()); the
+        # tracker's background scheduler would measure concurrently from its own thread
+        # and could count one interval twice, so it is left at a 10-minute period.
         self._tracker = OfflineEmissionsTracker(
             country_iso_code=country_iso_code, log_level="error", output_methods=[],
-            allow_multiple_runs=True, **kwargs,
+            allow_multiple_runs=True, measure_power_secs=600, **kwargs,
         )
         self._tracker.start()
         self.joules()  # fail now (not mid-run) if the internals moved

@@ -12,6 +12,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
+
 from supersam import paths
 from supersam import resume as ckpt
 from supersam.checkpoint import load_supernet, save_supernet
@@ -21,7 +23,7 @@ from supersam.errors import CheckpointError
 from supersam.sam import pixel_stats
 from supersam.sampling import batch_indices, data_position, prompt_rng, shard
 from supersam.tracking import start_run
-from supersam.train.config import TRAJECTORY_FIELDS, TrainConfig
+from supersam.train.config import MEASUREMENT_FIELDS, TRAJECTORY_FIELDS, TrainConfig
 from supersam.train.distributed import DistContext, barrier, broadcast_params, check_batch
 from supersam.train.energy import EnergyMeter
 from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
@@ -113,13 +115,20 @@ class Trainer:
     def eval_kwh(self) -> float:
         return self.offset_eval_kwh + self._eval_kwh
 
+    def _sync(self) -> None:
+        if self.ctx.device.type == "cuda":  # queued kernels belong to the span that launched them
+            torch.cuda.synchronize(self.ctx.device)
+
     @contextmanager
     def excluded(self):
-        """Count the time and energy of the enclosed evaluation apart from training."""
+        """Count the time and energy of the enclosed work (validation, probes, checkpoint
+        writes) apart from training (paper Table I counts training only)."""
+        self._sync()
         t0, e0 = time.perf_counter(), self._meter_kwh()
         try:
             yield
         finally:
+            self._sync()
             self._eval_seconds += time.perf_counter() - t0
             self._eval_kwh += self._meter_kwh() - e0
 
@@ -163,7 +172,7 @@ class Trainer:
         """
         path = ckpt.checkpoint_path(self.out)
         identity = self.identity()
-        fields = TRAJECTORY_FIELDS + tuple(k for k in identity if k.startswith("data."))
+        fields = TRAJECTORY_FIELDS + MEASUREMENT_FIELDS + tuple(k for k in identity if k.startswith("data."))
         state = ckpt.restore_training_state(path, identity, fields, self.supernet, self.optimizer, self.scheduler,
                                             len(self.dataset))
         self.iteration = int(state["iteration"])
@@ -233,9 +242,9 @@ class Trainer:
             if resume:
                 self.resume()
             run.set_tags({"resumed_from": self.iteration})
-            self._t0 = time.perf_counter()
             if main:
-                self.meter.start()
+                self.meter.start()  # before the clock: codecarbon's start-up is not training time
+            self._t0 = time.perf_counter()
             end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
             try:
                 with TrainProgress(cfg.iterations, self.iteration, main and show_progress) as bar:
@@ -264,7 +273,8 @@ class Trainer:
         elif self.due(cfg.target_every):
             self.evaluate(run, bar, validate=False)
         if self.due(cfg.save_every) or self.iteration == end:
-            self.save_checkpoint()
+            with self.excluded():
+                self.save_checkpoint()
 
     def mlflow_params(self) -> dict:
         params = {f"train.{k}": v for k, v in self.cfg.to_dict().items()}
