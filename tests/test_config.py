@@ -123,10 +123,13 @@ def test_one_metric_setting_reaches_every_section_that_selects(tmp_path):
     for cls, section in ((TrainConfig, "train"), (RankLayersConfig, "rank_layers"), (CompareConfig, "compare"),
                          (EvalConfig, "eval")):
         assert stage_config(cls, values, section).metric == "oracle"
-    assert stage_config(SearchConfig, load_params("search", ("search",), params, ["metric=single"]), "search").metric == "single"
+    reads = ("search", "metric")
+    assert stage_config(SearchConfig, load_params("search", reads, params, ["metric=single"]), "search").metric == "single"
+    with pytest.raises(ConfigError, match="`supersam export` does not read the metric section"):
+        load_params("export", ("export", "mlflow"), params, ["metric=single"])
     assert metric_key("single") == "miou" and metric_key("oracle") == "miou_oracle"
     with pytest.raises(ConfigError, match="metric is 'dice'; use single .* or oracle"):
-        load_params("search", ("search",), params, ["metric=dice"])
+        load_params("search", reads, params, ["metric=dice"])
     params.write_text("metric: single\nrank_layers:\n  metric: oracle\n")
     with pytest.raises(ConfigError, match="rank_layers.metric is set; set the top-level `metric: oracle` instead"):
         load_params("rank-layers", ("rank_layers",), params, [])
