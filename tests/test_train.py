@@ -333,6 +333,9 @@ def test_target_and_config_errors():
     assert update_target(target, 0.7, 0.6, 20, 2.0, 0.2)
     assert not update_target(target, 0.9, 0.6, 30, 3.0, 0.3)
     assert target == {"iterations_to_target": 20, "seconds_to_target": 2.0, "energy_kwh_to_target": 0.2}
+    before = empty_target()
+    assert update_target(before, 0.7, 0.6, 0, 0.003, 1e-9)  # the probe before training: nothing spent yet
+    assert before == {"iterations_to_target": 0, "seconds_to_target": 0.0, "energy_kwh_to_target": 0.0}
     with pytest.raises(ConfigError, match="train.trainable"):
         TrainConfig(trainable=("image_encoder", "neck"))
     with pytest.raises(ConfigError, match="train.mode"):

@@ -89,11 +89,14 @@ def update_target(target: dict, miou_min: float, target_miou: float, iteration: 
 
     ``target`` holds ``iterations_to_target``, ``seconds_to_target`` (s of
     training, validation and probes excluded) and ``energy_kwh_to_target``
-    (likewise), all None until reached. Returns True when
+    (likewise), all None until reached; a target met at iteration 0 (before
+    training) costs exactly 0 s and 0 kWh. Returns True when
     this call recorded it.
     """
     if target.get("iterations_to_target") is not None or not miou_min >= target_miou:
         return False
+    if iteration == 0:  # met before any training: it cost no training time or energy
+        seconds = kwh = 0.0
     target.update(iterations_to_target=int(iteration), seconds_to_target=float(seconds),
                   energy_kwh_to_target=float(kwh))
     return True
