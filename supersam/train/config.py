@@ -63,7 +63,8 @@ class TrainConfig:
             in [0, 1] (``0.84``) or a factor of the base model's mIoU on the probe's
             validation sample (``0.9x``, ``90%``), resolved once when training starts.
         save_every: write a resumable checkpoint every this many iterations; 0 = never.
-        seed: seeds subnet sampling, batch order, prompts and the fixed random subnet.
+        seed: seeds subnet sampling, batch order and training prompts (the probe sample and its
+            fixed random subnet follow ``data.seed``, so every training seed is measured alike).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
         emission_factor: kg CO2 per kWh (paper: 0.437).
         country_iso_code: country for codecarbon's offline estimate.

@@ -20,8 +20,11 @@ from supersam.train.config import TrainConfig
 class ValidationProbe:
     """mIoU of the smallest, the largest and one fixed random subnet on a fixed val sample.
 
-    The sample is ``prepare_split(data, "val", img_size, cfg.val_images, cfg.seed)``
-    (each object once); mIoUs are ``cfg.metric``'s (single or oracle); the random subnet is drawn once from ``eval_generator(cfg.seed)``. Prompt
+    The sample is ``prepare_split(data, "val", img_size, cfg.val_images, data.seed)``
+    (each object once); mIoUs are ``cfg.metric``'s (single or oracle); the random
+    subnet is drawn once from ``eval_generator(data.seed)``. Both are fixed by the
+    data seed, not ``train.seed``, so runs with other training seeds are measured on
+    the same objects and subnets (as search and compare are). Prompt
     embeddings are cached unless the prompt encoder is being trained. The
     trivial baselines (:func:`supersam.baselines.trivial_baselines`) are computed
     once on the same sample (``baselines``); every call keeps each subnet's
@@ -37,7 +40,7 @@ class ValidationProbe:
 
     def __init__(self, supernet, data_cfg: DataConfig, img_size: int, cfg: TrainConfig,
                  device: torch.device) -> None:
-        inputs = prepare_split(data_cfg, "val", img_size, n_images=cfg.val_images, seed=cfg.seed,
+        inputs = prepare_split(data_cfg, "val", img_size, n_images=cfg.val_images, seed=data_cfg.seed,
                                **pixel_stats(supernet.sam))
         self.evaluator = SubnetEvaluator(
             supernet, inputs, device, amp=cfg.amp,
@@ -45,7 +48,7 @@ class ValidationProbe:
         )
         space = supernet.space
         self.subnets = {"min": space.min_subnet(), "max": space.max_subnet(),
-                        "random": space.sample(eval_generator(cfg.seed))}
+                        "random": space.sample(eval_generator(data_cfg.seed))}
         self.key = metric_key(cfg.metric)
         self.n_images = len(inputs)
         self.n_objects = sum(inp.n_objects for inp in inputs)
