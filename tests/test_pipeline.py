@@ -202,3 +202,17 @@ def test_mlflow_server_serves_one_train_run_per_variant(project):
         assert run_tags["energy_method"] in ("nvml", "rapl", "estimate") and run_tags["pretrained"] == "true"
         assert {"history.json", "history.png", "table1.json", "metrics.json"} <= artifacts[run["info"]["run_id"]]
         assert run_tags["supernet_out"].endswith(f"outputs/train/{run_tags['variant']}/supernet.pt")
+
+
+def test_seed_experiments_are_summarised_by_compare_seeds(project):
+    """README's seeds one-liner on the tiny pipeline: one `dvc exp run -S train.seed=1`, then compare-seeds."""
+    env_git = ["-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    _run(["git", *env_git, "add", "-A"], project)
+    _run(["git", *env_git, "commit", "-qm", "baseline"], project)
+    _run([str(BIN / "dvc"), "exp", "run", "-S", "train.seed=1"], project, timeout=600)
+    _run([str(BIN / "supersam"), "compare-seeds", "--out", "seeds"], project)
+    summary = _json(project / "seeds" / "seeds.json")
+    assert sorted(r["seed"] for r in summary["runs"]) == [0, 1]  # the workspace (seed 1) and the baseline (seed 0)
+    figure = summary["figures"]["subnet_miou_mean_wanda"]
+    assert figure["n"] == 2 and figure["std"] is not None
+    assert "| wanda |" in (project / "seeds" / "seeds.md").read_text()

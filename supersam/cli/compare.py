@@ -36,7 +36,7 @@ def compare_seeds_cli(
     exp_json: Optional[Path] = typer.Option(None, "--from", help="Saved `dvc exp show --json` output (default: run it)."),
     out: Optional[str] = typer.Option(None, help="Output folder (default runs/compare)."),
 ) -> None:
-    """Mean +- std per variant over several runs (e.g. `dvc exp run --queue -S train.seed=N`; README)."""
+    """Mean +- std per variant over several runs (`dvc exp run -S train.seed=N` experiments; README)."""
     from supersam.compare import compare_seeds
     from supersam.errors import ConfigError
 
