@@ -13,9 +13,8 @@ import yaml
 from conftest import run_cli
 from supersam.artifacts import SupernetMeta
 from supersam.checkpoint import save_supernet
-from supersam.compare import (
-    experiments_from_dvc, sample_subnets, seeds_markdown, summarize, summarize_seeds, table1, table1_markdown,
-)
+from supersam.compare import sample_subnets, summarize, table1, table1_markdown
+from supersam.compare_seeds import experiments_from_dvc, seeds_markdown, summarize_seeds
 from supersam.elastic import SuperSam
 from supersam.errors import ConfigError
 from supersam.sam import build_sam_model

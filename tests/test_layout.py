@@ -31,7 +31,7 @@ STAGE_COMMANDS = {
 }
 # the stage modules/packages (one per command); everything else in supersam/ but cli/ is core
 STAGE_MODULES = ("supersam.pretrain", "supersam.rank_layers", "supersam.calibrate", "supersam.build_supernet",
-                 "supersam.train", "supersam.search", "supersam.compare", "supersam.export", "supersam.eval",
+                 "supersam.train", "supersam.search", "supersam.compare", "supersam.compare_seeds", "supersam.export", "supersam.eval",
                  "supersam.predict")
 # sources that cannot change a stage's outputs, so dvc.yaml need not list them:
 # messages (errors.py) and MLflow logging (tracking.py); cli/ only parses options.
