@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -32,9 +33,11 @@ def compare_seeds_cli(
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"--from {exp_json} is not readable `dvc exp show --json` output ({exc})") from None
     else:
-        if shutil.which("dvc") is None:
+        beside = Path(sys.executable).parent / "dvc"  # the environment supersam runs in
+        dvc = shutil.which("dvc") or (str(beside) if beside.is_file() else None)
+        if dvc is None:
             raise ConfigError("dvc is not on PATH; activate the project's environment or pass --from FILE")
-        done = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        done = subprocess.run([dvc, "exp", "show", "--json"], capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfigError(f"`dvc exp show --json` failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
         try:
