@@ -233,16 +233,32 @@ class ModelConfig:
 
     Attributes:
         type: ``vit_b``, ``vit_l``, ``vit_h``, ``vit_ti`` or ``tiny``.
-        img_size: encoder input size in pixels (multiple of 16).
+        img_size: encoder input size in pixels (multiple of 16); when not set, the
+            checkpoint's own size (16 x its ``pos_embed`` grid), else the model
+            type's default (1024 for vit_b/l/h), logged: never a silent resize.
         checkpoint: official SAM ``.pth``; empty = random initialisation.
         seed: seed of the random initialisation (no checkpoint), so every stage
             builds the same random SAM.
     """
 
     type: str = "vit_b"
-    img_size: int = 1024
+    img_size: int | None = None
     checkpoint: str = ""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.img_size is not None:
+            return
+        import logging
+
+        from supersam.sam import checkpoint_img_size, get_arch
+
+        size = checkpoint_img_size(self.checkpoint) if self.checkpoint and Path(self.checkpoint).is_file() else None
+        source = f"the input size of {self.checkpoint}"
+        if size is None:
+            size, source = get_arch(self.type).default_img_size, f"the {self.type} default"
+        logging.getLogger(__name__).info("model.img_size is not set: using %d px (%s)", size, source)
+        object.__setattr__(self, "img_size", size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -461,3 +461,16 @@ def test_coco_polygons_with_fewer_than_three_points_are_skipped(tmp_path, shared
     ds = load_split(dataclasses.replace(cfg, labels=str(tmp_path / "instances.json")), "all")
     # no image is lost, exactly the 5 degenerate objects are
     assert len(ds) == len(whole) and sum(ds.object_counts) == sum(whole.object_counts) - 5
+
+
+def test_a_missing_img_size_is_the_checkpoints_own_never_a_silent_resize(tmp_path, caplog):
+    from supersam.config import ModelConfig, build_config
+    from supersam.sam import build_sam_model
+
+    torch.save(build_sam_model("vit_ti", 256).state_dict(), tmp_path / "base.pt")
+    with caplog.at_level("INFO"):
+        cfg = build_config(ModelConfig, {"type": "vit_ti", "checkpoint": str(tmp_path / "base.pt")}, "model")
+    assert cfg.img_size == 256 and "model.img_size is not set: using 256 px" in caplog.text
+    assert build_config(ModelConfig, {"type": "vit_b"}, "model").img_size == 1024  # official SAM's
+    assert build_config(ModelConfig, {"type": "vit_ti", "img_size": 512,
+                                      "checkpoint": str(tmp_path / "base.pt")}, "model").img_size == 512  # as asked
