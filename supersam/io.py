@@ -42,7 +42,8 @@ def temp_prefix(path: str | Path) -> str:
     return f".{Path(path).name}.{os.getpid()}."
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (True when unsure: it belongs to another user)."""
     if pid == os.getpid():
         return True
     try:
@@ -57,7 +58,7 @@ def _alive(pid: int) -> bool:
 def writer_alive(temp: str | Path) -> bool:
     """Whether the process that made temporary file or folder ``temp`` still runs (True if not one of ours)."""
     match = _TEMP.match(Path(temp).name)
-    return match is None or _alive(int(match["pid"]))
+    return match is None or process_alive(int(match["pid"]))
 
 
 def clean_stale_temps(folder: str | Path) -> int:

@@ -41,6 +41,7 @@ from typing import Any
 
 from supersam.config import TrackingConfig
 from supersam.errors import Interrupted, TrackingError
+from supersam.io import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -253,19 +254,9 @@ def _mark_dead_runs(mlflow: Any, experiment_id: str) -> None:
     query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
     for found in client.search_runs([experiment_id], query, max_results=50):
         pid = int(found.data.tags.get(PID_TAG, "0") or 0)
-        if pid and pid != os.getpid() and not _pid_alive(pid):
+        if pid and pid != os.getpid() and not process_alive(pid):
             client.set_terminated(found.info.run_id, "KILLED")
             log.info("marked MLflow run %s (process %d, gone) KILLED", found.info.run_id, pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open_store(cfg: TrackingConfig) -> tuple[Any, str]:
