@@ -154,6 +154,7 @@ def torch_save(obj: Any, path: str | Path) -> Path:
     folder (``torch.save`` records the file name in the archive), then renamed.
     """
     path = Path(path)
+    clean_stale_temps(path.parent)
     tmp_dir = make_temp_dir(path)
     try:
         tmp = tmp_dir / path.name
