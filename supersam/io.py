@@ -193,7 +193,8 @@ def load_torch(path: str | Path, what: str, missing_fix: str, corrupt_fix: str) 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # RuntimeError, UnpicklingError, EOFError, ... depending on the damage
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        # torch's own messages ("pop from empty list", a page of weights_only advice) do not help here
+        reason = f"not a PyTorch file of tensors, or a truncated one: {type(exc).__name__}"
         raise CheckpointError(f"{what} {path} cannot be read ({reason}); {corrupt_fix}") from None
 
 

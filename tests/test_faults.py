@@ -139,6 +139,10 @@ REFUSED = {
                                SUBNET_JSON, "--out", "notes/mine.txt/sub"],
                               "not writable"),
     "resume and auto-resume": (["search", "--resume", "--auto-resume"], "exclude each other"),
+    "train nproc 0": (["train", "--nproc", "0"], "--nproc is 0"),
+    "train stop-after negative": (["train", "--stop-after", "-1"], "--stop-after is -1"),
+    "pretrain stop-after 0": (["pretrain", "--stop-after", "0"], "--stop-after is 0"),
+    "garbage supernet": (["search", "--supernet", "notes/mine.txt"], "not a PyTorch file of tensors"),
     "train resume and auto-resume": (["train", "--resume", "--auto-resume"], "exclude each other"),
 }
 

@@ -32,6 +32,10 @@ def train_cli(
     from supersam.train import TrainConfig, train
     from supersam.train.distributed import launch_torchrun, strip_option
 
+    if nproc < 1:
+        raise ConfigError(f"--nproc is {nproc}; use 1 (one process) or more")
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after is {stop_after}; use a number of iterations >= 1")
     values = load_params("train", ("train", "metric", "data", "mlflow"), params, sets, {"train.variant": variant, "train.supernet": supernet, "train.out": out})
     cfg = stage_config(TrainConfig, values, "train")
     data_cfg = stage_config(DataConfig, values, "data")
