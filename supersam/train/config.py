@@ -12,7 +12,7 @@ from supersam.thresholds import MiouThreshold, setting_text
 
 TRAINABLE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 MODES = ("sandwich", "sequential")
-# train.distill_from: the teacher of the distillation term (docs/method.md, "Sandwich rule and distillation")
+# train.distill_from: the teacher of the distillation term (docs/method.md, "Sandwich rule and in-place distillation")
 DISTILL_SOURCES = ("base", "max", "none")
 
 # Fields that define the optimisation trajectory: a resumed run must match them.
