@@ -172,7 +172,7 @@ class ActivationStats:
             a single name is accepted and stored as a 1-tuple).
         model_type, img_size, pretrained, checkpoint: the model they were measured on.
         weights_digest: :func:`weights_digest` of that model.
-        n_images: calibration images; n_tokens: tokens per block.
+        n_images: calibration images; n_tokens: tokens per block (0 when ``wanda`` was not measured).
         blocks: per block, float64 CPU tensors: ``wanda``: ``"lin1"`` (C,) and
             ``"lin2"`` (mlp_dim,) squared L2 norms of the MLP inputs over all tokens;
             ``taylor``: ``"taylor_lin1"`` and ``"taylor_lin2"`` (mlp_dim,) disturbed
