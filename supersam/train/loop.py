@@ -44,7 +44,8 @@ class TrainResult:
             (training only: validation and probes excluded).
         probes: per target probe: iteration, miou_min (the smallest subnet, ``target_every``).
         losses: per iteration (whole run, incl. before a resume): iteration (1-based),
-            loss (mean over subnets), loss_max/min/random, lr.
+            loss (mean over subnets), loss_max/min/random, lr, and with ``distill_from: base``
+            loss_distill (the weighted embedding + mask-logit MSE part of loss).
         subnets: per iteration run by this process: the sampled subnet dicts.
         stopped: True when ``stop_after`` ended the run before ``iterations``.
     """
