@@ -1,4 +1,4 @@
-"""Wanda calibration statistics: streaming activation norms of every encoder MLP (paper Eq. 1).
+"""Calibration statistics of every encoder MLP: Wanda activation norms (paper Eq. 1) and the artifact.
 
 Forward hooks on each image-encoder block's ``mlp.lin1`` and ``mlp.lin2`` feed
 a :class:`SquaredNormAccumulator` (in the spirit of locuslab/wanda
@@ -8,7 +8,10 @@ calibration tokens without keeping any activation. The scoring itself lives in
 :mod:`supersam.reorder`; the ``calibrate-wanda`` stage (:mod:`supersam.calibrate`)
 runs the pass and writes the :class:`ActivationStats` artifact, which records
 which model it belongs to so a supernet is never built from another model's stats.
-See docs/method.md, "Wanda score and MLP reordering".
+The artifact also carries SlimSAM's disturbed Taylor importance per hidden unit
+(:mod:`supersam.taylor`) when ``calibrate.criteria`` asks for it; its ``criteria``
+field says which statistics it holds (:data:`CRITERIA`).
+See docs/method.md, "Wanda score and MLP reordering" and "Taylor importance".
 """
 
 from __future__ import annotations
@@ -27,7 +30,37 @@ from supersam.errors import CheckpointError, ConfigError
 from supersam.io import load_torch, torch_save
 from supersam.sam import LoadedSam
 
-STATS_FORMAT = "supersam-activation-stats/1"
+STATS_FORMAT = "supersam-activation-stats/2"  # /2: ``criteria`` (a list) replaces /1's ``kind``
+LEGACY_FORMATS = ("supersam-activation-stats/1",)  # wanda only, read as criteria ("wanda",)
+
+# criterion -> per block: stats key -> which size it has ("in" = lin1 inputs C, "hidden" = MLP units)
+CRITERIA: dict[str, dict[str, str]] = {
+    "wanda": {"lin1": "in", "lin2": "hidden"},            # squared L2 norms of lin1's / lin2's inputs
+    "taylor": {"taylor_lin1": "hidden", "taylor_lin2": "hidden"},  # disturbed Taylor importance per unit
+}
+
+
+def criterion_shapes(criterion: str, mlp: nn.Module) -> dict[str, int]:
+    """The stats keys ``criterion`` stores per block and their lengths for ``mlp``."""
+    size = {"in": mlp.lin1.in_features, "hidden": mlp.lin1.out_features}
+    return {key: size[kind] for key, kind in CRITERIA[criterion].items()}
+
+
+def check_criteria(criteria, what: str = "calibrate.criteria") -> tuple[str, ...]:
+    """``criteria`` as a tuple of known, distinct names (a single name is accepted).
+
+    Raises:
+        ConfigError: empty, unknown or repeated entry (one line naming it).
+    """
+    names = (criteria,) if isinstance(criteria, str) else tuple(criteria)
+    if not names:
+        raise ConfigError(f"{what} is empty; list one or more of {', '.join(CRITERIA)}")
+    for name in names:
+        if name not in CRITERIA:
+            raise ConfigError(f"{what} entry {name!r} is unknown; use one or more of {', '.join(CRITERIA)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{what} lists a criterion twice: {list(names)}")
+    return names
 
 
 class SquaredNormAccumulator:
@@ -135,14 +168,19 @@ class ActivationStats:
     """Calibration statistics of one model, per encoder block.
 
     Attributes:
-        kind: which criterion they feed (``wanda``).
+        criteria: the criteria whose statistics ``blocks`` hold (``wanda``, ``taylor``;
+            a single name is accepted and stored as a 1-tuple).
         model_type, img_size, pretrained, checkpoint: the model they were measured on.
         weights_digest: :func:`weights_digest` of that model.
-        n_images: calibration images; n_tokens: tokens per block.
-        blocks: per block ``{"lin1": (C,), "lin2": (mlp_dim,)}`` float64 squared L2 norms.
+        n_images: calibration images; n_tokens: tokens per block (0 when ``wanda`` was not measured).
+        blocks: per block, float64 CPU tensors: ``wanda``: ``"lin1"`` (C,) and
+            ``"lin2"`` (mlp_dim,) squared L2 norms of the MLP inputs over all tokens;
+            ``taylor``: ``"taylor_lin1"`` and ``"taylor_lin2"`` (mlp_dim,) disturbed
+            Taylor importance per hidden unit (SlimSAM Eq. 4, :mod:`supersam.taylor`).
+        settings: how the statistics were measured (e.g. ``taylor_noise_std``, ``seed``).
     """
 
-    kind: str
+    criteria: tuple[str, ...]
     model_type: str
     img_size: int
     pretrained: bool
@@ -151,6 +189,10 @@ class ActivationStats:
     n_images: int
     n_tokens: int
     blocks: list[dict[str, torch.Tensor]]
+    settings: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.criteria = check_criteria(self.criteria, "calibration stats criteria")
 
     def norms(self, block: int, layer: str) -> torch.Tensor:
         """L2 norms ||X_j||_2 of ``layer``'s (``lin1``/``lin2``) input features in ``block``."""
@@ -158,7 +200,7 @@ class ActivationStats:
 
     def save(self, path: str | Path) -> Path:
         """Write the artifact atomically (``torch.save`` of plain types and tensors)."""
-        return torch_save({"format": STATS_FORMAT, **dataclasses.asdict(self)}, path)
+        return torch_save({"format": STATS_FORMAT, **dataclasses.asdict(self), "criteria": list(self.criteria)}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "ActivationStats":
@@ -169,10 +211,15 @@ class ActivationStats:
         """
         obj = load_torch(path, "calibration stats", "run `supersam calibrate-wanda` or fix supernet.stats",
                          "rerun `supersam calibrate-wanda`")
-        if not isinstance(obj, dict) or obj.get("format") != STATS_FORMAT:
+        if not isinstance(obj, dict) or obj.get("format") not in (STATS_FORMAT, *LEGACY_FORMATS):
             raise CheckpointError(f"{path} is not a calibration stats file ({STATS_FORMAT}); rerun `supersam calibrate-wanda`")
+        if obj["format"] in LEGACY_FORMATS:
+            obj = {**obj, "criteria": (obj.get("kind", "wanda"),)}
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in fields})
+        try:
+            return cls(**{k: v for k, v in obj.items() if k in fields})
+        except (TypeError, ConfigError) as exc:
+            raise CheckpointError(f"{path} is a damaged calibration stats file ({exc}); rerun `supersam calibrate-wanda`") from None
 
     def check_matches(self, loaded: LoadedSam, source: str = "calibration stats") -> None:
         """Refuse stats measured on another model, input size, checkpoint or weights.

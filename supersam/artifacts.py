@@ -49,7 +49,7 @@ class SupernetMeta:
         model_type: SAM architecture (``vit_b``, ``vit_l``, ``vit_h``, ``vit_ti``, ``tiny``).
         img_size: encoder input size in px the supernet works at.
         pretrained: True when the weights came from a checkpoint (not random init).
-        variant: reordering variant of the MLP units (``none``, ``magnitude``, ``wanda``).
+        variant: reordering variant of the MLP units (``none``, ``magnitude``, ``wanda``, ``taylor``).
         checkpoint: the base model checkpoint the supernet was built from ("" = random).
         combine: how lin1/lin2 scores were combined (``rank`` or ``score``; docs/method.md).
         stats: calibration statistics file used by the variant ("" = none).

@@ -57,10 +57,12 @@ class SupernetConfig:
     """params.yaml ``supernet``: one reordering variant of the supernet.
 
     Attributes:
-        variant: ``none``, ``magnitude`` or ``wanda`` (paper Table I variants; docs/method.md).
+        variant: ``none``, ``magnitude``, ``wanda`` (paper Table I variants) or ``taylor``
+            (SlimSAM's disturbed Taylor importance, arXiv 2312.05284 Eq. 4; docs/method.md).
         combine: ``rank`` (paper: mean of lin1-row and lin2-column ranks) or
             ``score`` (reference code: mean of raw scores).
-        stats: calibration stats of ``supersam calibrate-wanda`` (``wanda`` only).
+        stats: calibration stats of ``supersam calibrate-wanda`` (``wanda`` and ``taylor``;
+            the file must hold the variant's criterion).
         out: output folder; "" = ``outputs/supernet/<variant>``.
     """
 
@@ -116,7 +118,8 @@ def build_supernet(
 
     Raises:
         ConfigError: unknown variant or combination, stats missing for
-            ``wanda`` or measured on another model/img_size/checkpoint/weights,
+            ``wanda``/``taylor``, lacking the variant's criterion, or measured on
+            another model/img_size/checkpoint/weights,
             bad search-space settings or ranking.
         CheckpointError: unreadable checkpoint or stats file.
     """

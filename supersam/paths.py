@@ -8,7 +8,7 @@ Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
 
     outputs/pretrain/model.pt                    base model, official SAM key layout
     outputs/rank_layers/ranking.json             prunable blocks + theta_i (LayerRanking)
-    outputs/calibration/wanda_stats.pt           Wanda activation norms (ActivationStats)
+    outputs/calibration/wanda_stats.pt           calibration stats: Wanda norms, Taylor importance (ActivationStats)
     outputs/supernet/<variant>/supernet.pt       reordered supernet (+ search_space.json)
     outputs/train/<variant>/supernet.pt          trained supernet (+ metrics, history, checkpoints/)
     outputs/search/<variant>/best_subnet.json    search result (+ candidates, Pareto front)

@@ -1,7 +1,7 @@
 """MLP hidden-unit reordering, one registered variant per criterion (paper Sec. III, Eq. 1), function preserving.
 
 Pure functions over weights and calibration statistics (docs/method.md, "Wanda
-score and MLP reordering"). For each encoder block, a variant scores the MLP's hidden units twice: once
+score and MLP reordering", "Taylor importance"). For each encoder block, a variant scores the MLP's hidden units twice: once
 from the rows of ``lin1`` (hidden x C) and once from the columns of ``lin2``
 (C x hidden). The two scores are combined per unit (mean of their ranks, as
 the paper does, or mean of the raw scores, as the reference code does), the
@@ -13,10 +13,12 @@ Every block is reordered, block 0 included: docs/contracts.md keeps block 0 at f
 width, where the permutation is harmless (function preserving), and treating
 all blocks alike keeps the supernet independent of which blocks may be sliced.
 
-Variants live in :data:`VARIANTS`; add one with :func:`register_variant`,
-e.g. a disturbed-Taylor variant (SlimSAM, arXiv 2312.05284) would register
-``stats_kind="taylor"`` and read accumulated |w * dL/dw| per unit from its
-calibration stats.
+Variants live in :data:`VARIANTS` (``none``, ``magnitude``, ``wanda``, ``taylor``);
+add one with :func:`register_variant`. A variant that needs calibration
+statistics names the criterion (``stats_kind``, a key of
+:data:`supersam.activation_stats.CRITERIA`) whose per-block statistics it reads,
+as ``taylor`` (SlimSAM's disturbed Taylor importance, arXiv 2312.05284 Eq. 4,
+accumulated |w * dL/dw| per unit, :mod:`supersam.taylor`) does.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from supersam.activation_stats import ActivationStats, encoder_blocks
+from supersam.activation_stats import ActivationStats, criterion_shapes, encoder_blocks
 from supersam.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class Variant:
     Attributes:
         name: registry key (``none``, ``magnitude``, ``wanda``, ...).
         score: ``score(mlp, block_stats) -> UnitScores`` or None for "keep the order".
-        stats_kind: ``ActivationStats.kind`` it needs, or None when weights suffice.
+        stats_kind: the criterion of ``ActivationStats.criteria`` it needs, or None when weights suffice.
         description: one line for logs and help.
     """
 
@@ -124,6 +126,19 @@ def wanda_scores(mlp: nn.Module, block_stats: Mapping[str, torch.Tensor] | None)
     return UnitScores(w1 @ x_norm, h_norm * w2.sum(dim=0))
 
 
+@register_variant("taylor", stats_kind="taylor")
+def taylor_scores(mlp: nn.Module, block_stats: Mapping[str, torch.Tensor] | None) -> UnitScores:
+    """Disturbed Taylor (SlimSAM Eq. 4): lin1 row sum_j |W1[i,j] g| + |b1[i] g|, lin2 column sum_k |W2[k,i] g|.
+
+    ``block_stats["taylor_lin1"]`` and ``["taylor_lin2"]`` (hidden,) are the
+    per-unit importances accumulated over the calibration images by
+    :func:`supersam.taylor.disturbed_taylor_importance` (g = dL/dw of the MSE
+    between the image embedding and its Gaussian-disturbed copy). They belong to
+    the unit order of the calibrated model; the weights are not re-read.
+    """
+    return UnitScores(block_stats["taylor_lin1"].to(torch.float64), block_stats["taylor_lin2"].to(torch.float64))
+
+
 def ranks(scores: torch.Tensor) -> torch.Tensor:
     """0-based ascending ranks of ``scores`` (N,), ties get their average rank (float64)."""
     values, order = torch.sort(scores, stable=True)
@@ -174,13 +189,14 @@ def _block_stats(crit: Variant, stats: ActivationStats | None, index: int, mlp: 
         return None
     if stats is None:
         raise ConfigError(f"variant {crit.name} needs calibration stats; run `supersam calibrate-wanda` and set supernet.stats")
-    if stats.kind != crit.stats_kind:
-        raise ConfigError(f"variant {crit.name} needs {crit.stats_kind} stats, got {stats.kind} stats; point supernet.stats to the right file")
+    if crit.stats_kind not in stats.criteria:
+        raise ConfigError(f"variant {crit.name} needs {crit.stats_kind} stats, the calibration stats hold "
+                          f"{', '.join(stats.criteria)} only; rerun `supersam calibrate-wanda` with {crit.stats_kind} "
+                          "in calibrate.criteria, or point supernet.stats to the right file")
     if index >= len(stats.blocks):
         raise ConfigError(f"calibration stats have {len(stats.blocks)} blocks, the model has more; rerun calibrate-wanda for this model")
     block = stats.blocks[index]
-    want = {"lin1": mlp.lin1.in_features, "lin2": mlp.lin2.in_features}
-    for key, size in want.items():
+    for key, size in criterion_shapes(crit.stats_kind, mlp).items():
         if key not in block or block[key].shape != (size,):
             raise ConfigError(f"calibration stats of block {index} do not fit its MLP ({key}: expected {size} features); rerun calibrate-wanda for this model")
     return block
@@ -193,8 +209,9 @@ def reorder_sam(
 
     Args:
         sam: a ``segment_anything`` Sam (or its image encoder).
-        variant: a key of :data:`VARIANTS` (``none``, ``magnitude``, ``wanda``).
-        stats: calibration stats (required by ``wanda``); checked per block for shape.
+        variant: a key of :data:`VARIANTS` (``none``, ``magnitude``, ``wanda``, ``taylor``).
+        stats: calibration stats (required by ``wanda`` and ``taylor``, holding that
+            criterion); checked per block for shape.
         combine: ``rank`` (paper) or ``score`` (reference code).
 
     Returns:

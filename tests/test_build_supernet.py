@@ -40,15 +40,16 @@ def stats_path(shared_data, tmp_path_factory) -> Path:
     return out
 
 
-def test_wanda_supernet_is_reordered_and_function_preserving(shared_data, stats_path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", ["wanda", "taylor"])
+def test_calibrated_supernet_is_reordered_and_function_preserving(shared_data, stats_path, tmp_path, monkeypatch, variant):
     monkeypatch.chdir(tmp_path)  # MLflow puts run artifacts under ./mlruns
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    cfg = SupernetConfig(variant="wanda", stats=str(stats_path), out=str(tmp_path / "supernet" / "wanda"))
+    cfg = SupernetConfig(variant=variant, stats=str(stats_path), out=str(tmp_path / "supernet" / variant))
     out = build_supernet(TINY, SpaceConfig(ranking=""), cfg, tracking)
-    assert out == tmp_path / "supernet" / "wanda"
+    assert out == tmp_path / "supernet" / variant
     supernet = load_supernet(out / "supernet.pt")
     meta = supernet.meta
-    assert (meta.model_type, meta.img_size, meta.pretrained, meta.variant, meta.combine) == ("tiny", 128, False, "wanda", "rank")
+    assert (meta.model_type, meta.img_size, meta.pretrained, meta.variant, meta.combine) == ("tiny", 128, False, variant, "rank")
     assert meta.stats_n_images == 3 and meta.stats == str(stats_path)
     space = json.loads((out / "search_space.json").read_text())
     assert space == {"depth": 12, "mlp_dim": 256, "prunable": [1, 2, 5, 6, 9], "drop_probs": [0.5] * 5,
@@ -57,7 +58,7 @@ def test_wanda_supernet_is_reordered_and_function_preserving(shared_data, stats_
     from supersam.activation_stats import ActivationStats
     original = build_model(TINY).model
     expected = build_model(TINY).model
-    orders = reorder_sam(expected, "wanda", ActivationStats.load(stats_path), "rank")
+    orders = reorder_sam(expected, variant, ActivationStats.load(stats_path), "rank")
     saved = supernet.sam.image_encoder.blocks
     for i, block in enumerate(expected.image_encoder.blocks):
         assert torch.equal(saved[i].mlp.lin1.weight, block.mlp.lin1.weight)
@@ -69,7 +70,7 @@ def test_wanda_supernet_is_reordered_and_function_preserving(shared_data, stats_
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         tags = dict(db.execute("select key, value from tags").fetchall())
         metrics = dict(db.execute("select key, value from metrics").fetchall())
-    assert (tags["stage"], tags["variant"], tags["pretrained"]) == ("build-supernet", "wanda", "false")
+    assert (tags["stage"], tags["variant"], tags["pretrained"]) == ("build-supernet", variant, "false")
     assert metrics["space_size"] == 5**6 * 6**5 and metrics["units_moved_frac"] > 0.9
     assert metrics["params_min"] < metrics["params"]
 
@@ -124,7 +125,7 @@ def test_cli_bad_input_is_one_line_exit_1(stats_path, tmp_path, monkeypatch, cap
     params = write_params(tmp_path, stats_path)
     base = ["build-supernet", "--params", str(params)]
     cases = {
-        ("--variant", "taylor"): "unknown reordering variant 'taylor'; use one of none, magnitude, wanda",
+        ("--variant", "slimsam"): "unknown reordering variant 'slimsam'; use one of none, magnitude, wanda, taylor",
         ("--set", "supernet.stats=" + str(tmp_path / "nope.pt")): "does not exist; run `supersam calibrate-wanda`",
         ("--set", "model.img_size=64"): "are for img_size 128, but the model has 64",
         ("--set", "supernet.combine=median"): "unknown supernet.combine 'median'",

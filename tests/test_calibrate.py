@@ -88,7 +88,8 @@ def test_stats_artifact_round_trip_and_refusals(shared_data, tmp_path):
     stats = ActivationStats("wanda", "tiny", 128, False, "", weights_digest(loaded.model), 2, n_tokens, blocks)
     path = stats.save(tmp_path / "stats" / "wanda_stats.pt")
     back = ActivationStats.load(path)
-    assert (back.kind, back.model_type, back.img_size, back.n_images, back.n_tokens) == ("wanda", "tiny", 128, 2, 128)
+    assert (back.criteria, back.model_type, back.img_size, back.n_images, back.n_tokens) == (("wanda",), "tiny", 128, 2, 128)
+    assert torch.load(path, weights_only=True)["format"] == "supersam-activation-stats/2"
     assert torch.equal(back.blocks[11]["lin2"], blocks[11]["lin2"])
     torch.testing.assert_close(back.norms(0, "lin1") ** 2, blocks[0]["lin1"])
     back.check_matches(loaded)  # same config, same weights: accepted
@@ -110,6 +111,13 @@ def test_stats_artifact_round_trip_and_refusals(shared_data, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="cannot be read"):
         ActivationStats.load(tmp_path / "junk.pt")
+    # a stats file of format /1 (a `kind` instead of `criteria`) still loads, as wanda statistics
+    legacy = {k: v for k, v in torch.load(path, weights_only=True).items() if k not in ("criteria", "settings")}
+    torch.save({**legacy, "format": "supersam-activation-stats/1", "kind": "wanda"}, tmp_path / "v1.pt")
+    assert ActivationStats.load(tmp_path / "v1.pt").criteria == ("wanda",)
+    torch.save({**legacy, "criteria": ["wanda", "hessian"]}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="damaged calibration stats file .*'hessian' is unknown"):
+        ActivationStats.load(tmp_path / "bad.pt")
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="is not a calibration stats file"):
         ActivationStats.load(tmp_path / "other.pt")
@@ -140,13 +148,26 @@ def test_calibrate_wanda_cli_writes_stats_and_logs_run(shared_data, tmp_path, mo
     assert result.exit_code == 0, result.output
     stats = ActivationStats.load(tmp_path / "calib" / "wanda_stats.pt")
     assert (stats.model_type, stats.img_size, stats.n_images, stats.n_tokens, stats.pretrained) == ("tiny", 128, 2, 128, False)
-    assert stats.weights_digest == weights_digest(build_model(ModelConfig("tiny", 128, "")).model)
+    assert stats.criteria == ("wanda", "taylor")  # the default: both
+    assert stats.settings["taylor_noise_std"] == 0.01 and stats.settings["seed"] == 0
+    model = build_model(ModelConfig("tiny", 128, "")).model
+    assert stats.weights_digest == weights_digest(model)
     assert all(b["lin2"].shape == (256,) and bool((b["lin2"] > 0).all()) for b in stats.blocks)
+    assert all(b["taylor_lin1"].shape == (256,) and bool((b["taylor_lin2"] > 0).all()) for b in stats.blocks)
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         tags = dict(db.execute("select key, value from tags").fetchall())
         metrics = dict(db.execute("select key, value from metrics").fetchall())
     assert tags["stage"] == "calibrate-wanda" and tags["pretrained"] == "false"
     assert metrics["n_images"] == 2 and metrics["n_tokens"] == 128
+    assert metrics["seconds_wanda"] > 0 and metrics["seconds_taylor"] > 0
+
+    # wanda only: no Taylor statistics, and the taylor variant refuses the file with the fix
+    result = CliRunner().invoke(app, ["calibrate-wanda", "--params", str(params), "--set", "calibrate.n_images=2",
+                                      "--set", "calibrate.criteria=[wanda]", "--set", "calibrate.device=cpu"])
+    assert result.exit_code == 0, result.output
+    wanda_only = ActivationStats.load(tmp_path / "calib" / "wanda_stats.pt")
+    assert wanda_only.criteria == ("wanda",) and "taylor_lin1" not in wanda_only.blocks[0]
+    torch.testing.assert_close(wanda_only.blocks[3]["lin2"], stats.blocks[3]["lin2"], rtol=0, atol=0)
     assert list(tmp_path.glob("mlartifacts/**/artifacts/wanda_stats.pt"))
 
 
@@ -161,3 +182,20 @@ def test_calibrate_wanda_bad_settings_exit_1(shared_data, tmp_path, monkeypatch,
     assert exit_info.value.code == 1
     assert [line for line in err.splitlines() if "error:" in line] == ["error: calibrate.batch_size must be >= 1, got 0"]
     assert not (tmp_path / "calib").exists()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("calibrate.criteria=[wanda, hessian]", "calibrate.criteria entry 'hessian' is unknown; use one or more of wanda, taylor"),
+    ("calibrate.criteria=[]", "calibrate.criteria is empty; list one or more of wanda, taylor"),
+    ("calibrate.noise_std=0", "calibrate.noise_std must be > 0, got 0.0"),
+])
+def test_calibrate_bad_criteria_exit_1(shared_data, tmp_path, monkeypatch, capsys, setting, message):
+    from supersam.cli.main import main
+
+    params = write_params(tmp_path, shared_data)
+    monkeypatch.setattr(sys, "argv", ["supersam", "calibrate-wanda", "--params", str(params), "--set", setting])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert [line for line in err.splitlines() if "error:" in line] == [f"error: {message}"]

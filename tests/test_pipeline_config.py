@@ -47,7 +47,7 @@ def _commands(stage: dict) -> list[str]:
 def test_every_params_section_builds_its_config(params_file):
     params = yaml.safe_load((ROOT / params_file).read_text())
     assert set(params) == set(SECTIONS) | {"variants", "metric"}
-    assert params["variants"] == ["none", "magnitude", "wanda"] and params["metric"] == "single"
+    assert params["variants"] == ["none", "magnitude", "wanda", "taylor"] and params["metric"] == "single"
     for section, cls in SECTIONS.items():
         build_config(cls, params[section], section)  # raises on unknown keys / bad types
 

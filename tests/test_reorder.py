@@ -15,13 +15,19 @@ from supersam.reorder import (
     reorder_sam, unit_order, wanda_scores,
 )
 from supersam.sam import build_sam_model
+from supersam.taylor import disturbed_taylor_importance
 
 from conftest import coco_images
 
 
-def stats_for(sam: nn.Module, images: list[torch.Tensor], model_type: str = "tiny") -> ActivationStats:
+def stats_for(sam: nn.Module, images: list[torch.Tensor], model_type: str = "tiny", taylor: bool = False) -> ActivationStats:
     blocks, n_tokens = collect_mlp_sq_norms(sam, images, batch_size=2)
-    return ActivationStats("wanda", model_type, sam.image_encoder.img_size, False, "", "-", len(images), n_tokens, blocks)
+    if not taylor:
+        return ActivationStats("wanda", model_type, sam.image_encoder.img_size, False, "", "-", len(images), n_tokens, blocks)
+    importance = disturbed_taylor_importance(sam, images, noise_std=0.01, seed=0)
+    blocks = [{**b, **t} for b, t in zip(blocks, importance)]
+    return ActivationStats(("wanda", "taylor"), model_type, sam.image_encoder.img_size, False, "", "-", len(images),
+                           n_tokens, blocks)
 
 
 def one_block_model(mlp: nn.Module) -> nn.Module:
@@ -86,11 +92,12 @@ def test_permute_keeps_parameter_identity():
     assert mlp.lin1.bias.tolist() == pytest.approx([0.2, 0.3, 0.1])
 
 
-@pytest.mark.parametrize("variant,combine", [("none", "rank"), ("magnitude", "rank"), ("wanda", "rank"), ("wanda", "score")])
+@pytest.mark.parametrize("variant,combine", [("none", "rank"), ("magnitude", "rank"), ("wanda", "rank"), ("wanda", "score"),
+                                             ("taylor", "rank"), ("taylor", "score")])
 def test_tiny_reordering_preserves_function(shared_data, variant, combine):
     sam = build_sam_model("tiny")
     images = coco_images(shared_data, "val", sam.image_encoder.img_size, 3)
-    stats = stats_for(sam, images)
+    stats = stats_for(sam, images, taylor=variant == "taylor")
     batch = torch.stack(images)
     with torch.inference_mode():
         before = sam.image_encoder(batch)
@@ -108,6 +115,8 @@ def test_tiny_reordering_preserves_function(shared_data, variant, combine):
         # the reordered model's own scores now come out sorted
         for i, block in enumerate(sam.image_encoder.blocks):
             block_stats = {"lin1": stats.blocks[i]["lin1"], "lin2": stats.blocks[i]["lin2"][orders[i]]}
+            if variant == "taylor":  # per-unit statistics: they follow their units
+                block_stats = {k: stats.blocks[i][k][orders[i]] for k in ("taylor_lin1", "taylor_lin2")}
             combined = combine_scores(VARIANTS[variant].score(block.mlp, block_stats), combine)
             assert torch.all(combined[:-1] >= combined[1:])
 
@@ -129,7 +138,7 @@ def test_vit_b_256_wanda_reordering_preserves_function(shared_data):
 
 def test_bad_inputs_are_one_line_config_errors(shared_data):
     sam = build_sam_model("tiny")
-    with pytest.raises(ConfigError, match="unknown reordering variant 'random'; use one of none, magnitude, wanda"):
+    with pytest.raises(ConfigError, match="unknown reordering variant 'random'; use one of none, magnitude, wanda, taylor"):
         reorder_sam(sam, "random")
     with pytest.raises(ConfigError, match="needs calibration stats"):
         reorder_sam(sam, "wanda", None)
@@ -140,9 +149,15 @@ def test_bad_inputs_are_one_line_config_errors(shared_data):
     wrong = ActivationStats(**{**stats.__dict__, "blocks": [{"lin1": b["lin1"], "lin2": b["lin2"][:100]} for b in stats.blocks]})
     with pytest.raises(ConfigError, match=r"block 0 do not fit its MLP \(lin2: expected 256 features\)"):
         reorder_sam(sam, "wanda", wrong)
-    other_kind = ActivationStats(**{**stats.__dict__, "kind": "taylor"})
-    with pytest.raises(ConfigError, match="needs wanda stats, got taylor stats"):
+    other_kind = ActivationStats(**{**stats.__dict__, "criteria": ("taylor",)})
+    with pytest.raises(ConfigError, match="needs wanda stats, the calibration stats hold taylor only"):
         reorder_sam(sam, "wanda", other_kind)
+    with pytest.raises(ConfigError, match=r"variant taylor needs taylor stats, the calibration stats hold wanda only; "
+                                          r"rerun `supersam calibrate-wanda` with taylor in calibrate.criteria"):
+        reorder_sam(sam, "taylor", stats)
+    no_taylor_values = ActivationStats(**{**stats.__dict__, "criteria": ("wanda", "taylor")})
+    with pytest.raises(ConfigError, match=r"block 0 do not fit its MLP \(taylor_lin1: expected 256 features\)"):
+        reorder_sam(sam, "taylor", no_taylor_values)
 
 
 def test_registry_accepts_a_new_variant():

@@ -263,7 +263,7 @@ def test_untouched_mlp_rows_and_dropped_blocks_stay(supernet_path, data_cfg):
 
 def test_sequential_mode_and_distillation(supernet_path, data_cfg):
     supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg, mode="sequential", amp=True,
-                                                       distill=True, distill_weight=0.5, n_random=2, grad_clip=0.01)
+                                                       distill_from="max", distill_weight=0.5, n_random=2, grad_clip=0.01)
     result = train_step(supernet, opt, sched, params, inputs, 2, 0, cfg, DistContext())
     assert result.kinds == ["max", "min", "random", "random"]
     assert all(0 < v < 1 for v in result.losses) and result.grad_norm > 0.01  # norm before clipping
@@ -340,6 +340,88 @@ def test_target_and_config_errors():
         TrainConfig(trainable=("image_encoder", "neck"))
     with pytest.raises(ConfigError, match="train.mode"):
         TrainConfig(mode="zigzag")
+    with pytest.raises(ConfigError, match="^train.distill_from 'teacher' is unknown; use one of base, max, none$"):
+        TrainConfig(distill_from="teacher")
+    with pytest.raises(ConfigError, match="^train.distill_embed_weight must be >= 0, got -1.0$"):
+        TrainConfig(distill_from="base", distill_embed_weight=-1.0)
+    with pytest.raises(ConfigError, match="both 0; set one > 0 or use distill_from: none"):
+        TrainConfig(distill_from="base", distill_embed_weight=0, distill_mask_weight=0)
+
+
+@pytest.fixture(scope="module")
+def based_supernet_path(tmp_path_factory):
+    """A supernet whose meta records a base checkpoint (a tiny SAM saved in the official .pth layout)."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("based")
+    sam = build_sam_model("tiny", 128)
+    torch.save(sam.state_dict(), root / "base.pth")
+    save_supernet(root / "supernet.pt", SuperSam(sam, SearchSpace.for_arch("tiny")),
+                  SupernetMeta("tiny", 128, True, "none", checkpoint=str(root / "base.pth")))
+    return root / "supernet.pt"
+
+
+def test_distill_from_base_adds_embedding_and_mask_mse(based_supernet_path, data_cfg):
+    from supersam.train.sandwich import base_targets, load_base_teacher
+
+    supernet, cfg, params, opt, sched, inputs = _setup(based_supernet_path, data_cfg, distill_from="base",
+                                                       distill_embed_weight=2.0, distill_mask_weight=0.5)
+    base = load_base_teacher(supernet.meta, "the supernet", torch.device("cpu"))
+    assert not any(p.requires_grad for p in base.parameters()) and not base.training
+    # the loss of one subnet is Dice + 2 x embedding MSE + 0.5 x logit MSE, recomputed here by hand
+    min_subnet = supernet.space.min_subnet()
+    supernet.set_active_subnet(min_subnet)
+    targets = base_targets(base, inputs, torch.device("cpu"), False, 2.0, 0.5)
+    plain, _ = batch_loss(supernet.sam, inputs, None, 2, torch.device("cpu"), False)
+    parts = {}
+    with_base, logits = batch_loss(supernet.sam, inputs, None, 2, torch.device("cpu"), False, base=targets, parts=parts)
+    with torch.no_grad():
+        from supersam.inference import encode_images
+
+        emb = encode_images(supernet.sam, inputs)
+        base_emb = encode_images(base, inputs)
+    by_hand = sum(2.0 * float(((emb[j] - base_emb[j]) ** 2).mean()) + 0.5 * float(((logits[j].detach() - targets.logits[j]) ** 2).mean())
+                  for j in range(2)) / 2
+    assert parts["distill"] == pytest.approx(by_hand, rel=1e-5) and parts["distill"] > 0
+    assert float(with_base.detach()) == pytest.approx(float(plain.detach()) + by_hand, rel=1e-5)
+
+    result = train_step(supernet, opt, sched, params, inputs, 2, 0, cfg, DistContext(), base)
+    assert result.kinds[0] == "max" and len(result.distill_losses) == 3
+    # the max subnet is the base model before the first step: nothing to distil
+    assert result.distill_losses[0] == pytest.approx(0.0, abs=1e-9) and result.distill_losses[1] > 0
+    assert result.distill_loss == pytest.approx(sum(result.distill_losses) / 3)
+    with pytest.raises(ValueError, match="no base model"):
+        train_step(supernet, opt, sched, params, inputs, 2, 1, cfg, DistContext())
+
+
+@pytest.mark.parametrize("source", ["none", "max", "base"])
+def test_each_distill_source_trains_and_logs(based_supernet_path, data_cfg, tmp_path, source):
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    cfg = TrainConfig(supernet=str(based_supernet_path), out=str(tmp_path / "out"), iterations=6, batch_size=2, lr=1e-2,
+                      eval_every=0, val_images=1, target_every=0, save_every=3, target_miou=1.0, device="cpu",
+                      distill_from=source, distill_mask_weight=0.01)
+    result = train(cfg, data_cfg, tracking, show_progress=False)
+    losses = [e["loss"] for e in result.losses]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    distill = [e.get("loss_distill") for e in result.losses]
+    if source != "base":
+        assert distill == [None] * 6
+        return
+    assert all(d > 0 for d in distill) and all(d < loss for d, loss in zip(distill, losses))
+    client, run = _mlflow_run(tracking, "tags.stage = 'train'")
+    assert run.data.params["train.distill_from"] == "base"
+    logged = [m.value for m in client.get_metric_history(run.info.run_id, "loss_distill")]
+    assert logged == pytest.approx(distill)
+    # a resumed run must keep its teacher
+    with pytest.raises(CheckpointError, match="train.distill_from was 'base', now 'max'"):
+        train(dataclasses.replace(cfg, distill_from="max"), data_cfg, TrackingConfig(enabled=False), resume=True,
+              show_progress=False)
+
+
+def test_distill_from_base_needs_a_base_checkpoint(supernet_path, data_cfg, tmp_path):
+    cfg = TrainConfig(supernet=str(supernet_path), out=str(tmp_path / "out"), iterations=1, device="cpu",
+                      target_miou=1.0, distill_from="base")
+    with pytest.raises(ConfigError, match="was built from a randomly initialised SAM .*use distill_from: max or none"):
+        train(cfg, data_cfg, TrackingConfig(enabled=False), show_progress=False)
 
 
 def test_cli_flags_override_params(base_cfg, data_cfg, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from supersam.cli.app import app, load_params, params_option, set_option
 def build_supernet_cli(
     params: Path = params_option(),
     sets: list[str] = set_option(),
-    variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude or wanda (params supernet.variant)."),
+    variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude, wanda or taylor (params supernet.variant)."),
     out: Optional[str] = typer.Option(None, help="Output folder (default outputs/supernet/<variant>)."),
 ) -> None:
     """Reorder the encoder MLPs and write supernet.pt + search_space.json."""

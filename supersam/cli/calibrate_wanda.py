@@ -17,7 +17,7 @@ def calibrate_wanda_cli(
     checkpoint: Optional[str] = typer.Option(None, help="Base model checkpoint (params model.checkpoint); empty = random init."),
     out: Optional[str] = typer.Option(None, help="Stats file to write (default outputs/calibration/wanda_stats.pt)."),
 ) -> None:
-    """Measure the activation norms Wanda reordering needs (paper Eq. 1)."""
+    """Measure the calibration statistics of calibrate.criteria: Wanda's activation norms (paper Eq. 1) and SlimSAM's disturbed Taylor importance (its Eq. 4)."""
     from supersam.calibrate import CalibrateConfig, calibrate_wanda
     from supersam.config import ModelConfig, TrackingConfig, stage_config
     from supersam.data import DataConfig

@@ -19,7 +19,7 @@ def search_cli(
     sets: list[str] = set_option(),
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Largest subnet, parameters of all of SAM: 60e6, 60000000, 60M, 1.5G, 500k."),
     min_miou: Optional[str] = typer.Option(None, "--min-miou", help="Smallest acceptable mIoU on the validation sample: absolute (0.8) or relative to the base model (0.95x or 95%: within 5% of its mIoU)."),
-    variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude or wanda (picks the default supernet)."),
+    variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude, wanda or taylor (picks the default supernet)."),
     supernet: Optional[str] = typer.Option(None, help="Supernet checkpoint (default outputs/train/<variant>/supernet.pt)."),
     out: Optional[str] = typer.Option(None, help="Output folder (default runs/search/<variant>; the pipeline writes outputs/search/<variant>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted search in OUT (its candidates.partial.jsonl); the result equals an uninterrupted search's."),

@@ -16,7 +16,7 @@ from supersam.cli.app import app, load_params, params_option, set_option
 def train_cli(
     params: Path = params_option(),
     sets: list[str] = set_option(),
-    variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude or wanda (picks the default paths)."),
+    variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude, wanda or taylor (picks the default paths)."),
     supernet: Optional[str] = typer.Option(None, help="Input supernet.pt (default outputs/supernet/<variant>/supernet.pt)."),
     out: Optional[str] = typer.Option(None, help="Output folder: supernet.pt, metrics.json, history.json, checkpoints/ (default outputs/train/<variant>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt (refused when its settings, data or input supernet differ)."),

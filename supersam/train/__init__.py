@@ -34,7 +34,9 @@ def train(
 
     Per iteration the max, min and ``n_random`` random subnets run forward +
     backward on the same batch (Dice loss, paper Eq. 2, single-mask output,
-    ``data.train_prompt`` prompts, ``train.max_objects`` objects per image);
+    ``data.train_prompt`` prompts, ``train.max_objects`` objects per image; plus
+    distillation per ``train.distill_from``: ``max`` in-place from the max subnet,
+    ``base`` image-embedding + mask-logit MSE to the frozen base model, SlimSAM-style);
     gradients accumulate in the shared
     weights, then one AdamW step (``mode=sequential``: a step per subnet). The
     LR decays linearly from ``lr`` to ``lr * min_lr_ratio``. Every

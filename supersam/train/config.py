@@ -12,11 +12,14 @@ from supersam.thresholds import MiouThreshold, setting_text
 
 TRAINABLE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 MODES = ("sandwich", "sequential")
+# train.distill_from: the teacher of the distillation term (docs/method.md, "Sandwich rule and in-place distillation")
+DISTILL_SOURCES = ("base", "max", "none")
 
 # Fields that define the optimisation trajectory: a resumed run must match them.
 TRAJECTORY_FIELDS = (
     "supernet", "iterations", "batch_size", "max_objects", "lr", "min_lr_ratio", "weight_decay",
-    "grad_clip", "amp", "mode", "n_random", "distill", "distill_weight", "trainable", "seed",
+    "grad_clip", "amp", "mode", "n_random", "distill_from", "distill_weight", "distill_embed_weight",
+    "distill_mask_weight", "trainable", "seed",
 )
 # The input supernet's content (SHA-256 of supernet.pt, which holds the search space): a
 # supernet rebuilt at the same path is another run, whatever its path says.
@@ -48,10 +51,20 @@ class TrainConfig:
         mode: ``sandwich`` (accumulate max+min+random, one step) or ``sequential``
             (one optimizer step after each subnet, like the reference code).
         n_random: random subnets per iteration besides max and min.
-        distill: in-place distillation (BigNAS): smaller subnets also learn the
-            max subnet's (detached) mask probabilities.
-        distill_weight: weight of the distillation term for smaller subnets
-            (loss = (1-w) * dice(GT) + w * dice(teacher)); 1.0 = BigNAS.
+        distill_from: the distillation teacher. ``none``: Dice against the ground truth
+            only (the paper). ``max``: in-place distillation (BigNAS; was
+            ``distill: true``): smaller subnets also learn the max subnet's (detached)
+            mask probabilities, weighted by ``distill_weight``. ``base``: SlimSAM-style
+            distillation (arXiv 2312.05284, Sec. 3.2) from the frozen base model the
+            supernet was built from (``model.checkpoint``): every subnet adds
+            ``distill_embed_weight * MSE(image embedding, base embedding)`` +
+            ``distill_mask_weight * MSE(mask logits, base mask logits)`` to its Dice loss.
+        distill_weight: ``max`` only: weight of the distillation term for smaller
+            subnets (loss = (1-w) * dice(GT) + w * dice(teacher)); 1.0 = BigNAS.
+        distill_embed_weight: ``base`` only: weight of the image-embedding MSE
+            (B x 256 x S/16 x S/16, mean over elements; SlimSAM's final-embedding loss).
+        distill_mask_weight: ``base`` only: weight of the single-mask logit MSE
+            (N x H x W per image, mean over elements) against the base model's logits.
         trainable: SAM parts that are trained; the rest is frozen.
         eval_every: evaluate min/max/fixed-random subnets every this many iterations
             (also before training and at the end); 0 = only before and at the end.
@@ -88,8 +101,10 @@ class TrainConfig:
     amp: bool = False
     mode: str = "sandwich"
     n_random: int = 1
-    distill: bool = False
+    distill_from: str = "none"
     distill_weight: float = 1.0
+    distill_embed_weight: float = 10.0
+    distill_mask_weight: float = 0.1
     trainable: tuple[str, ...] = ("image_encoder", "mask_decoder")
     eval_every: int = 25
     val_images: int = 8
@@ -157,8 +172,16 @@ class TrainConfig:
             raise ConfigError(f"train.cpu_tdp_watts must be > 0 (W), got {self.cpu_tdp_watts}")
         if self.mode not in MODES:
             raise ConfigError(f"train.mode {self.mode!r} is unknown; use one of {', '.join(MODES)}")
+        if self.distill_from not in DISTILL_SOURCES:
+            raise ConfigError(f"train.distill_from {self.distill_from!r} is unknown; use one of {', '.join(DISTILL_SOURCES)}")
         if not 0 <= self.distill_weight <= 1:
             raise ConfigError(f"train.distill_weight must be in [0, 1], got {self.distill_weight}")
+        for name in ("distill_embed_weight", "distill_mask_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.distill_from == "base" and self.distill_embed_weight == 0 and self.distill_mask_weight == 0:
+            raise ConfigError("train.distill_from is base but train.distill_embed_weight and train.distill_mask_weight "
+                              "are both 0; set one > 0 or use distill_from: none")
         bad = [p for p in self.trainable if p not in TRAINABLE_PARTS]
         if bad or not self.trainable:
             raise ConfigError(

@@ -30,7 +30,7 @@ from supersam.train.energy import EnergyMeter
 from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
 from supersam.train.probe import ValidationProbe, empty_target, resolve_target, update_target
 from supersam.train.report import TrainProgress, write_outputs
-from supersam.train.sandwich import StepResult, train_step
+from supersam.train.sandwich import StepResult, load_base_teacher, train_step
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class TrainResult:
             (training only: validation and probes excluded).
         probes: per target probe: iteration, miou_min (the smallest subnet, ``target_every``).
         losses: per iteration (whole run, incl. before a resume): iteration (1-based),
-            loss (mean over subnets), loss_max/min/random, lr.
+            loss (mean over subnets), loss_max/min/random, lr, and with ``distill_from: base``
+            loss_distill (the weighted embedding + mask-logit MSE part of loss).
         subnets: per iteration run by this process: the sampled subnet dicts.
         stopped: True when ``stop_after`` ended the run before ``iterations``.
     """
@@ -76,6 +77,9 @@ class Trainer:
                         "the mIoU figures are not comparable to the paper's", cfg.supernet_path)
         self.params = set_trainable(self.supernet, cfg.trainable)
         broadcast_params(self.supernet, ctx)
+        # distill_from: base: the frozen base model (model.checkpoint, recorded in the supernet)
+        self.base_model = (load_base_teacher(self.meta, str(cfg.supernet_path), ctx.device)
+                           if cfg.distill_from == "base" else None)
         self.optimizer = build_optimizer(self.params, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.dataset = None
@@ -247,6 +251,8 @@ class Trainer:
 
     def record(self, step: StepResult, run) -> None:
         entry = {"iteration": self.iteration, "loss": step.loss, **step.loss_by_kind(), "lr": step.lr}
+        if step.distill_loss is not None:  # distill_from: base: the weighted embedding + mask-logit MSE part
+            entry["loss_distill"] = step.distill_loss
         self.result.losses.append(entry)
         self.result.subnets.append([s.to_dict() for s in step.subnets])
         if self.ctx.is_main and self.iteration % self.cfg.log_every == 0:
@@ -298,7 +304,8 @@ class Trainer:
         """One iteration, then the evaluation and checkpoint when due."""
         cfg = self.cfg
         step = train_step(self.supernet, self.optimizer, self.scheduler, self.params,
-                          self.local_batch(self.iteration), cfg.batch_size, self.iteration, cfg, self.ctx)
+                          self.local_batch(self.iteration), cfg.batch_size, self.iteration, cfg, self.ctx,
+                          self.base_model)
         self.iteration += 1
         self.record(step, run)
         bar.advance(step.loss)

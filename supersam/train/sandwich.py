@@ -6,21 +6,27 @@ run forward + backward on the same images and prompts; their gradients
 accumulate in the shared supernet weights and one AdamW step follows
 (Yu & Huang 2019). ``sequential`` mode instead steps after every subnet, as
 the paper's reference code does. Loss: Dice (paper Eq. 2) of the single-mask
-output (``multimask_output=False``) against the ground truth, optionally mixed
-with in-place distillation from the max subnet (BigNAS).
+output (``multimask_output=False``) against the ground truth, optionally with
+distillation (``train.distill_from``): in-place from the max subnet (``max``,
+BigNAS) or SlimSAM-style from the frozen base model (``base``: image-embedding
+and mask-logit MSE; arXiv 2312.05284 Sec. 3.2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from supersam.data.types import ModelInput
 from supersam.device import autocast
+from supersam.errors import CheckpointError, ConfigError
 from supersam.metrics import dice_loss
 from supersam.inference import decode_masks, embed_prompts, encode_images
+from supersam.sam import build_sam
 from supersam.train.config import TrainConfig
 from supersam.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
 from supersam.sampling import subnet_generator
@@ -35,7 +41,9 @@ class StepResult:
     Attributes:
         kinds: ``max``, ``min``, ``random`` (repeated for n_random > 1), in run order.
         subnets: the sampled configs, aligned with ``kinds``.
-        losses: global-batch mean Dice loss of each subnet (summed over ranks).
+        losses: global-batch mean loss of each subnet (summed over ranks), distillation included.
+        distill_losses: ``distill_from: base`` only: each subnet's weighted distillation
+            part of ``losses`` (embedding + mask-logit MSE terms); empty otherwise.
         lr: learning rate used by this iteration's optimizer step(s).
         grad_norm: total gradient norm before clipping (last step), NaN when not clipped.
     """
@@ -43,6 +51,7 @@ class StepResult:
     kinds: list[str]
     subnets: list
     losses: list[float] = field(default_factory=list)
+    distill_losses: list[float] = field(default_factory=list)
     lr: float = float("nan")
     grad_norm: float = float("nan")
 
@@ -57,6 +66,63 @@ class StepResult:
         for kind, value in zip(self.kinds, self.losses):
             out.setdefault(f"loss_{kind}", []).append(value)
         return {k: sum(v) / len(v) for k, v in out.items()}
+
+    @property
+    def distill_loss(self) -> float | None:
+        """Mean weighted base-distillation loss over the iteration's subnets (None without)."""
+        return sum(self.distill_losses) / len(self.distill_losses) if self.distill_losses else None
+
+
+@dataclass
+class BaseTargets:
+    """The frozen base model's outputs on one batch: SlimSAM-style distillation targets.
+
+    Attributes:
+        embeddings: B x D x S/16 x S/16 image embeddings (float32, no grad).
+        logits: per input N_i x H x W single-mask logits (float32, no grad).
+        embed_weight: weight of the embedding MSE; mask_weight: weight of the logit MSE.
+    """
+
+    embeddings: torch.Tensor
+    logits: list[torch.Tensor]
+    embed_weight: float
+    mask_weight: float
+
+
+def load_base_teacher(meta, source: str, device: torch.device) -> torch.nn.Module:
+    """The frozen base SAM a supernet was built from (``meta.checkpoint``), for ``distill_from: base``.
+
+    Args:
+        meta: the supernet's :class:`~supersam.artifacts.SupernetMeta` (model_type, img_size, checkpoint).
+        source: the supernet's path, for messages.
+
+    Returns:
+        the model on ``device``, eval mode, every parameter frozen.
+
+    Raises:
+        ConfigError: the supernet comes from a randomly initialised SAM (no base checkpoint).
+        CheckpointError: the recorded base checkpoint is missing or unreadable.
+    """
+    if not meta.checkpoint:
+        raise ConfigError(f"train.distill_from is base, but {source} was built from a randomly initialised SAM "
+                          "(model.checkpoint was empty); rebuild it from a base checkpoint or use distill_from: max or none")
+    if not Path(meta.checkpoint).is_file():
+        raise CheckpointError(f"train.distill_from is base, but the base model {meta.checkpoint} that {source} was "
+                              "built from does not exist (run from the project folder)")
+    model = build_sam(meta.model_type, meta.img_size, meta.checkpoint).model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def base_targets(base: torch.nn.Module, inputs: Sequence[ModelInput], device: torch.device, amp: bool,
+                 embed_weight: float, mask_weight: float) -> BaseTargets:
+    """Run the frozen base SAM (its own prompt encoder and decoder) on this rank's ``inputs``."""
+    with torch.no_grad(), autocast(device, amp):
+        embeddings = encode_images(base, inputs)  # B x D x G x G
+        logits = [decode_masks(base, embeddings[j : j + 1], embed_prompts(base, inp), inp, multimask=False)[0][:, 0]
+                  for j, inp in enumerate(inputs)]  # N_i x H x W each
+    return BaseTargets(embeddings.float(), [t.float() for t in logits], embed_weight, mask_weight)
 
 
 def draw_subnets(space, seed: int, iteration: int, n_random: int) -> tuple[list[str], list]:
@@ -85,8 +151,10 @@ def batch_loss(
     amp: bool,
     teacher: Sequence[torch.Tensor] | None = None,
     distill_weight: float = 0.0,
+    base: BaseTargets | None = None,
+    parts: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """This rank's share of the global-batch mean Dice loss for the active subnet.
+    """This rank's share of the global-batch mean loss for the active subnet.
 
     Args:
         sam: the supernet's ``.sam`` with the subnet activated.
@@ -96,14 +164,20 @@ def batch_loss(
         global_batch: images in the batch over all ranks (the loss divisor).
         teacher: per input N_i x H x W target probabilities from the max subnet.
         distill_weight: w in (1 - w) * dice(GT) + w * dice(teacher).
+        base: the frozen base model's outputs (``distill_from: base``): adds per image
+            ``embed_weight * mean((E - E_base)^2) + mask_weight * mean((logits - logits_base)^2)``
+            (E: 1 x D x G x G; logits: N_i x H x W).
+        parts: when given, ``parts["distill"]`` receives this rank's weighted base-distillation
+            share (same divisor), for logging.
 
     Returns:
-        (sum over this rank's images of the per-image mean object Dice loss,
-        divided by ``global_batch``; per input single-mask logits N_i x H x W).
+        (sum over this rank's images of the per-image loss (mean object Dice, plus the
+        distillation terms), divided by ``global_batch``; per input single-mask logits N_i x H x W).
     """
     with autocast(device, amp):
         embeddings = encode_images(sam, inputs)  # B x D x G x G
     total = embeddings.new_zeros((), dtype=torch.float32)
+    distill_total = 0.0
     all_logits = []
     for j, inp in enumerate(inputs):
         with autocast(device, amp):
@@ -113,8 +187,15 @@ def batch_loss(
         loss = dice_loss(logits, inp.gt_masks)
         if teacher is not None and distill_weight > 0:
             loss = (1 - distill_weight) * loss + distill_weight * dice_loss(logits, teacher[j])
+        if base is not None:
+            distill = (base.embed_weight * F.mse_loss(embeddings[j : j + 1].float(), base.embeddings[j : j + 1])
+                       + base.mask_weight * F.mse_loss(logits, base.logits[j]))
+            loss = loss + distill
+            distill_total += float(distill.detach())
         total = total + loss
         all_logits.append(logits)
+    if parts is not None:
+        parts["distill"] = distill_total / global_batch
     return total / global_batch, all_logits
 
 
@@ -138,6 +219,7 @@ def train_step(
     iteration: int,
     cfg: TrainConfig,
     ctx: DistContext,
+    base_model: torch.nn.Module | None = None,
 ) -> StepResult:
     """Run one sandwich (or sequential) iteration on this rank's ``inputs``.
 
@@ -147,6 +229,8 @@ def train_step(
         inputs: this rank's shard of the global batch, on ``ctx.device``.
         global_batch: images in the global batch.
         iteration: 0-based iteration (selects the subnets).
+        base_model: the frozen base SAM, required when ``cfg.distill_from`` is ``base``
+            (its outputs on the batch are computed once and serve every subnet).
 
     Returns:
         a :class:`StepResult`; the scheduler has advanced one iteration.
@@ -157,16 +241,25 @@ def train_step(
     sam.train()
     prompts = None if "prompt_encoder" in cfg.trainable else frozen_prompts(sam, inputs)
     teacher = None
-    local = []
+    in_place = cfg.distill_from == "max"
+    base = None
+    if cfg.distill_from == "base":
+        if base_model is None:
+            raise ValueError("train.distill_from is base but no base model was given to train_step")
+        base = base_targets(base_model, inputs, ctx.device, cfg.amp, cfg.distill_embed_weight, cfg.distill_mask_weight)
+    local, local_distill = [], []
     optimizer.zero_grad(set_to_none=True)
     for kind, subnet in zip(kinds, subnets):
         supernet.set_active_subnet(subnet)
         use_teacher = teacher if kind != "max" else None
+        parts: dict[str, float] = {}
         loss, logits = batch_loss(sam, inputs, prompts, global_batch, ctx.device, cfg.amp,
-                                  use_teacher, cfg.distill_weight if cfg.distill else 0.0)
+                                  use_teacher, cfg.distill_weight if in_place else 0.0, base, parts)
         loss.backward()
         local.append(float(loss.detach()))
-        if cfg.distill and kind == "max":
+        if base is not None:
+            local_distill.append(parts["distill"])
+        if in_place and kind == "max":
             teacher = [torch.sigmoid(t.detach()) for t in logits]
         if cfg.mode == "sequential":
             result.grad_norm = _optimizer_step(optimizer, params, ctx, cfg.grad_clip)
@@ -175,4 +268,6 @@ def train_step(
     scheduler.step()
     supernet.set_active_subnet(subnets[0])
     result.losses = all_reduce_sum(local, ctx)
+    if base is not None:
+        result.distill_losses = all_reduce_sum(local_distill, ctx)
     return result
