@@ -3,12 +3,15 @@
 A subnet's encoder latency is predicted as a sum of measured parts, at the
 supernet's working input size S (one image, B=1, float32, ``torch.no_grad``):
 
-    latency(subnet) = rest_ms + sum over kept blocks i of blocks_ms[i][mlp_dims[i]]
+    latency(subnet) = scale * (rest_ms + sum over kept blocks i of blocks_ms[i][mlp_dims[i]])
 
 ``rest_ms`` is the part every subnet runs (patch embedding, absolute position
 embedding, neck); ``blocks_ms[i][d]`` is encoder block i alone (its own window or
 global attention, its real weights cut to MLP width d as an export holds them) on a
-1 x S/16 x S/16 x C input. ``decoder_ms`` (prompt encoder + mask decoder for one box)
+1 x S/16 x S/16 x C input. Blocks timed alone miss what runs between them (memory
+traffic, layout changes), so the sum falls short of a whole encoder by a few percent
+(5-9% for vit_ti at 256 px on 2 CPU threads); ``scale`` is measured with the table: the
+max subnet, exported and timed whole, divided by its sum of parts. ``decoder_ms`` (prompt encoder + mask decoder for one box)
 does not depend on the subnet and is recorded next to it. Every entry is a median
 over ``repeats`` timed runs after ``warmup`` runs.
 
@@ -47,6 +50,7 @@ class LatencyTable:
         rest_ms: patch embedding + position embedding + neck, one image.
         blocks_ms: ``blocks_ms[i][d]``: block i at MLP width d (keys are strings in JSON).
         decoder_ms: prompt encoder + mask decoder, one box prompt (not subnet-dependent).
+        scale: the max subnet's whole-encoder latency / its sum of parts (1 = plain sum).
         threads, device_name, warmup, repeats, rounds: how it was measured (:func:`measure_table`).
     """
 
@@ -60,6 +64,7 @@ class LatencyTable:
     warmup: int
     repeats: int
     rounds: int = 1
+    scale: float = 1.0
     format: str = field(default=FORMAT)
 
     def predict_ms(self, subnet: Any) -> float:
@@ -76,7 +81,7 @@ class LatencyTable:
             except KeyError:
                 raise ConfigError(f"latency table {self.key} has no entry for block {i} at MLP width {width}; "
                                   "delete the table to measure it again") from None
-        return total
+        return total * self.scale
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -151,7 +156,14 @@ def measure_table(supernet: Any, warmup: int = 3, repeats: int = 20, rounds: int
 
     shape = table_shape(supernet)
     box = example_box(sam)
-    parts: dict[Any, Any] = {"rest": rest, "decoder": lambda: run_decoder(sam, embedding, box)}
+    previous = supernet.active_subnet
+    supernet.set_active_subnet(supernet.space.max_subnet())
+    try:
+        whole = supernet.get_active_subnet().image_encoder  # the max subnet as export builds it
+    finally:
+        supernet.set_active_subnet(previous)
+    parts: dict[Any, Any] = {"rest": rest, "decoder": lambda: run_decoder(sam, embedding, box),
+                             "max_subnet": lambda: whole(image)}
     for i in range(len(enc.blocks)):
         for width in shape["mlp_dim_choices"]:
             cut = _block_at_width(enc, i, width)
@@ -164,10 +176,12 @@ def measure_table(supernet: Any, warmup: int = 3, repeats: int = 20, rounds: int
     for name, value in best.items():
         if isinstance(name, tuple):
             blocks_ms.setdefault(name[0], {})[name[1]] = value
+    widest = max(shape["mlp_dim_choices"])
+    parts_sum = best["rest"] + sum(row[widest] for row in blocks_ms.values())
     return LatencyTable(key=device_key(device, supernet.meta.model_type, supernet.meta.img_size), shape=shape,
                         rest_ms=best["rest"], blocks_ms=blocks_ms, decoder_ms=best["decoder"],
                         threads=torch.get_num_threads(), device_name=device_name(device), warmup=warmup,
-                        repeats=repeats, rounds=max(1, rounds))
+                        repeats=repeats, rounds=max(1, rounds), scale=round(best["max_subnet"] / parts_sum, 4))
 
 
 def load_or_measure(supernet: Any, path: str | Path | None = None, warmup: int = 3, repeats: int = 20,
@@ -197,6 +211,8 @@ def load_or_measure(supernet: Any, path: str | Path | None = None, warmup: int =
     log.info("measuring the latency table of %s (%d blocks x %d widths, %d runs each)", key,
              len(supernet.sam.image_encoder.blocks), len(supernet.space.mlp_dim_choices), repeats)
     table = measure_table(supernet, warmup, repeats, rounds)
+    log.info("latency table %s: max subnet %.2f ms whole = %.3f x its sum of parts", path,
+             table.predict_ms(supernet.space.max_subnet()), table.scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, table.to_dict())
     return table, path

@@ -223,6 +223,10 @@ def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncodin
              f"{encoding.size():,}", model_type, img_size, cfg.technique, f"{constraints.max_params:,}", key,
              min_miou.describe(), cfg.objective, cfg.budget or "unlimited",
              f", {cfg.time_limit:g} s" if cfg.time_limit else "", len(inputs))
+    if constraints.max_macs or constraints.max_latency_ms:
+        log.info("cost constraints: MACs <= %s, predicted encoder latency <= %s",
+                 f"{constraints.max_macs:,}" if constraints.max_macs else "any",
+                 f"{constraints.max_latency_ms:g} ms ({latency.key})" if constraints.max_latency_ms else "any")
     state = run_search(encoding, evaluate, constraints, cfg.technique, cfg.budget, cfg.time_limit,
                        cfg.seed, out)
     log_outcome(state)
