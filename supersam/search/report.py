@@ -34,7 +34,7 @@ def summarise(state: SearchState, extra: dict[str, Any] | None = None) -> dict[s
         "best_miou_oracle": best.miou_oracle if best else None,
         "best_subnet": best.subnet.to_dict() if best is not None and hasattr(best.subnet, "to_dict") else None,
         "best_macs": best.macs if best else None,
-        "best_latency_ms_predicted": best.latency_ms if best else None,
+        "best_latency_ms_predicted": round(best.latency_ms, 4) if best is not None and best.latency_ms is not None else None,
         "n_evaluations": state.n_evaluations,
         "cache_hits": state.cache_hits,
         "evaluations_to_first_feasible": state.first_feasible(),
