@@ -176,7 +176,7 @@ def _measured_latency(cfg: SearchConfig, supernet: Any, best: Any, table: Any) -
     log.info("chosen subnet encoder latency: predicted %.2f ms, measured %.2f ms (median %.2f, p90 %.2f; "
              "relative error %+.1f%%) on %s, %d threads", predicted, measured["measured_ms"], measured["median_ms"],
              measured["p90_ms"], 100 * error, table.device_name, table.threads)
-    if cfg.max_latency_ms and measured["measured_ms"] > cfg.max_latency_ms:
+    if cfg.max_latency_ms and best.feasible and measured["measured_ms"] > cfg.max_latency_ms:
         log.warning("the chosen subnet's measured latency %.2f ms exceeds --max-latency-ms %g (predicted %.2f ms); "
                     "the machine may be loaded: re-run, or lower the bound", measured["measured_ms"],
                     cfg.max_latency_ms, predicted)
