@@ -87,6 +87,10 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
     if cfg.format not in EXPORT_FORMATS:
         raise ConfigError(f"export.format is {cfg.format!r}; use one of {', '.join(EXPORT_FORMATS)}")
     subnet = SubnetConfig.load(cfg.subnet)
+    widths = sorted({subnet.mlp_dims[i] for i in subnet.kept_layers})
+    if cfg.format == "hf" and len(widths) > 1:  # refuse before writing anything
+        raise ConfigError(f"export --format hf needs one MLP width in every kept block (transformers' SamModel has a "
+                          f"single mlp_dim); this subnet has {widths}; export it with --format pt or onnx")
     with start_run(tracking or TrackingConfig(enabled=False), "export", cfg.variant,
                    params={"supernet": cfg.supernet, "out": cfg.out, "subnet": json.dumps(subnet.to_dict())}) as run:
         out = export_subnet(cfg.supernet, subnet, cfg.out)

@@ -148,3 +148,4 @@ def test_export_format_hf_round_trips_and_refuses_mixed_widths(tmp_path):
     with pytest.raises(ConfigError, match="one MLP width"):
         export(ExportConfig(supernet=str(tmp_path / "supernet.pt"), subnet=json.dumps(mixed.to_dict()),
                             out=str(tmp_path / "mixed"), format="hf"))
+    assert not (tmp_path / "mixed").exists()  # refused before anything is written
