@@ -219,15 +219,17 @@ def _load(cfg: BenchConfig, model_cfg: Any, device: torch.device) -> tuple[nn.Mo
     if not source:
         raise ConfigError("bench has nothing to measure; pass MODEL_OR_SUPERNET (an export folder, supernet.pt or a checkpoint)")
     path = Path(source)
-    if path.is_dir():
+    hf_folder = path.is_dir() and not (path / paths.EXPORT_CONFIG_FILE).is_file() and any(
+        (path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))  # a checkpoint (sam.read_state_dict)
+    if path.is_dir() and not hf_folder:
         if cfg.subnet:
             raise ConfigError(f"--subnet applies to a supernet; {path} is an exported model (its subnet is fixed)")
         if not (path / paths.EXPORT_CONFIG_FILE).is_file():
             raise ConfigError(f"{path} is a folder but not a supersam export (no {paths.EXPORT_CONFIG_FILE})")
         return load_model(path, device), {"source": f"export:{path}"}
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"bench: {path} does not exist; pass an export folder, a supernet.pt or a SAM checkpoint")
-    if path.suffix != ".safetensors":
+    if path.is_file() and path.suffix != ".safetensors":
         obj = load_torch(path, "checkpoint", "point to an existing file", "point to a supernet.pt or a SAM checkpoint")
         if isinstance(obj, dict) and str(obj.get("format", "")).startswith("supersam-supernet/"):
             del obj

@@ -149,3 +149,20 @@ def test_export_format_hf_round_trips_and_refuses_mixed_widths(tmp_path):
         export(ExportConfig(supernet=str(tmp_path / "supernet.pt"), subnet=json.dumps(mixed.to_dict()),
                             out=str(tmp_path / "mixed"), format="hf"))
     assert not (tmp_path / "mixed").exists()  # refused before anything is written
+
+
+def test_bench_measures_a_hugging_face_folder(tmp_path, monkeypatch, capsys):
+    from safetensors.torch import save_file
+
+    from conftest import run_cli
+
+    torch.manual_seed(0)
+    sam = build_sam_model("tiny", 128)
+    (tmp_path / "hf").mkdir()
+    save_file({k: v.contiguous().clone() for k, v in sam_to_hf(sam.state_dict()).items()},
+              str(tmp_path / "hf" / "model.safetensors"))
+    code, err = run_cli(["bench", str(tmp_path / "hf"), "--set", "model.type=tiny", "--set", "model.img_size=128",
+                         "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "b.json")], monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["params"] == sum(p.numel() for p in sam.parameters()) and result["source"].startswith("sam:")
