@@ -57,8 +57,13 @@ def metric_key(metric: str, what: str = "metric") -> str:
 
 
 # Lax coercion as YAML and the command line need it ("48" -> 48, 0.84 -> "0.84" for
-# fields such as min_miou that also take "0.95x"), but unknown keys are errors.
-_PYDANTIC = ConfigDict(extra="forbid", coerce_numbers_to_str=True, arbitrary_types_allowed=True)
+# fields such as min_miou that also take "0.95x"), but unknown keys are errors, and so
+# are NaN and infinite floats (``--set train.lr=nan`` would train nothing, silently).
+_PYDANTIC = ConfigDict(extra="forbid", coerce_numbers_to_str=True, arbitrary_types_allowed=True,
+                       allow_inf_nan=False)
+
+# Sections that may be switched off as a whole: ``mlflow: false`` = ``mlflow: {enabled: false}``.
+SWITCHABLE = ("mlflow",)
 
 
 def read_params(path: str | Path | None = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -89,6 +94,14 @@ def _check_sections(values: dict[str, Any], where: str) -> None:
     unknown = sorted(set(values) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{where}: unknown section {unknown[0]!r}; known sections: {', '.join(SECTIONS)}")
+    for name, value in values.items():
+        if name in TOP_LEVEL or value is None or isinstance(value, dict):
+            continue
+        if name in SWITCHABLE and value is False:
+            continue
+        extra = " or false" if name in SWITCHABLE else ""
+        raise ConfigError(f"{where}: section {name} must be a mapping of keys{extra}, got "
+                          f"{type(value).__name__} {value!r:.60}; write it as `{name}:` followed by indented `key: value` lines")
 
 
 def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
@@ -202,7 +215,12 @@ def stage_config(
     cls: type[T], params: dict[str, Any], section: str, overrides: dict[str, Any] | None = None
 ) -> T:
     """Config ``cls`` from ``params[section]`` with non-None ``overrides`` applied."""
-    values = dict(params.get(section) or {})
+    raw = params.get(section)
+    if raw is False and section in SWITCHABLE:
+        raw = {"enabled": False}
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"section {section} must be a mapping of keys, got {type(raw).__name__} {raw!r:.60}")
+    values = dict(raw or {})
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value
@@ -215,16 +233,32 @@ class ModelConfig:
 
     Attributes:
         type: ``vit_b``, ``vit_l``, ``vit_h``, ``vit_ti`` or ``tiny``.
-        img_size: encoder input size in pixels (multiple of 16).
+        img_size: encoder input size in pixels (multiple of 16); when not set, the
+            checkpoint's own size (16 x its ``pos_embed`` grid), else the model
+            type's default (1024 for vit_b/l/h), logged: never a silent resize.
         checkpoint: official SAM ``.pth``; empty = random initialisation.
         seed: seed of the random initialisation (no checkpoint), so every stage
             builds the same random SAM.
     """
 
     type: str = "vit_b"
-    img_size: int = 1024
+    img_size: int | None = None
     checkpoint: str = ""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.img_size is not None:
+            return
+        import logging
+
+        from supersam.sam import checkpoint_img_size, get_arch
+
+        size = checkpoint_img_size(self.checkpoint) if self.checkpoint and Path(self.checkpoint).is_file() else None
+        source = f"the input size of {self.checkpoint}"
+        if size is None:
+            size, source = get_arch(self.type).default_img_size, f"the {self.type} default"
+        logging.getLogger(__name__).info("model.img_size is not set: using %d px (%s)", size, source)
+        object.__setattr__(self, "img_size", size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,3 +21,20 @@ class CheckpointError(SupersamError):
 
 class DataError(SupersamError):
     """A data set folder, image or annotation is missing or unusable."""
+
+
+class TrackingError(SupersamError):
+    """The MLflow tracking store cannot be opened or refuses a new run (at a stage's start)."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) or SIGTERM, raised by the CLI's signal handlers where the process is.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so no ``except Exception``
+    swallows it and every ``finally`` runs (temporary files removed, the MLflow
+    run marked KILLED); the CLI then prints one line and exits 130 / 143.
+    """
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from supersam.data.config import PROMPTS, SPLITS
 from supersam.device import resolve_device
 from supersam.errors import ConfigError
 from supersam.data.types import ModelInput
-from supersam.io import write_csv, write_json
+from supersam.io import prepare_out, write_csv, write_json
 from supersam.metrics import object_ious
 from supersam.overlays import overlay_name, save_overlay
 from supersam.sam import build_sam_from_config, count_params, pixel_stats
@@ -179,8 +180,12 @@ def prompt_kinds(cfg: EvalConfig, data_cfg: DataConfig) -> list[str]:
     return [head] + [k for k in dict.fromkeys(cfg.prompts) if k != head]
 
 
+# What an evaluation writes into its folder (anything else there is the user's: io.prepare_out)
+EVAL_FILES = ("metrics.json", paths.OBJECTS_FILE, paths.PREDICTIONS_DIR, paths.OVERLAYS_DIR)
+
+
 def evaluate(
-    cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, tracking: TrackingConfig
+    cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, tracking: TrackingConfig, force: bool = False
 ) -> dict:
     """Evaluate a model on a data split with box and point prompts (``supersam eval``).
 
@@ -203,15 +208,23 @@ def evaluate(
         ``objects.csv``'s ``iou`` over the rows whose ``prompt`` is ``prompt``
         (``miou_K`` over the rows of kind K).
 
+    Args:
+        force: write into an output folder that holds files eval did not write
+            (only eval's own names are replaced).
+
     Raises:
-        ConfigError, CheckpointError, DataError: bad options, model or data.
+        ConfigError, CheckpointError, DataError: bad options, model or data; an
+            output folder holding other files (without ``force``) or not writable.
     """
     cfg.validate()
+    out = prepare_out(cfg.out or paths.user_eval_dir(cfg.name), EVAL_FILES, "eval --out", force)
+    for folder in (paths.OVERLAYS_DIR, paths.PREDICTIONS_DIR):  # the previous evaluation's, replaced
+        shutil.rmtree(out / folder, ignore_errors=True)
     device = resolve_device(cfg.device)
     loaded = load_for_eval(cfg, model_cfg)
     tags = {"pretrained": loaded.info["pretrained"], "name": cfg.name or loaded.info["source"]}
     with start_run(tracking, "eval", loaded.info.get("variant", ""), tags=tags) as run:
-        metrics, out, saved = _evaluate(cfg, model_cfg, data_cfg, loaded, device, run)
+        metrics, out, saved = _evaluate(cfg, model_cfg, data_cfg, loaded, device, run, out)
         params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source", "metric")}
         params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp, "prompts": ",".join(metrics["prompts"])})
         params.update({f"data.{k}": v for k, v in metrics["data"].items()})
@@ -305,7 +318,7 @@ def _data_settings(data_cfg: DataConfig) -> dict[str, Any]:
 
 
 def _evaluate(cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, loaded: LoadedForEval,
-              device: torch.device, run) -> tuple[dict, Path, list[Path]]:
+              device: torch.device, run, out: Path) -> tuple[dict, Path, list[Path]]:
     """The evaluation itself: prepare every prompt kind's inputs, score, write metrics, objects, predictions, overlays."""
     model = loaded.model.to(device)
     img_size = model.image_encoder.img_size
@@ -318,7 +331,6 @@ def _evaluate(cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, loa
               for kind in kinds}
     run.log_dataset(data_cfg.root, cfg.split, len(inputs[head]), sum(inp.n_objects for inp in inputs[head]),
                     data_cfg.kind)
-    out = Path(cfg.out or paths.user_eval_dir(cfg.name))
     (out / paths.OVERLAYS_DIR).mkdir(parents=True, exist_ok=True)  # a declared DVC output, even when empty
     collect = _Collector(head, out, cfg.overlays, tiled=data_cfg.patch > 0)
 

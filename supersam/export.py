@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from supersam.checkpoint import load_supernet, read_export_manifest
 from supersam.config import TrackingConfig
 from supersam.elastic import EncoderSpec
 from supersam.errors import ConfigError, SupersamError
-from supersam.io import read_json, torch_save, write_json
+from supersam.io import check_writable, clean_stale_temps, writer_alive, make_temp_dir, read_json, torch_save, write_json
 from supersam.sam import count_params
 from supersam.space import SubnetConfig
 from supersam.tracking import start_run
@@ -111,7 +110,8 @@ EXPORT_FORMATS = ("pt", "onnx", "hf")
 def write_format(out: Path, fmt: str) -> Path | None:
     """Add the ``onnx`` or ``hf`` files to the export folder ``out`` (``pt`` adds nothing).
 
-    Written into a temporary sibling folder, then renamed to ``out/onnx`` or ``out/hf``.
+    Written into a temporary folder beside the target (:func:`supersam.io.make_temp_dir`), then
+    renamed to ``out/onnx`` or ``out/hf``.
 
     Returns:
         the folder written, or None for ``pt``.
@@ -122,7 +122,7 @@ def write_format(out: Path, fmt: str) -> Path | None:
 
     sam = load_model(out)
     target = out / (paths.EXPORT_ONNX_DIR if fmt == "onnx" else paths.EXPORT_HF_DIR)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=out))
+    tmp = make_temp_dir(target)
     try:
         if fmt == "onnx":
             from supersam.onnx_export import export_onnx
@@ -132,7 +132,6 @@ def write_format(out: Path, fmt: str) -> Path | None:
             from supersam.hf_checkpoint import save_hf
 
             save_hf(sam, tmp)
-        os.chmod(tmp, 0o755)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -155,31 +154,50 @@ def _check_out(out: Path) -> None:
             raise ConfigError(f"export output {out} exists and is not a supersam export; choose a new or empty --out")
 
 
+def _recover(out: Path) -> None:
+    """Undo an export killed between its two renames, then drop temporaries of dead runs.
+
+    :func:`_replace_dir` moves the previous export aside (``.<name>.<pid>.<x>.old/<name>``)
+    before renaming the new one into place; when the process died in between,
+    ``out`` is missing and the previous export is moved back.
+    """
+    if not out.exists() and out.parent.is_dir():
+        for aside in sorted(out.parent.glob(f".{out.name}.*.old")):
+            kept = aside / out.name
+            if kept.is_dir() and not writer_alive(aside):
+                os.replace(kept, out)
+                log.warning("restored the previous export %s that an interrupted export had moved aside", out)
+                break
+    clean_stale_temps(out.parent)
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move finished ``tmp`` to ``out``; an existing export is swapped out, then removed."""
+    """Move finished ``tmp`` to ``out``; an existing export is moved aside, then removed.
+
+    A kill between the two renames leaves the previous export aside, and the next
+    export restores it first (:func:`_recover`); ``out`` never holds a mix.
+    """
     if not out.exists():
         os.replace(tmp, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = make_temp_dir(out, "old")
     os.replace(out, old / out.name)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_export(out: Path, state: dict[str, torch.Tensor], manifest: ExportManifest) -> None:
-    """Write model.pt + config.json into a temporary sibling of ``out``, then rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    """Write model.pt + config.json into a temporary sibling of ``out``, then rename it into place.
+
+    The same subnet of the same supernet gives byte-identical files (:func:`supersam.io.torch_save`).
+    """
+    tmp = make_temp_dir(out)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the export normal permissions
         torch_save(state, tmp / paths.EXPORT_WEIGHTS_FILE)
         write_json(tmp / paths.EXPORT_CONFIG_FILE, manifest.to_dict())
         _replace_dir(tmp, out)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export_subnet(supernet_path: str | Path, subnet_cfg: SubnetConfig | str | dict, out_dir: str | Path) -> Path:
@@ -201,7 +219,9 @@ def export_subnet(supernet_path: str | Path, subnet_cfg: SubnetConfig | str | di
     """
     cfg = subnet_cfg if isinstance(subnet_cfg, SubnetConfig) else SubnetConfig.load(subnet_cfg)
     out = Path(out_dir)
+    _recover(out)
     _check_out(out)
+    check_writable(out.parent, "export --out's parent folder")
     supernet = load_supernet(supernet_path)
     meta = supernet.meta
     supernet.set_active_subnet(cfg)

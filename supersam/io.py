@@ -1,18 +1,34 @@
-"""Atomic artifact writes (temp file in the same folder + ``os.replace``).
+"""Atomic, reproducible artifact writes and the output-folder guard (docs/contracts.md, "Failures").
 
-An interrupted write never leaves a half-written artifact where a good one was.
+Every artifact is written to a temporary sibling and renamed into place
+(``os.replace``), so an interrupted write never leaves a half-written artifact
+where a good one was. Temporary names carry the writer's process id
+(``.<name>.<pid>.<random>.tmp``); :func:`clean_stale_temps` removes those of dead
+processes (a ``kill -9`` skips every ``finally``), so interrupted runs do not pile
+up temp files. ``torch.save`` records the file name inside the archive, so
+:func:`torch_save` writes under the final name in a temporary folder: the same
+state gives the same bytes, and DVC sees an unchanged artifact as unchanged.
+:func:`prepare_out` checks an output folder before a stage starts its work.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
+
+# .<name>.<pid>.<random>.tmp (files) and .<name>.<pid>.<random>.tmpdir / .old (folders)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(tmp|tmpdir|old)$")
 
 
 def _umask() -> int:
@@ -21,10 +37,67 @@ def _umask() -> int:
     return mask
 
 
+def temp_prefix(path: str | Path) -> str:
+    """Prefix of this process's temporary siblings of ``path``: ``.<name>.<pid>.``."""
+    return f".{Path(path).name}.{os.getpid()}."
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (True when unsure: it belongs to another user)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def writer_alive(temp: str | Path) -> bool:
+    """Whether the process that made temporary file or folder ``temp`` still runs (True if not one of ours)."""
+    match = _TEMP.match(Path(temp).name)
+    return match is None or process_alive(int(match["pid"]))
+
+
+def clean_stale_temps(folder: str | Path) -> int:
+    """Remove temporary files and folders left in ``folder`` by writers that no longer run.
+
+    Returns:
+        how many entries were removed (0 when ``folder`` does not exist).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        if writer_alive(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.info("removed %d temporary file(s) of interrupted runs in %s", removed, folder)
+    return removed
+
+
+def make_temp_dir(path: str | Path, kind: str = "tmpdir") -> Path:
+    """A new temporary folder beside ``path`` (same file system), named for :func:`clean_stale_temps`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=f".{kind}", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; artifacts get normal modes
+    return tmp
+
+
 def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -75,8 +148,24 @@ def write_csv(path: str | Path, fieldnames: list[str], rows: list[dict[str, Any]
 
 
 def torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically."""
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save(obj)`` to ``path`` atomically; the same ``obj`` gives the same bytes.
+
+    The archive is written under ``path``'s own name inside a temporary sibling
+    folder (``torch.save`` records the file name in the archive), then renamed.
+    """
+    path = Path(path)
+    clean_stale_temps(path.parent)
+    tmp_dir = make_temp_dir(path)
+    try:
+        tmp = tmp_dir / path.name
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
 
 
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
@@ -104,7 +193,8 @@ def load_torch(path: str | Path, what: str, missing_fix: str, corrupt_fix: str) 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # RuntimeError, UnpicklingError, EOFError, ... depending on the damage
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        # torch's own messages ("pop from empty list", a page of weights_only advice) do not help here
+        reason = f"not a PyTorch file of tensors, or a truncated one: {type(exc).__name__}"
         raise CheckpointError(f"{what} {path} cannot be read ({reason}); {corrupt_fix}") from None
 
 
@@ -119,3 +209,81 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{what} {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` if needed and prove it is writable by writing and removing a file.
+
+    Raises:
+        ConfigError: the folder cannot be created or written (one line naming it and the fix).
+    """
+    from supersam.errors import ConfigError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix(folder / "probe"), suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{what} {folder} is not writable ({exc.strerror or exc}); "
+                          "choose another folder or fix its permissions") from None
+    return folder
+
+
+def prepare_out(out: str | Path, owned: tuple[str, ...], what: str, force: bool = False) -> Path:
+    """Check an output folder before a stage's work starts; create it.
+
+    A folder is the stage's own when every entry in it is one of ``owned`` (the
+    names the stage writes) or a temporary file of ours: a previous result is
+    then replaced as the pipeline expects (logged). Any other non-empty folder is
+    refused unless ``force``, so a mistyped ``--out`` never overwrites a user's files.
+
+    Args:
+        out: the output folder (must not be empty: "" would mean the working directory).
+        owned: file and folder names the stage writes there.
+        what: the option's name for messages (``eval --out``).
+        force: write into a foreign non-empty folder anyway (only ``owned`` names are replaced).
+
+    Raises:
+        ConfigError: an empty path, a file, a foreign non-empty folder without
+            ``force``, or a folder that cannot be written.
+    """
+    from supersam.errors import ConfigError
+
+    if not str(out).strip():
+        raise ConfigError(f"{what} is empty; pass a folder path (\"\" would write into the working directory)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{what} {out} is a file; pass a folder path")
+    if out.is_dir():
+        clean_stale_temps(out)
+        entries = sorted(p.name for p in out.iterdir())
+        foreign = [name for name in entries if name not in owned and _TEMP.match(name) is None]
+        if foreign and not force:
+            raise ConfigError(f"{what} {out} holds files this stage did not write ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder, "
+                              "or pass --force to write beside them")
+        if entries and not foreign:
+            log.info("replacing the previous results in %s", out)
+    return check_writable(out, what)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes: the content identity of a resumed run's inputs.
+
+    Raises:
+        CheckpointError: the file does not exist.
+    """
+    import hashlib
+
+    from supersam.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; run the stage that writes it or fix the path")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -354,3 +354,19 @@ def build_sam_from_config(cfg) -> LoadedSam:
     get the same random weights (``cfg.seed``) and calibration stats stay valid.
     """
     return build_sam(cfg.type, cfg.img_size, cfg.checkpoint or None, seed=cfg.seed)
+
+
+def checkpoint_img_size(path: str | Path) -> int | None:
+    """The input size (px) a SAM checkpoint was trained at: 16 x its ``pos_embed`` grid; None when unknown.
+
+    Reads the file memory-mapped (no full load), so it is cheap even for ``vit_h``.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (unreadable here: the loader reports it with its own message)
+        return None
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    pos = obj.get("image_encoder.pos_embed") if isinstance(obj, dict) else None
+    return int(pos.shape[1]) * PATCH_SIZE if isinstance(pos, torch.Tensor) and pos.dim() == 4 else None

@@ -12,6 +12,17 @@ it, each stage re-opens it and closes it again when done, so its duration spans
 the execution; a stage that starts more than :data:`EXECUTION_GAP_S` after the
 parent last closed starts a new execution. A run opened by :func:`start_run`
 spans the work inside the ``with`` block; stages open it before they start.
+
+Faults (docs/contracts.md, "Failures"): a store that cannot be opened (a corrupt
+or locked database, a bad URI, an unreachable server, with HTTP timeouts bounded
+by :data:`HTTP_TIMEOUT_S`) stops the command at the start with one
+:class:`TrackingError` line naming the URI and the fix. Once the run is open, a
+failed logging call is retried with back-off (:data:`RETRY_DELAYS_S`) and then
+downgraded to a warning: the stage's figures are in its metrics.json too, so a
+store problem never kills a long run. Ctrl-C and SIGTERM mark the run KILLED, an
+exception FAILED; a run whose process died without either (``kill -9``) is marked
+KILLED by the next run on the same host. ``mlflow: false`` (or
+``mlflow.enabled: false``) switches tracking off.
 """
 
 from __future__ import annotations
@@ -22,14 +33,22 @@ import hashlib
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from supersam.config import TrackingConfig
+from supersam.errors import Interrupted, TrackingError
+from supersam.io import process_alive
 
 log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_S = 10       # per request to a tracking server (MLflow's default: 120 s, x7 retries)
+HTTP_MAX_RETRIES = 1
+RETRY_DELAYS_S = (0.5, 2.0, 5.0)  # back-off of a failed logging call before it becomes a warning
+PID_TAG, HOST_TAG = "supersam.pid", "supersam.host"
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -44,6 +63,22 @@ class Run:
     def __init__(self, mlflow_module: Any | None) -> None:
         self._mlflow = mlflow_module
         self.run_id: str | None = None
+        self.failed_calls = 0  # logging calls given up after the retries (each a warning)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """``fn(*args)`` retried with back-off; a last failure is a warning, never an exception."""
+        for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
+            try:
+                fn(*args, **kwargs)
+                return
+            except Exception as exc:  # noqa: BLE001  (any store error: locked DB, network, server 5xx)
+                if delay is None:
+                    self.failed_calls += 1
+                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                    log.warning("MLflow %s failed %d times (%s); continuing without it (the figures are in "
+                                "the stage's metrics.json)", what, attempt + 1, reason)
+                    return
+                time.sleep(delay)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log numeric, finite entries of ``metrics`` (None/NaN/str entries skipped)."""
@@ -55,26 +90,26 @@ class Run:
         }
         clean.update({k: float(v) for k, v in metrics.items() if isinstance(v, bool)})
         if clean:
-            self._mlflow.log_metrics(clean, step=step)
+            self._call("log_metrics", self._mlflow.log_metrics, clean, step=step)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values stringified, truncated to MLflow's 6000-char limit)."""
         if self._mlflow is not None and params:
-            self._mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+            self._call("log_params", self._mlflow.log_params, {k: str(v)[:6000] for k, v in params.items()})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set run tags (values stringified)."""
         if self._mlflow is not None and tags:
-            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+            self._call("set_tags", self._mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         """Attach a file (or a folder's files) to the run, under ``artifact_path``."""
         if self._mlflow is None or not os.path.exists(path):
             return
         if os.path.isdir(path):
-            self._mlflow.log_artifacts(path, artifact_path)
+            self._call("log_artifacts", self._mlflow.log_artifacts, path, artifact_path)
         else:
-            self._mlflow.log_artifact(path, artifact_path)
+            self._call("log_artifact", self._mlflow.log_artifact, path, artifact_path)
 
     def log_dataset(self, root: str | Path, split: str, n_images: int, n_objects: int,
                     kind: str = "", digest: str | None = None) -> None:
@@ -99,8 +134,8 @@ class Run:
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(str(root.resolve()))
         dataset = MetaDataset(source, name=f"{root.name}/{split}", digest=digest or data_digest(root))
-        self._mlflow.log_input(dataset, context=split,
-                               tags={"n_images": str(n_images), "n_objects": str(n_objects), "kind": kind})
+        self._call("log_input", self._mlflow.log_input, dataset, context=split,
+                   tags={"n_images": str(n_images), "n_objects": str(n_objects), "kind": kind})
 
 
 MAX_DIGEST_BYTES = 1 << 30  # above 1 GB of files the digest covers names, sizes and mtimes only
@@ -192,6 +227,58 @@ def _close_execution(mlflow: Any, parent: str | None) -> None:
         mlflow.MlflowClient().set_terminated(parent, "FINISHED")
 
 
+def _import_mlflow() -> Any:
+    """``mlflow`` with bounded HTTP timeouts (unless the user set them) and quiet loggers."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_MAX_RETRIES))
+    import mlflow  # configures its own loggers on import: quiet them afterwards
+
+    for name in ("alembic", "mlflow", "sqlalchemy", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # store errors are reported by us in one line (TrackingError) or retried (Run._call): not as
+    # MLflow's own tracebacks
+    for name in ("mlflow.store.db.utils", "mlflow.utils.rest_utils", "mlflow.tracking.fluent"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    return mlflow
+
+
+def _reason(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def _mark_dead_runs(mlflow: Any, experiment_id: str) -> None:
+    """Runs of this host left RUNNING by a process that no longer exists (``kill -9``) -> KILLED."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+    for found in client.search_runs([experiment_id], query, max_results=50):
+        pid = int(found.data.tags.get(PID_TAG, "0") or 0)
+        if pid and pid != os.getpid() and not process_alive(pid):
+            client.set_terminated(found.info.run_id, "KILLED")
+            log.info("marked MLflow run %s (process %d, gone) KILLED", found.info.run_id, pid)
+
+
+def open_store(cfg: TrackingConfig) -> tuple[Any, str]:
+    """Connect to ``cfg``'s tracking store and return ``(mlflow, experiment_id)``.
+
+    Raises:
+        TrackingError: the store cannot be opened or written (one line naming the
+            URI, the reason and the fix).
+    """
+    mlflow = _import_mlflow()
+    try:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+        experiment_id = _ensure_experiment(mlflow, cfg)
+        _mark_dead_runs(mlflow, experiment_id)
+    except Exception as exc:  # noqa: BLE001  (sqlalchemy, requests, MlflowException, ...)
+        raise TrackingError(
+            f"MLflow tracking store {cfg.tracking_uri} cannot be used ({_reason(exc)}); fix or move it, point "
+            "--set mlflow.tracking_uri=... elsewhere, or run without tracking with --set mlflow.enabled=false"
+        ) from None
+    return mlflow, experiment_id
+
+
 @contextlib.contextmanager
 def start_run(
     cfg: TrackingConfig,
@@ -215,25 +302,32 @@ def start_run(
     if not cfg.enabled:
         yield Run(None)
         return
-    import mlflow  # configures its own loggers on import: quiet them afterwards
-
-    for name in ("alembic", "mlflow", "sqlalchemy"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    experiment_id = _ensure_experiment(mlflow, cfg)
-    all_tags = {"stage": stage, "variant": variant or "-"}
+    mlflow, experiment_id = open_store(cfg)
+    all_tags = {"stage": stage, "variant": variant or "-", PID_TAG: os.getpid(), HOST_TAG: socket.gethostname()}
     group = pipeline_run_id() or "adhoc"
     all_tags["pipeline_run"] = group
     all_tags.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (tags or {}).items()})
     name = f"{stage}-{variant}" if variant else stage
-    parent = _open_execution(mlflow, experiment_id, group)
     try:
-        with mlflow.start_run(run_name=name, tags=all_tags, parent_run_id=parent) as active:
-            run = Run(mlflow)
-            run.run_id = active.info.run_id
-            run.log_params(params or {})
-            yield run
+        parent = _open_execution(mlflow, experiment_id, group)
+        active = mlflow.start_run(run_name=name, tags={k: str(v) for k, v in all_tags.items()},
+                                  parent_run_id=parent)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"MLflow tracking store {cfg.tracking_uri} refused a new run ({_reason(exc)}); "
+                            "fix the store or run with --set mlflow.enabled=false") from None
+    run = Run(mlflow)
+    run.run_id = active.info.run_id
+    status = "FAILED"
+    try:
+        run.log_params(params or {})
+        yield run
+        status = "FINISHED"
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C / SIGTERM (the CLI raises Interrupted)
+        status = "KILLED"
+        raise
     finally:
-        _close_execution(mlflow, parent)
-    log.info("MLflow run %s (%s) logged to %s", run.run_id, name, cfg.tracking_uri)
+        run._call(f"end_run({status})", mlflow.end_run, status)
+        if parent:
+            run._call("closing the pipeline run", _close_execution, mlflow, parent)
+    log.info("MLflow run %s (%s) logged to %s%s", run.run_id, name, cfg.tracking_uri,
+             f" ({run.failed_calls} logging call(s) lost)" if run.failed_calls else "")

@@ -271,7 +271,7 @@ def test_eval_user_folder_defaults_and_pipeline_settings(tmp_path, shared_data, 
     import supersam.eval as eval_stage
 
     seen = {}
-    monkeypatch.setattr(eval_stage, "evaluate", lambda cfg, model, data, tracking: seen.update(cfg=cfg, data=data))
+    monkeypatch.setattr(eval_stage, "evaluate", lambda cfg, model, data, tracking, force=False: seen.update(cfg=cfg, data=data))
     params = _empty_params(tmp_path, "data:\n  patch: 256\n  max_objects: 8\n  box_pad: 0-20\n  min_area: 100\n"
                                      "  label_mode: binary\neval:\n  split: test\n")
     runner = CliRunner()

@@ -32,6 +32,10 @@ SET_HELP = ("Override one params.yaml key, e.g. --set train.iterations=48 or --s
             "(repeatable; values are read as YAML, so numbers, booleans and lists keep their type).")
 
 
+# Flags naming files or folders: given empty ("$UNSET_VAR"), they are refused, not defaulted.
+PATH_FLAGS = ("out", "model", "supernet", "subnet", "checkpoint", "root", "space", "images", "labels")
+
+
 def params_option() -> Path:
     """The ``-p/--params`` option every command takes (default ./params.yaml)."""
     return typer.Option(Path("params.yaml"), "--params", "-p", help=PARAMS_HELP)
@@ -55,11 +59,15 @@ def load_params(command: str, reads: tuple[str, ...], params: Path, sets: list[s
 
     Raises:
         ConfigError: unreadable params file, a malformed ``--set``, an unknown section,
-            or a section this command does not read.
+            a section this command does not read, or an empty path flag (``--out ""``).
     """
     from supersam.config import apply_metric, apply_sets, parse_set, read_params
     from supersam.errors import ConfigError
 
+    for key, value in (flags or {}).items():
+        if isinstance(value, str) and not value.strip() and key.rsplit(".", 1)[-1] in PATH_FLAGS:
+            flag = key.rsplit(".", 1)[-1].replace("_", "-")
+            raise ConfigError(f"--{flag} is empty; pass a path (an empty one would mean the working directory)")
     for item in sets:
         section = parse_set(item)[0][0]
         if section not in reads:

@@ -33,6 +33,7 @@ def eval_cli(
     overlays: Optional[int] = typer.Option(None, help="Number of images drawn as overlay PNGs (eval.overlays)."),
     name: Optional[str] = typer.Option(None, help="Label of this evaluation (MLflow run; default output folder runs/eval/<name>)."),
     out: Optional[str] = typer.Option(None, help="Output folder for metrics.json, objects.csv, predictions/ and overlays/ (default runs/eval/<name>; the pipeline writes outputs/eval/<name>)."),
+    force: bool = typer.Option(False, "--force", help="Write into an OUT that holds files eval did not write."),
 ) -> None:
     """Evaluate SAM, an exported subnet or a supernet subnet: mIoU next to trivial baselines, per-object CSV, COCO results, overlays, MLflow run.
 
@@ -57,4 +58,4 @@ def eval_cli(
         "eval.name": name, "eval.out": out},
         defaults=USER_FOLDER_DEFAULTS if data_root is not None else None)
     evaluate(stage_config(EvalConfig, values, "eval"), stage_config(ModelConfig, values, "model"),
-             stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"))
+             stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"), force=force)

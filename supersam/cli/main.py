@@ -1,23 +1,66 @@
-"""Console entry point ``supersam``: registers every stage command and maps user errors to exit 1."""
+"""Console entry point ``supersam``: registers every stage command and maps failures to one line.
+
+A :class:`~supersam.errors.SupersamError` (bad input) becomes one red line and exit
+code 1; a file-system error (disk full, permission denied) one line naming the
+file, exit 1; Ctrl-C and SIGTERM one line saying how to continue, exit 130 / 143,
+after every ``finally`` has run (temporary files removed, the MLflow run marked
+KILLED). Anything else is a bug and keeps its traceback. docs/contracts.md, "Failures".
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from supersam.cli import (  # noqa: F401  (imports register the commands)
     bench, build_supernet, calibrate_wanda, compare, compare_seeds, eval, export, predict, pretrain, rank_layers, search, train,
 )
 from supersam.cli.app import app, console
-from supersam.errors import SupersamError
+from supersam.errors import Interrupted, SupersamError
+
+RESUMABLE = {"train": "--resume", "search": "--resume", "pretrain": "--resume"}
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _raise_interrupted(signum, frame) -> None:  # noqa: ARG001
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
-    """Run the CLI; a :class:`SupersamError` becomes one red line and exit code 1."""
+    """Run the CLI; user errors, file-system errors and interruptions end in one line and a non-zero exit."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in saved:  # click would turn KeyboardInterrupt into "Aborted!"; ours reaches the finally blocks
+        signal.signal(sig, _raise_interrupted)
     try:
         app()
     except SupersamError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         sys.exit(1)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        name = getattr(exc, "signal_name", "SIGINT")
+        what = "terminated (SIGTERM)" if name == "SIGTERM" else "interrupted"
+        _error(f"{what}; {_how_to_continue()}")
+        sys.exit(EXIT_CODES.get(name, 130))
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        _error(f"cannot use {exc.filename}: {exc.strerror or exc}; free space or fix the path and its permissions")
+        sys.exit(1)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _how_to_continue() -> str:
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    flag = RESUMABLE.get(command)
+    if flag:
+        return f"the finished part is kept: rerun the same command with {flag} to continue"
+    return "its outputs were not written; rerun the command"
 
 
 if __name__ == "__main__":

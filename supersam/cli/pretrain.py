@@ -22,8 +22,11 @@ def pretrain_cli(
     """Train the SAM-family base model SuperSAM compresses (SAM's recipe; or fine-tune/pass through --init)."""
     from supersam.config import ModelConfig, TrackingConfig, stage_config
     from supersam.data import DataConfig
+    from supersam.errors import ConfigError
     from supersam.pretrain import PretrainConfig, pretrain
 
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after is {stop_after}; use a number of steps >= 1")
     values = load_params("pretrain", ("pretrain", "model", "data", "mlflow"), params, sets, {"pretrain.init": init, "pretrain.out": out})
     pretrain(stage_config(ModelConfig, values, "model"), stage_config(DataConfig, values, "data"),
              stage_config(PretrainConfig, values, "pretrain"), stage_config(TrackingConfig, values, "mlflow"),

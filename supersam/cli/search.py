@@ -25,17 +25,24 @@ def search_cli(
     variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude or wanda (picks the default supernet)."),
     supernet: Optional[str] = typer.Option(None, help="Supernet checkpoint (default outputs/train/<variant>/supernet.pt)."),
     out: Optional[str] = typer.Option(None, help="Output folder (default runs/search/<variant>; the pipeline writes outputs/search/<variant>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted search in OUT (its candidates.partial.jsonl); the result equals an uninterrupted search's."),
+    auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue an interrupted search in OUT when it is this search's, else start afresh (the DVC stage)."),
+    force: bool = typer.Option(False, "--force", help="Write into an OUT that holds files search did not write."),
 ) -> None:
     """Search the trained supernet for the best subnet under --max-params, --min-miou, --max-macs and --max-latency-ms (OpenTuner)."""
     from supersam.config import TrackingConfig, stage_config
     from supersam.data import DataConfig
+    from supersam.errors import ConfigError
     from supersam.search import SearchConfig, search
 
+    if resume and auto_resume:
+        raise ConfigError("--resume and --auto-resume exclude each other; pass one")
     values = load_params("search", ("search", "metric", "data", "mlflow"), params, sets, {"search.max_params": max_params, "search.min_miou": min_miou,
                                         "search.max_macs": max_macs, "search.max_latency_ms": max_latency_ms, "search.pareto_x": pareto_x,
                                         "search.variant": variant, "search.supernet": supernet, "search.out": out})
     cfg = stage_config(SearchConfig, values, "search")
-    metrics = search(cfg, stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"))
+    metrics = search(cfg, stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"),
+                     resume="auto" if auto_resume else resume, force=force)
     if cfg.strict and not metrics["feasible"]:
         log.error("no feasible subnet found and search.strict is set")
         raise typer.Exit(1)

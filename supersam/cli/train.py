@@ -19,7 +19,8 @@ def train_cli(
     variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude or wanda (picks the default paths)."),
     supernet: Optional[str] = typer.Option(None, help="Input supernet.pt (default outputs/supernet/<variant>/supernet.pt)."),
     out: Optional[str] = typer.Option(None, help="Output folder: supernet.pt, metrics.json, history.json, checkpoints/ (default outputs/train/<variant>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt (refused when its settings, data or input supernet differ)."),
+    auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue from OUT/checkpoints/last.pt when it matches this run and is unfinished, else start afresh (the DVC stage)."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop with a checkpoint after N iterations."),
     nproc: int = typer.Option(1, "--nproc", help="Processes (data parallel; re-launches under torchrun --standalone)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
@@ -31,6 +32,10 @@ def train_cli(
     from supersam.train import TrainConfig, train
     from supersam.train.distributed import launch_torchrun, strip_option
 
+    if nproc < 1:
+        raise ConfigError(f"--nproc is {nproc}; use 1 (one process) or more")
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"--stop-after is {stop_after}; use a number of iterations >= 1")
     values = load_params("train", ("train", "metric", "data", "mlflow"), params, sets, {"train.variant": variant, "train.supernet": supernet, "train.out": out})
     cfg = stage_config(TrainConfig, values, "train")
     data_cfg = stage_config(DataConfig, values, "data")
@@ -41,4 +46,7 @@ def train_cli(
                               f"pass --set train.batch_size={nproc} (or more) or use fewer processes")
         args = sys.argv[sys.argv.index("train") + 1:]
         raise typer.Exit(launch_torchrun(nproc, strip_option(args, "--nproc")))
-    train(cfg, data_cfg, tracking, resume=resume, stop_after=stop_after, show_progress=progress)
+    if resume and auto_resume:
+        raise ConfigError("--resume and --auto-resume exclude each other; pass one")
+    train(cfg, data_cfg, tracking, resume="auto" if auto_resume else resume, stop_after=stop_after,
+          show_progress=progress)

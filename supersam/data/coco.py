@@ -63,8 +63,14 @@ class CocoReader:
         self.description = f"coco {image_dir}"
 
     def _annotations(self, img_id: int) -> list[tuple[dict, dict]]:
-        """(annotation, RLE) of the usable (non-crowd, >= min_area px) objects of one image."""
-        anns = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[img_id])) if not a.get("iscrowd", 0)]
+        """(annotation, RLE) of the usable (non-crowd, >= min_area px) objects of one image.
+
+        Polygons with fewer than 3 points (no area; pycocotools cannot rasterise
+        them) are dropped, and an annotation left without a polygon with them.
+        """
+        anns = [_drop_degenerate_polygons(a) for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=[img_id]))
+                if not a.get("iscrowd", 0)]
+        anns = [a for a in anns if a is not None]
         pairs = [(a, self.coco.annToRLE(a)) for a in anns]
         return [(a, r) for a, r in pairs if int(mask_utils.area(r)) >= self.min_px]
 
@@ -133,3 +139,14 @@ class CocoReader:
                       ids=np.array([a.get("id", i + 1) for i, a in enumerate(anns)], np.int64),
                       categories=np.array([a.get("category_id", 1) for a in anns], np.int64),
                       source=item.group, origin=origin, image_id=int(img_id))
+
+
+def _drop_degenerate_polygons(ann: dict) -> dict | None:
+    """``ann`` without polygons of fewer than 3 points (6 coordinates); None when none is left."""
+    seg = ann.get("segmentation")
+    if not isinstance(seg, list):
+        return ann  # RLE
+    polygons = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+    if len(polygons) == len(seg):
+        return ann
+    return {**ann, "segmentation": polygons} if polygons else None

@@ -133,7 +133,8 @@ class SearchState:
     """Memoised evaluation with an evaluation budget and a time limit.
 
     Args:
-        evaluate_fn: subnet -> dict with ``params``, ``miou``, ``miou_oracle``.
+        evaluate_fn: subnet -> dict with ``params``, ``miou``, ``miou_oracle`` (and
+            ``seconds`` when the result was replayed from a journal).
         constraints: feasibility and score.
         budget: distinct evaluations allowed (0 = unlimited).
         time_limit: seconds allowed (0 = unlimited), counted from construction.
@@ -180,7 +181,7 @@ class SearchState:
             return cached
         t0 = time.perf_counter()
         result = self.evaluate_fn(subnet)
-        seconds = time.perf_counter() - t0
+        seconds = float(result.get("seconds", time.perf_counter() - t0))  # a replayed result keeps its own
         params = int(result["params"])
         miou = float(result[self.constraints.metric])
         macs = None if result.get("macs") is None else int(result["macs"])

@@ -12,7 +12,9 @@ Containment of OpenTuner's global side effects:
   ``dictConfig`` adding a console handler and ``./opentuner.log``) is made a
   no-op. During a run the ``opentuner`` logger writes only to
   ``<workdir>/opentuner.log``.
-- results go to ``<workdir>/opentuner.db`` (SQLite, recreated per run).
+- results go to an SQLite database of this run's own, in a new temporary folder
+  removed afterwards: two searches never share (or delete) each other's
+  database, and the output path's characters never enter its URL.
 - Python/NumPy global RNG states are seeded for the run and restored after.
 - the default AUC-bandit ensemble is re-registered as ``SupersamBanditA`` with
   a differential evolution whose parent order does not depend on object ids or
@@ -26,6 +28,8 @@ import functools
 import itertools
 import logging
 import random
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -171,13 +175,21 @@ def run_opentuner(encoding: SubnetEncoding, state: SearchState, seed: int, workd
         encoding: the searched parameters and their decoding to subnets.
         state: memoised evaluation, budget and results.
         seed: seeds ``random`` and ``numpy.random`` for OpenTuner's techniques.
-        workdir: folder for ``opentuner.db`` and ``opentuner.log`` (created).
+        workdir: folder for ``opentuner.log`` (created); the database is a temporary one of this run.
     """
     ot = _opentuner()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    database = workdir / "opentuner.db"
-    database.unlink(missing_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="supersam-opentuner-"))
+    database = scratch / "opentuner.db"
+    try:
+        _run(ot, encoding, state, seed, workdir, database, label)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(ot: SimpleNamespace, encoding: SubnetEncoding, state: SearchState, seed: int, workdir: Path,
+         database: Path, label: str) -> None:
     with _contained(workdir, seed):
         interface = ot.Interface(
             args=_args(ot, database, label), manipulator=_manipulator(ot, encoding),

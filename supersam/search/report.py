@@ -15,6 +15,10 @@ from supersam.plots import plot_pareto
 
 log = logging.getLogger(__name__)
 
+# What a search writes into its folder (anything else there is the user's: io.prepare_out)
+SEARCH_FILES = ("best_subnet.json", "candidates.json", "pareto.json", "pareto.png", "metrics.json",
+                "opentuner.log", "opentuner.db", "candidates.partial.jsonl")
+
 def _describe(c: Candidate, metric: str) -> str:
     return f"{c.params / 1e6:.3f}M params, {metric} {c.value(metric):.4f}"
 

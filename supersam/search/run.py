@@ -4,6 +4,7 @@ docs/method.md, "Constrained search")."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +16,9 @@ from supersam.config import metric_key
 from supersam.search.config import SearchConfig
 from supersam.search.encoding import SubnetEncoding
 from supersam.search.objective import Constraints, SearchState
-from supersam.search.report import baseline_report, log_outcome, summarise, write_artifacts
+from supersam.io import file_digest, prepare_out
+from supersam.search.journal import SearchJournal
+from supersam.search.report import SEARCH_FILES, baseline_report, log_outcome, summarise, write_artifacts
 from supersam.thresholds import base_checkpoint, resolve_threshold
 
 log = logging.getLogger(__name__)
@@ -83,7 +86,8 @@ def _space(cfg: SearchConfig, supernet: Any) -> Any:
     return space
 
 
-def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, Any]:
+def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig, resume: bool | str = False,
+           force: bool = False) -> dict[str, Any]:
     """Find the smallest (or most accurate) subnet meeting ``--max-params``, ``--min-miou`` and,
     when set, ``--max-macs`` and ``--max-latency-ms`` (predicted from the device's latency table,
     :mod:`supersam.search.latency`; the chosen subnet is then measured: ``best_latency_ms_measured``
@@ -99,12 +103,24 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
     the chosen subnet's ``best_fg_fraction`` and ``collapsed``
     (:func:`supersam.baselines.collapse_check`) go into metrics.json, MLflow and the log.
 
+    Every evaluated subnet is appended to ``candidates.partial.jsonl`` as it is
+    evaluated (:mod:`supersam.search.journal`); ``resume`` continues an
+    interrupted search from it, with the result of an uninterrupted one.
+
+    Args:
+        resume: True continues the interrupted search in the output folder (its
+            journal; another search's is refused), ``"auto"`` only when it is this
+            search's (the DVC stage), else starts afresh.
+        force: write into an output folder that holds other files.
+
     Returns:
         the metrics.json dict (``feasible`` False when no subnet met both constraints).
 
     Raises:
-        ConfigError: bad params, or constraints no subnet of the space can meet
-            in size (stating the smallest achievable size).
+        ConfigError: bad params, constraints no subnet of the space can meet
+            in size (stating the smallest achievable size), an output folder that
+            holds other files (without ``force``) or is not writable, or a journal
+            of another search (with ``resume``).
         CheckpointError / DataError: unreadable supernet or data.
     """
     from supersam.checkpoint import load_supernet
@@ -121,12 +137,14 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig) -> dict[str, 
     smallest = check_reachable(encoding, supernet.params, cfg.max_params_count)
     latency = _latency_table(cfg, supernet, encoding)
     base_checkpoint(cfg.min_miou_threshold, meta, "search.min_miou", str(cfg.supernet_path))  # refuse early
+    prepare_out(cfg.out_dir(variant), SEARCH_FILES, "search --out", force)  # before any evaluation
     if not pretrained:
         log.warning("the supernet comes from a randomly initialised SAM (pretrained=false): mIoUs are not meaningful")
     params = {**{f"search.{k}": v for k, v in asdict(cfg).items()}, "max_params": cfg.max_params_count,
               "space_size": encoding.size()}
     with start_run(tracking, "search", variant, params=params, tags={"pretrained": pretrained}) as run:
-        metrics, state, collapse, written = _search(cfg, data, supernet, encoding, smallest, device, run, latency)
+        metrics, state, collapse, written = _search(cfg, data, supernet, encoding, smallest, device, run, resume,
+                                                    latency)
         run.log_metrics({"params": metrics["best_params"], "miou": metrics["best_miou"],
                          "miou_oracle": metrics["best_miou_oracle"], "feasible": metrics["feasible"],
                          "n_evaluations": state.n_evaluations, "seconds": metrics["seconds"],
@@ -186,9 +204,18 @@ def _measured_latency(cfg: SearchConfig, supernet: Any, best: Any, table: Any) -
             "latency_device": table.device_name, "decoder_latency_ms": table.decoder_ms}
 
 
+def _identity(cfg: SearchConfig, data: Any, supernet_path: Path, encoding: SubnetEncoding) -> dict[str, Any]:
+    """What a resumed search must share with the interrupted one (not the budget or time limit)."""
+    keep = ("max_params", "min_miou", "objective", "metric", "technique", "seed", "split", "n_images",
+            "batch_size", "amp", "max_macs", "max_latency_ms")
+    return {"supernet_digest": file_digest(supernet_path), "space": repr(encoding.parameters()),
+            "search": {k: str(getattr(cfg, k)) for k in keep}, "data": {k: str(v) for k, v in vars(data).items()}}
+
+
 def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncoding, smallest: int,
-            device: Any, run: Any, latency: Any = None) -> tuple[dict[str, Any], SearchState, dict[str, Any], list]:
-    """Prepare the validation sample, resolve the threshold, search and write the artifacts."""
+            device: Any, run: Any, resume: bool | str, latency: Any = None,
+            ) -> tuple[dict[str, Any], SearchState, dict[str, Any], list]:
+    """Prepare the validation sample, resolve the threshold, search (journaled) and write the artifacts."""
     from supersam.baselines import describe as describe_baselines
     from supersam.baselines import trivial_baselines
     from supersam.data import prepare_split
@@ -204,13 +231,19 @@ def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncodin
     log.info("validation sample: %d objects; trivial baselines %s", sum(inp.n_objects for inp in inputs),
              describe_baselines(baselines))
     fg_fractions: dict[Any, float] = {}
+    journal = SearchJournal(cfg.out_dir(variant), _identity(cfg, data, cfg.supernet_path, encoding), resume)
 
     def evaluate(subnet: Any) -> dict[str, float]:
-        result = evaluator.evaluate(subnet)
+        result = journal.lookup(subnet)  # replayed on --resume
+        if result is None:
+            t0 = time.perf_counter()
+            result = {k: (v if isinstance(v, int) else float(v)) for k, v in evaluator.evaluate(subnet).items()}
+            result["seconds"] = time.perf_counter() - t0
+            journal.append(subnet, result)
         fg_fractions[subnet] = result["fg_fraction"]  # for the chosen subnet's collapse check
-        result["macs"] = supernet.macs(subnet)  # one image + one prompt at the working size
-        result["latency_ms"] = latency.predict_ms(subnet) if latency is not None else None
-        return result
+        # costs are derived, not journaled: MACs of one image + one prompt, predicted encoder latency
+        return {**result, "macs": supernet.macs(subnet),
+                "latency_ms": latency.predict_ms(subnet) if latency is not None else None}
 
     key = metric_key(cfg.metric)
     min_miou = resolve_threshold(cfg.min_miou, meta, evaluator.inputs, device, what="search.min_miou",
@@ -227,8 +260,13 @@ def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncodin
         log.info("cost constraints: MACs <= %s, predicted encoder latency <= %s",
                  f"{constraints.max_macs:,}" if constraints.max_macs else "any",
                  f"{constraints.max_latency_ms:g} ms ({latency.key})" if constraints.max_latency_ms else "any")
-    state = run_search(encoding, evaluate, constraints, cfg.technique, cfg.budget, cfg.time_limit,
-                       cfg.seed, out)
+    finished = False
+    try:
+        state = run_search(encoding, evaluate, constraints, cfg.technique, cfg.budget, cfg.time_limit,
+                           cfg.seed, out)
+        finished = True
+    finally:
+        journal.close(finished)
     log_outcome(state)
     collapse = baseline_report(state, baselines, fg_fractions)
     extra = {

@@ -26,7 +26,7 @@ def train(
     cfg: TrainConfig,
     data_cfg: DataConfig,
     tracking: TrackingConfig,
-    resume: bool = False,
+    resume: bool | str = False,
     stop_after: int | None = None,
     show_progress: bool = True,
 ) -> TrainResult:
@@ -59,8 +59,10 @@ def train(
         cfg: the ``train`` section.
         data_cfg: the ``data`` section (train split for batches, val for the probe).
         tracking: the ``mlflow`` section.
-        resume: continue from ``out/checkpoints/last.pt``; draws the same subnets,
-            batches and prompts an uninterrupted run would.
+        resume: True continues from ``out/checkpoints/last.pt`` (draws the same subnets,
+            batches and prompts an uninterrupted run would) and refuses one whose
+            settings, data or input supernet content differ; ``"auto"`` (the DVC stage)
+            continues only from a matching unfinished checkpoint, else starts afresh.
         stop_after: stop (with a checkpoint) once this many iterations are done,
             without final artifacts; for time-limited jobs.
         show_progress: rich progress bar on stderr (rank 0).

@@ -18,6 +18,9 @@ TRAJECTORY_FIELDS = (
     "supernet", "iterations", "batch_size", "max_objects", "lr", "min_lr_ratio", "weight_decay",
     "grad_clip", "amp", "mode", "n_random", "distill", "distill_weight", "trainable", "seed",
 )
+# The input supernet's content (SHA-256 of supernet.pt, which holds the search space): a
+# supernet rebuilt at the same path is another run, whatever its path says.
+INPUT_FIELDS = ("supernet_digest",)
 # Fields that define what the probes and Table I measure: a resumed run must match them too,
 # or probes.json / history.json would mix two metrics, targets or samples.
 MEASUREMENT_FIELDS = ("metric", "target_miou", "target_every", "val_images")
@@ -147,8 +150,11 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not 0 < self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must be in (0, 1], got {self.min_lr_ratio}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        for name in ("weight_decay", "grad_clip", "emission_factor"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.cpu_tdp_watts > 0:
+            raise ConfigError(f"train.cpu_tdp_watts must be > 0 (W), got {self.cpu_tdp_watts}")
         if self.mode not in MODES:
             raise ConfigError(f"train.mode {self.mode!r} is unknown; use one of {', '.join(MODES)}")
         if not 0 <= self.distill_weight <= 1:

@@ -20,10 +20,11 @@ from supersam.checkpoint import load_supernet, save_supernet
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample
 from supersam.errors import CheckpointError
+from supersam.io import check_writable, file_digest
 from supersam.sam import pixel_stats
 from supersam.sampling import batch_indices, data_position, prompt_rng, shard
 from supersam.tracking import start_run
-from supersam.train.config import MEASUREMENT_FIELDS, TRAJECTORY_FIELDS, TrainConfig
+from supersam.train.config import INPUT_FIELDS, MEASUREMENT_FIELDS, TRAJECTORY_FIELDS, TrainConfig
 from supersam.train.distributed import DistContext, barrier, broadcast_params, check_batch
 from supersam.train.energy import EnergyMeter
 from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
@@ -64,8 +65,11 @@ class Trainer:
         self.cfg, self.data_cfg, self.ctx = cfg, data_cfg, ctx
         check_batch(ctx, cfg.batch_size)
         self.supernet = load_supernet(cfg.supernet_path, device=ctx.device)
+        self.supernet_digest = file_digest(cfg.supernet_path)  # content identity checked on resume
         self.meta = self.supernet.meta
         self.out = cfg.out_dir_for(self.meta.variant)
+        if ctx.is_main:  # before any work, not at the first checkpoint
+            check_writable(self.out, "train --out")
         self.model_type, self.img_size = self.meta.model_type, self.meta.img_size
         if not self.meta.pretrained and ctx.is_main:
             log.warning("%s was built from a randomly initialised SAM (pretrained=false): "
@@ -153,7 +157,34 @@ class Trainer:
 
     def identity(self) -> dict:
         """Train settings plus ``data.*`` settings: what a resumed run must share."""
-        return {**self.cfg.to_dict(), **{f"data.{k}": v for k, v in vars(self.data_cfg).items()}}
+        return {**self.cfg.to_dict(), "supernet_digest": self.supernet_digest,
+                **{f"data.{k}": v for k, v in vars(self.data_cfg).items()}}
+
+    def resume_fields(self) -> tuple[str, ...]:
+        """The identity keys a checkpoint must match to be resumed."""
+        return (TRAJECTORY_FIELDS + INPUT_FIELDS + MEASUREMENT_FIELDS
+                + tuple(k for k in self.identity() if k.startswith("data.")))
+
+    def resumable(self) -> bool:
+        """``--auto-resume``: whether ``out/checkpoints/last.pt`` exists, matches this run and is unfinished.
+
+        A missing, unreadable, finished or mismatched checkpoint means a fresh start
+        (logged with the reason); ``--resume`` instead refuses a mismatch.
+        """
+        path = ckpt.checkpoint_path(self.out)
+        if not path.is_file():
+            return False
+        try:
+            state = ckpt.load_training_state(path)
+            ckpt.check_resumable(state["config"], self.identity(), self.resume_fields(), path)
+            ckpt.check_data_position(state, len(self.dataset), path)
+        except CheckpointError as exc:
+            log.info("starting afresh, not resuming: %s", exc)
+            return False
+        if int(state["iteration"]) >= self.cfg.iterations:
+            log.info("starting afresh: %s is of a finished run (iteration %d)", path, int(state["iteration"]))
+            return False
+        return True
 
     def save_checkpoint(self) -> None:
         if not self.ctx.is_main:
@@ -172,8 +203,7 @@ class Trainer:
         """
         path = ckpt.checkpoint_path(self.out)
         identity = self.identity()
-        fields = TRAJECTORY_FIELDS + MEASUREMENT_FIELDS + tuple(k for k in identity if k.startswith("data."))
-        state = ckpt.restore_training_state(path, identity, fields, self.supernet, self.optimizer, self.scheduler,
+        state = ckpt.restore_training_state(path, identity, self.resume_fields(), self.supernet, self.optimizer, self.scheduler,
                                             len(self.dataset))
         self.iteration = int(state["iteration"])
         progress = state["progress"]
@@ -226,8 +256,12 @@ class Trainer:
         return every > 0 and self.iteration % every == 0
 
     # -- the run -----------------------------------------------------------------
-    def run(self, resume: bool, stop_after: int | None, tracking: TrackingConfig, show_progress: bool) -> TrainResult:
+    def run(self, resume: bool | str, stop_after: int | None, tracking: TrackingConfig,
+            show_progress: bool) -> TrainResult:
         """Train from iteration 0 (or the checkpoint) to ``cfg.iterations`` or ``stop_after``.
+
+        ``resume``: True continues from the checkpoint (refusing a mismatch),
+        ``"auto"`` continues only from a matching unfinished one (the DVC stage).
 
         The MLflow run opens first, so its duration covers reading the data, the
         probe, the base-model target and the training itself.
@@ -239,7 +273,7 @@ class Trainer:
                                   "supernet_in": str(cfg.supernet_path)})
         with run_ctx as run:
             self.prepare(run)
-            if resume:
+            if resume is True or (resume == "auto" and self.resumable()):
                 self.resume()
             run.set_tags({"resumed_from": self.iteration})
             if main:
