@@ -31,7 +31,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 # setting). A section that is not here is a typo: read_params refuses it instead of
 # silently ignoring it.
 SECTIONS = ("variants", "metric", "model", "data", "mlflow", "pretrain", "rank_layers", "calibrate", "space",
-            "supernet", "train", "search", "export", "eval", "compare")
+            "supernet", "train", "search", "export", "eval", "compare", "bench")
 TOP_LEVEL = ("variants", "metric")  # plain values, not sections of keys
 
 # The sections whose ``metric`` field is filled from the top-level ``metric`` (never

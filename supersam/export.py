@@ -47,12 +47,17 @@ class ExportConfig:
         subnet: subnet config: a JSON file (e.g. search's best_subnet.json) or an
             inline JSON object; "" = the variant's search result.
         out: output directory (replaced atomically).
+        format: ``pt`` (model.pt + config.json, what ``supersam.load_model`` reads), ``onnx``
+            (the same plus ``onnx/``: encoder.onnx, decoder.onnx, onnx.json;
+            :mod:`supersam.onnx_export`) or ``hf`` (the same plus ``hf/model.safetensors``
+            in transformers' ``SamModel`` key layout; :mod:`supersam.hf_checkpoint`).
     """
 
     variant: str = "wanda"
     supernet: str = ""
     subnet: str = ""
     out: str = str(paths.EXPORT_DIR)
+    format: str = "pt"
 
     def resolved(self) -> "ExportConfig":
         """This config with empty ``supernet``/``subnet`` filled from ``variant``."""
@@ -78,10 +83,17 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
     for key in ("supernet", "subnet", "out"):
         if not str(getattr(cfg, key)).strip():
             raise ConfigError(f"export.{key} is empty; pass --{key} or set it in params.yaml")
+    if cfg.format not in EXPORT_FORMATS:
+        raise ConfigError(f"export.format is {cfg.format!r}; use one of {', '.join(EXPORT_FORMATS)}")
     subnet = SubnetConfig.load(cfg.subnet)
+    widths = sorted({subnet.mlp_dims[i] for i in subnet.kept_layers})
+    if cfg.format == "hf" and len(widths) > 1:  # refuse before writing anything
+        raise ConfigError(f"export --format hf needs one MLP width in every kept block (transformers' SamModel has a "
+                          f"single mlp_dim); this subnet has {widths}; export it with --format pt or onnx")
     with start_run(tracking or TrackingConfig(enabled=False), "export", cfg.variant,
                    params={"supernet": cfg.supernet, "out": cfg.out, "subnet": json.dumps(subnet.to_dict())}) as run:
         out = export_subnet(cfg.supernet, subnet, cfg.out)
+        write_format(out, cfg.format)
         manifest = read_export_manifest(out)
         run.log_params({"model_type": manifest.model_type, "img_size": manifest.img_size})
         run.set_tags({"variant": manifest.variant, "pretrained": str(manifest.pretrained).lower(),
@@ -90,6 +102,43 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
                          "kept_blocks": len(manifest.subnet["kept_layers"])})
         run.log_artifact(str(out / paths.EXPORT_CONFIG_FILE), "export")
     return out
+
+
+EXPORT_FORMATS = ("pt", "onnx", "hf")
+
+
+def write_format(out: Path, fmt: str) -> Path | None:
+    """Add the ``onnx`` or ``hf`` files to the export folder ``out`` (``pt`` adds nothing).
+
+    Written into a temporary folder beside the target (:func:`supersam.io.make_temp_dir`), then
+    renamed to ``out/onnx`` or ``out/hf``.
+
+    Returns:
+        the folder written, or None for ``pt``.
+    """
+    if fmt == "pt":
+        return None
+    from supersam.checkpoint import load_model
+
+    sam = load_model(out)
+    target = out / (paths.EXPORT_ONNX_DIR if fmt == "onnx" else paths.EXPORT_HF_DIR)
+    tmp = make_temp_dir(target)
+    try:
+        if fmt == "onnx":
+            from supersam.onnx_export import export_onnx
+
+            export_onnx(sam, tmp)
+        else:
+            from supersam.hf_checkpoint import save_hf
+
+            save_hf(sam, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 def _check_out(out: Path) -> None:

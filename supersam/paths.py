@@ -15,6 +15,7 @@ Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
     outputs/compare/table1.json                  the variants side by side (Table I, Fig. 4/5)
     outputs/export/model/                        exported subnet: model.pt + config.json
     outputs/eval/<name>/metrics.json             evaluation (+ objects.csv, predictions/, overlays/)
+    outputs/latency/<device-key>.json            search's per-device latency lookup table (a cache)
 
 A search or eval run by hand (not by the pipeline) writes ``runs/search/<variant>`` or
 ``runs/eval/<name>`` unless ``--out`` is given, so it never overwrites what DVC tracks;
@@ -37,6 +38,9 @@ COMPARE_DIR = OUTPUTS / "compare"
 USER_COMPARE_DIR = RUNS / "compare"
 EXPORT_DIR = OUTPUTS / "export" / "model"
 EVAL_DIR = OUTPUTS / "eval"
+LATENCY_DIR = OUTPUTS / "latency"
+EXPORT_ONNX_DIR = "onnx"              # export --format onnx: encoder.onnx, decoder.onnx, onnx.json
+EXPORT_HF_DIR = "hf"                  # export --format hf: model.safetensors (transformers SamModel keys)
 
 SUPERNET_FILE = "supernet.pt"
 SEARCH_SPACE_FILE = "search_space.json"
@@ -108,3 +112,8 @@ def user_predict_dir(image_stem: str) -> Path:
 def user_eval_dir(name: str) -> Path:
     """``runs/eval/<name>`` (``runs/eval/default`` without a name): a hand-run ``supersam eval``."""
     return RUNS / "eval" / (name or "default")
+
+
+def latency_table(device_key: str) -> Path:
+    """``outputs/latency/<device-key>.json``: the search's latency lookup table of one device (a cache)."""
+    return LATENCY_DIR / f"{device_key}.json"

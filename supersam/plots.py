@@ -30,29 +30,44 @@ def _save(fig, path: str | Path) -> Path:
         _pyplot().close(fig)
 
 
+_PARETO_X = {  # axis -> (candidate attribute, scale, label)
+    "params": ("params", 1e-6, "parameters (M, all of SAM)"),
+    "macs": ("macs", 1e-9, "GMACs (one image + one prompt)"),
+    "latency": ("latency_ms", 1.0, "predicted encoder latency (ms, this device)"),
+}
+
+
 def plot_pareto(path: str | Path, candidates: Sequence, front: Sequence, best=None,
                 max_params: int | None = None, min_miou: float | None = None,
-                metric: str = "miou", title: str = "") -> Path:
-    """Scatter of every candidate (params in millions vs mIoU), the frontier, the constraints and the best."""
+                metric: str = "miou", title: str = "", x: str = "params", x_limit: float | None = None) -> Path:
+    """Scatter of every candidate (cost ``x`` vs mIoU), the frontier, the constraints and the best.
+
+    Args:
+        x: ``params`` (millions), ``macs`` (GMACs) or ``latency`` (predicted ms).
+        x_limit: the constraint on ``x`` in its own unit (params, MACs, ms); default ``max_params`` for params.
+    """
+    attr, scale, xlabel = _PARETO_X[x]
+    limit = max_params if x == "params" and x_limit is None else x_limit
+    candidates = [c for c in candidates if getattr(c, attr, None) is not None]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ok = [c for c in candidates if c.feasible]
     bad = [c for c in candidates if not c.feasible]
     for group, colour, label in ((bad, "0.7", "infeasible"), (ok, "tab:blue", "feasible")):
         if group:
-            ax.scatter([c.params / 1e6 for c in group], [c.value(metric) for c in group],
+            ax.scatter([getattr(c, attr) * scale for c in group], [c.value(metric) for c in group],
                        s=12, c=colour, label=label, zorder=2)
     if front:
-        ax.step([c.params / 1e6 for c in front], [c.value(metric) for c in front], where="post",
+        ax.step([getattr(c, attr) * scale for c in front], [c.value(metric) for c in front], where="post",
                 color="tab:orange", label="Pareto frontier", zorder=3)
-    if max_params:
-        ax.axvline(max_params / 1e6, color="tab:red", ls="--", lw=1, label="max params")
+    if limit:
+        ax.axvline(limit * scale, color="tab:red", ls="--", lw=1, label=f"max {x}")
     if min_miou:
         ax.axhline(min_miou, color="tab:green", ls="--", lw=1, label=f"min {metric}")
-    if best is not None:
-        ax.scatter([best.params / 1e6], [best.value(metric)], marker="*", s=160, c="tab:red",
+    if best is not None and getattr(best, attr, None) is not None:
+        ax.scatter([getattr(best, attr) * scale], [best.value(metric)], marker="*", s=160, c="tab:red",
                    label="best" if best.feasible else "closest (infeasible)", zorder=4)
-    ax.set_xlabel("parameters (M, all of SAM)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.set_title(title or "subnet search")
     ax.grid(alpha=0.3)

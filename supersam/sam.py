@@ -216,11 +216,21 @@ def build_sam_model(model_type: str, img_size: int | None = None) -> nn.Module:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file with ``torch.load(weights_only=True)``.
 
-    Accepts a bare state dict or one wrapped under ``"model"``/``"state_dict"``.
+    Accepts a bare state dict or one wrapped under ``"model"``/``"state_dict"``, and Hugging
+    Face ``SamModel`` checkpoints (``.safetensors`` or ``.bin`` file, or a model folder
+    holding one), whose keys are mapped to the segment_anything layout
+    (:mod:`supersam.hf_checkpoint`).
 
     Raises:
         CheckpointError: file missing, truncated, or not a torch state dict.
     """
+    from supersam import hf_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        path = hf_checkpoint.hf_file(path)
+    if path.suffix == ".safetensors":
+        return hf_checkpoint.hf_to_sam(hf_checkpoint.read_safetensors(path), str(path))
     obj = load_torch(path, "checkpoint",
                      "run `supersam pretrain` (or `dvc repro`) to train the base model, point model.checkpoint "
                      "at an existing file, or leave it empty for random init",
@@ -230,6 +240,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} is not a state dict of tensors; point to an official sam_vit_*.pth file")
+    if hf_checkpoint.is_hf_state(obj):
+        log.info("%s holds a Hugging Face SamModel state dict; mapping its keys to segment_anything's", path)
+        return hf_checkpoint.hf_to_sam(obj, str(path))
     return obj
 
 

@@ -8,6 +8,7 @@ import pytest
 import typer.main
 import yaml
 
+from supersam.bench import BenchConfig
 from supersam.build_supernet import SpaceConfig, SupernetConfig
 from supersam.calibrate import CalibrateConfig
 from supersam.compare import CompareConfig
@@ -27,7 +28,7 @@ SECTIONS = {
     "model": ModelConfig, "data": DataConfig, "mlflow": TrackingConfig, "pretrain": PretrainConfig,
     "rank_layers": RankLayersConfig, "calibrate": CalibrateConfig, "space": SpaceConfig,
     "supernet": SupernetConfig, "train": TrainConfig, "search": SearchConfig,
-    "compare": CompareConfig, "export": ExportConfig, "eval": EvalConfig,
+    "compare": CompareConfig, "export": ExportConfig, "eval": EvalConfig, "bench": BenchConfig,
 }
 STAGES = ["pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "search", "compare", "export",
           "eval"]

@@ -166,7 +166,8 @@ def test_cli_defaults_after_pipeline_writes_artifacts_and_mlflow(supernet_path, 
     evaluator_space = SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS)
     evaluator_space.validate(best)
     assert metrics["feasible"] is True and metrics["n_evaluations"] == len(candidates) == 6
-    assert metrics["constraints"] == {"max_params": 60_000_000, "min_miou": 0.0, "objective": "min-params", "metric": "miou"}
+    assert metrics["constraints"] == {"max_params": 60_000_000, "min_miou": 0.0, "objective": "min-params", "metric": "miou",
+                                      "max_macs": 0, "max_latency_ms": 0.0}
     assert metrics["metric"] == "single" and metrics["params_input_size"] == 128 and metrics["n_objects"] > 0
     # the constraint is checked on exactly the params of the model `export` writes
     from supersam.checkpoint import load_model

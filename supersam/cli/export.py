@@ -18,11 +18,12 @@ def export_cli(
     supernet: Optional[str] = typer.Option(None, help="supernet.pt written by build-supernet or train."),
     subnet: Optional[str] = typer.Option(None, help="Subnet config: a JSON file or an inline JSON object."),
     out: Optional[str] = typer.Option(None, help="Output folder: model.pt + config.json, replaced atomically (default outputs/export/model)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="pt (default: model.pt + config.json), onnx (adds onnx/encoder.onnx, decoder.onnx, onnx.json) or hf (adds hf/model.safetensors, transformers SamModel keys)."),
 ) -> None:
     """Export a subnet as a standard segment_anything Sam (see supersam.export.export)."""
     from supersam.config import TrackingConfig, stage_config
     from supersam.export import ExportConfig, export
 
     values = load_params("export", ("export", "mlflow"), params, sets, {"export.variant": variant, "export.supernet": supernet,
-                                        "export.subnet": subnet, "export.out": out})
+                                        "export.subnet": subnet, "export.out": out, "export.format": fmt})
     export(stage_config(ExportConfig, values, "export"), stage_config(TrackingConfig, values, "mlflow"))

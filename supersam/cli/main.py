@@ -13,7 +13,7 @@ import signal
 import sys
 
 from supersam.cli import (  # noqa: F401  (imports register the commands)
-    build_supernet, calibrate_wanda, compare, compare_seeds, eval, export, predict, pretrain, rank_layers, search, train,
+    bench, build_supernet, calibrate_wanda, compare, compare_seeds, eval, export, predict, pretrain, rank_layers, search, train,
 )
 from supersam.cli.app import app, console
 from supersam.errors import Interrupted, SupersamError

@@ -19,6 +19,9 @@ def search_cli(
     sets: list[str] = set_option(),
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Largest subnet, parameters of all of SAM: 60e6, 60000000, 60M, 1.5G, 500k."),
     min_miou: Optional[str] = typer.Option(None, "--min-miou", help="Smallest acceptable mIoU on the validation sample: absolute (0.8) or relative to the base model (0.95x or 95%: within 5% of its mIoU)."),
+    max_macs: Optional[str] = typer.Option(None, "--max-macs", help="Largest subnet in MACs of one image + one prompt at the working size: 2G, 800M, 8e8 (0 = none)."),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Largest predicted image-encoder latency on this device, ms (latency table outputs/latency/<device-key>.json; 0 = none)."),
+    pareto_x: Optional[str] = typer.Option(None, "--pareto-x", help="x-axis of the Pareto plot: params, macs or latency."),
     variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude, wanda or taylor (picks the default supernet)."),
     supernet: Optional[str] = typer.Option(None, help="Supernet checkpoint (default outputs/train/<variant>/supernet.pt)."),
     out: Optional[str] = typer.Option(None, help="Output folder (default runs/search/<variant>; the pipeline writes outputs/search/<variant>)."),
@@ -26,7 +29,7 @@ def search_cli(
     auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue an interrupted search in OUT when it is this search's, else start afresh (the DVC stage)."),
     force: bool = typer.Option(False, "--force", help="Write into an OUT that holds files search did not write."),
 ) -> None:
-    """Search the trained supernet for the best subnet under --max-params and --min-miou (OpenTuner)."""
+    """Search the trained supernet for the best subnet under --max-params, --min-miou, --max-macs and --max-latency-ms (OpenTuner)."""
     from supersam.config import TrackingConfig, stage_config
     from supersam.data import DataConfig
     from supersam.errors import ConfigError
@@ -35,6 +38,7 @@ def search_cli(
     if resume and auto_resume:
         raise ConfigError("--resume and --auto-resume exclude each other; pass one")
     values = load_params("search", ("search", "metric", "data", "mlflow"), params, sets, {"search.max_params": max_params, "search.min_miou": min_miou,
+                                        "search.max_macs": max_macs, "search.max_latency_ms": max_latency_ms, "search.pareto_x": pareto_x,
                                         "search.variant": variant, "search.supernet": supernet, "search.out": out})
     cfg = stage_config(SearchConfig, values, "search")
     metrics = search(cfg, stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"),

@@ -17,7 +17,8 @@ from supersam import paths
 from supersam.errors import ConfigError
 from supersam.thresholds import MiouThreshold, setting_text
 
-OBJECTIVES = ("min-params", "max-miou")
+OBJECTIVES = ("min-params", "max-miou", "min-macs", "min-latency")
+PARETO_X = ("params", "macs", "latency")
 TECHNIQUES = ("opentuner", "random")
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
@@ -62,8 +63,19 @@ class SearchConfig:
         min_miou: constraint, mIoU on the fixed validation sample: absolute in
             [0, 1] (``0.8``) or a factor of the base model's mIoU on the same
             sample (``0.95x``, ``95%``; the supernet must come from a checkpoint).
-        objective: ``min-params`` (smallest subnet meeting both constraints) or
-            ``max-miou`` (highest mIoU meeting both constraints).
+        max_macs: constraint, MACs of one image + one box prompt at the working
+            input size (``supersam.space.subnet_macs``, equal to FlopCounterMode's
+            FLOPs / 2); ``0`` = none; counts like ``max_params`` (``2G``, ``800M``).
+        max_latency_ms: constraint, predicted image-encoder latency (ms, one image) on
+            this device from the latency lookup table (:mod:`supersam.search.latency`);
+            ``0`` = none. The chosen subnet is then measured and both go to metrics.json.
+        latency_table: the table's JSON file ("" = ``outputs/latency/<device-key>.json``).
+        latency_warmup, latency_repeats, latency_rounds: how each table entry and the
+            chosen subnet are timed (smallest of ``rounds`` medians of ``repeats`` runs).
+        pareto_x: x-axis of pareto.png and pareto.json's frontier: params, macs or latency.
+        objective: ``min-params`` (smallest subnet meeting the constraints),
+            ``max-miou`` (highest mIoU meeting them), ``min-macs`` or ``min-latency``
+            (fewest MACs / lowest predicted latency meeting them).
         metric: which mIoU the constraint and objective use: ``single`` or
             ``oracle`` (best of 3 masks), set by params.yaml's top-level ``metric``.
         technique: ``opentuner`` (AUC-bandit ensemble, paper) or ``random``.
@@ -86,6 +98,13 @@ class SearchConfig:
     out: str = ""
     max_params: str = "60e6"
     min_miou: str = "0.8"
+    max_macs: str = "0"
+    max_latency_ms: float = 0.0
+    latency_table: str = ""
+    latency_warmup: int = 3
+    latency_repeats: int = 20
+    latency_rounds: int = 3
+    pareto_x: str = "params"
     objective: str = "min-params"
     metric: str = "single"
     technique: str = "opentuner"
@@ -126,6 +145,16 @@ class SearchConfig:
         return Path(self.out or paths.user_search_dir(variant or self.variant))
 
     @property
+    def max_macs_count(self) -> int:
+        """``max_macs`` as an integer count (0 = no MACs constraint)."""
+        return 0 if str(self.max_macs).strip() in ("", "0") else parse_count(self.max_macs, "--max-macs")
+
+    @property
+    def uses_latency(self) -> bool:
+        """Whether the latency table is needed (constraint, objective or Pareto axis)."""
+        return self.max_latency_ms > 0 or self.objective == "min-latency" or self.pareto_x == "latency"
+
+    @property
     def max_params_count(self) -> int:
         """``max_params`` as an integer count."""
         return parse_count(self.max_params)
@@ -147,6 +176,13 @@ class SearchConfig:
             if value not in allowed:
                 raise ConfigError(f"search.{key} is {value!r}; use one of {', '.join(allowed)}")
         self.max_params_count  # noqa: B018  (raises on a bad count)
+        self.max_macs_count  # noqa: B018
+        if self.pareto_x not in PARETO_X:
+            raise ConfigError(f"search.pareto_x is {self.pareto_x!r}; use one of {', '.join(PARETO_X)}")
+        if self.max_latency_ms < 0 or not math.isfinite(self.max_latency_ms):
+            raise ConfigError(f"--max-latency-ms must be a positive number of milliseconds (0 = none), got {self.max_latency_ms}")
+        if self.latency_warmup < 0 or self.latency_repeats < 1 or self.latency_rounds < 1:
+            raise ConfigError("search.latency_warmup must be >= 0, latency_repeats and latency_rounds >= 1")
         self.min_miou_threshold  # noqa: B018  (raises on a bad threshold)
         if self.budget < 0 or self.time_limit < 0:
             raise ConfigError("search.budget and search.time_limit must be >= 0")

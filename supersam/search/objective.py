@@ -29,39 +29,62 @@ class Constraints:
     Attributes:
         max_params: largest allowed parameter count (all of SAM).
         min_miou: smallest allowed mIoU (0..1) of ``metric``.
-        objective: ``min-params`` or ``max-miou``.
+        objective: ``min-params``, ``max-miou``, ``min-macs`` or ``min-latency``.
         metric: ``miou`` or ``miou_oracle``.
+        max_macs: largest allowed MACs (one image + one prompt); 0 = none.
+        max_latency_ms: largest allowed predicted encoder latency (ms); 0 = none.
+        max_macs / max_latency_ms of a candidate that carries no such figure are not checked.
     """
 
     max_params: int
     min_miou: float = 0.0
     objective: str = "min-params"
     metric: str = "miou"
+    max_macs: int = 0
+    max_latency_ms: float = 0.0
 
-    def violation(self, params: int, miou: float) -> float:
-        """Relative parameter excess plus relative mIoU deficit (both scale-free); 0 when feasible."""
+    def _excess(self, macs: float | None, latency_ms: float | None) -> float:
+        out = 0.0
+        if self.max_macs and macs is not None:
+            out += max(0.0, macs / self.max_macs - 1.0)
+        if self.max_latency_ms and latency_ms is not None:
+            out += max(0.0, latency_ms / self.max_latency_ms - 1.0)
+        return out
+
+    def violation(self, params: int, miou: float, macs: float | None = None, latency_ms: float | None = None) -> float:
+        """Relative parameter (MACs, latency) excess plus relative mIoU deficit (all scale-free); 0 when feasible."""
         deficit = max(0.0, self.min_miou - miou) / self.min_miou if self.min_miou > 0 else 0.0
-        return max(0.0, params / self.max_params - 1.0) + deficit
+        return max(0.0, params / self.max_params - 1.0) + deficit + self._excess(macs, latency_ms)
 
-    def feasible(self, params: int, miou: float) -> bool:
-        """Both constraints met."""
-        return params <= self.max_params and miou >= self.min_miou
+    def feasible(self, params: int, miou: float, macs: float | None = None, latency_ms: float | None = None) -> bool:
+        """Every constraint met."""
+        return params <= self.max_params and miou >= self.min_miou and self._excess(macs, latency_ms) == 0.0
 
-    def score(self, params: int, miou: float) -> float:
+    def score(self, params: int, miou: float, macs: float | None = None, latency_ms: float | None = None) -> float:
         """Scalar to minimise (>= 0); every feasible subnet scores below every infeasible one.
 
-        ``min-params``: params / max_params (in (0, 1]) when feasible;
-        ``max-miou``: 1 - mIoU. Infeasible: 1 + that term + PENALTY * violation.
+        ``min-params``: params / max_params (in (0, 1]) when feasible; ``max-miou``: 1 - mIoU;
+        ``min-macs``: macs / max_macs; ``min-latency``: latency / max_latency_ms (each
+        divided by the candidate's own figure scale when that constraint is off, and
+        needs the figure). Infeasible: 1 + that term + PENALTY * violation.
         """
-        term = params / self.max_params if self.objective == "min-params" else 1.0 - miou
-        if self.feasible(params, miou):
+        if self.objective == "min-macs" and macs is not None:
+            term = macs / (self.max_macs or macs * 2)
+        elif self.objective == "min-latency" and latency_ms is not None:
+            term = latency_ms / (self.max_latency_ms or latency_ms * 2)
+        elif self.objective == "max-miou":
+            term = 1.0 - miou
+        else:
+            term = params / self.max_params
+        if self.feasible(params, miou, macs, latency_ms):
             return term
-        return 1.0 + max(term, 0.0) + PENALTY * self.violation(params, miou)
+        return 1.0 + max(term, 0.0) + PENALTY * self.violation(params, miou, macs, latency_ms)
 
     def to_dict(self) -> dict[str, Any]:
         """For metrics.json and MLflow params."""
         return {"max_params": self.max_params, "min_miou": self.min_miou,
-                "objective": self.objective, "metric": self.metric}
+                "objective": self.objective, "metric": self.metric,
+                "max_macs": self.max_macs, "max_latency_ms": self.max_latency_ms}
 
 
 @dataclass
@@ -76,6 +99,8 @@ class Candidate:
         feasible: both constraints met.
         score: objective value (lower is better).
         seconds: evaluation wall time.
+        macs: MACs of one image + one prompt (None when not computed).
+        latency_ms: predicted encoder latency, ms (None without a latency table).
     """
 
     index: int
@@ -86,6 +111,8 @@ class Candidate:
     feasible: bool
     score: float
     seconds: float = 0.0
+    macs: int | None = None
+    latency_ms: float | None = None
 
     def value(self, metric: str) -> float:
         """The mIoU named ``metric``."""
@@ -97,7 +124,8 @@ class Candidate:
         return {"index": self.index, "subnet": subnet, "params": int(self.params),
                 "miou": float(self.miou), "miou_oracle": float(self.miou_oracle),
                 "feasible": bool(self.feasible), "score": float(self.score),
-                "seconds": round(float(self.seconds), 4)}
+                "seconds": round(float(self.seconds), 4), "macs": self.macs,
+                "latency_ms": None if self.latency_ms is None else round(float(self.latency_ms), 4)}
 
 
 @dataclass
@@ -156,11 +184,13 @@ class SearchState:
         seconds = float(result.get("seconds", time.perf_counter() - t0))  # a replayed result keeps its own
         params = int(result["params"])
         miou = float(result[self.constraints.metric])
+        macs = None if result.get("macs") is None else int(result["macs"])
+        latency = None if result.get("latency_ms") is None else float(result["latency_ms"])
         cand = Candidate(
             index=len(self.candidates), subnet=subnet, params=params,
             miou=float(result["miou"]), miou_oracle=float(result.get("miou_oracle", result["miou"])),
-            feasible=self.constraints.feasible(params, miou),
-            score=self.constraints.score(params, miou), seconds=seconds,
+            feasible=self.constraints.feasible(params, miou, macs, latency),
+            score=self.constraints.score(params, miou, macs, latency), seconds=seconds, macs=macs, latency_ms=latency,
         )
         self._memo[subnet] = cand
         self.candidates.append(cand)
@@ -185,4 +215,4 @@ class SearchState:
         """The ``k`` candidates with the smallest constraint violation (ties: lower score)."""
         cons = self.constraints
         return sorted(self.candidates,
-                      key=lambda c: (cons.violation(c.params, c.value(cons.metric)), c.score))[:k]
+                      key=lambda c: (cons.violation(c.params, c.value(cons.metric), c.macs, c.latency_ms), c.score))[:k]

@@ -37,6 +37,8 @@ def summarise(state: SearchState, extra: dict[str, Any] | None = None) -> dict[s
         "best_miou": best.miou if best else None,
         "best_miou_oracle": best.miou_oracle if best else None,
         "best_subnet": best.subnet.to_dict() if best is not None and hasattr(best.subnet, "to_dict") else None,
+        "best_macs": best.macs if best else None,
+        "best_latency_ms_predicted": round(best.latency_ms, 4) if best is not None and best.latency_ms is not None else None,
         "n_evaluations": state.n_evaluations,
         "cache_hits": state.cache_hits,
         "evaluations_to_first_feasible": state.first_feasible(),
@@ -94,15 +96,20 @@ def baseline_report(state: SearchState, baselines: Mapping[str, float],
     return {**out, "best_fg_fraction": fg, "collapsed": collapsed}
 
 
-def write_artifacts(out: Path, state: SearchState, metrics: dict[str, Any], title: str = "") -> list[Path]:
+def write_artifacts(out: Path, state: SearchState, metrics: dict[str, Any], title: str = "",
+                    pareto_x: str = "params") -> list[Path]:
     """Write the search artifacts (best_subnet.json holds the best feasible or closest subnet).
+
+    Args:
+        pareto_x: cost axis of pareto.json/.png: ``params``, ``macs`` or ``latency``.
 
     Returns:
         the paths written.
     """
     out.mkdir(parents=True, exist_ok=True)
     cons, best = state.constraints, state.best()
-    front = pareto_front(state.candidates, cons.metric)
+    front = pareto_front(state.candidates, cons.metric, pareto_x)
+    x_limit = {"params": cons.max_params, "macs": cons.max_macs, "latency": cons.max_latency_ms}[pareto_x] or None
     paths = []
     if best is not None:
         paths.append(write_json(out / "best_subnet.json", best.subnet.to_dict()
@@ -110,6 +117,6 @@ def write_artifacts(out: Path, state: SearchState, metrics: dict[str, Any], titl
     paths.append(write_json(out / "candidates.json", [c.to_dict() for c in state.candidates]))
     paths.append(write_json(out / "pareto.json", [c.to_dict() for c in front]))
     paths.append(plot_pareto(out / "pareto.png", state.candidates, front, best, cons.max_params,
-                             cons.min_miou, cons.metric, title))
+                             cons.min_miou, cons.metric, title, x=pareto_x, x_limit=x_limit))
     paths.append(write_json(out / "metrics.json", metrics))
     return paths

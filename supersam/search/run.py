@@ -88,7 +88,10 @@ def _space(cfg: SearchConfig, supernet: Any) -> Any:
 
 def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig, resume: bool | str = False,
            force: bool = False) -> dict[str, Any]:
-    """Find the smallest (or most accurate) subnet meeting ``--max-params`` and ``--min-miou``.
+    """Find the smallest (or most accurate) subnet meeting ``--max-params``, ``--min-miou`` and,
+    when set, ``--max-macs`` and ``--max-latency-ms`` (predicted from the device's latency table,
+    :mod:`supersam.search.latency`; the chosen subnet is then measured: ``best_latency_ms_measured``
+    and ``latency_rel_error`` in metrics.json).
 
     Loads the supernet (``cfg.supernet_path``), evaluates subnets on a fixed
     validation sample (``data``, split ``cfg.split``, ``cfg.n_images`` images,
@@ -132,6 +135,7 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig, resume: bool 
     variant = meta.variant  # the supernet's own reordering variant
     encoding = SubnetEncoding.from_space(_space(cfg, supernet))
     smallest = check_reachable(encoding, supernet.params, cfg.max_params_count)
+    latency = _latency_table(cfg, supernet, encoding)
     base_checkpoint(cfg.min_miou_threshold, meta, "search.min_miou", str(cfg.supernet_path))  # refuse early
     prepare_out(cfg.out_dir(variant), SEARCH_FILES, "search --out", force)  # before any evaluation
     if not pretrained:
@@ -139,27 +143,78 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig, resume: bool 
     params = {**{f"search.{k}": v for k, v in asdict(cfg).items()}, "max_params": cfg.max_params_count,
               "space_size": encoding.size()}
     with start_run(tracking, "search", variant, params=params, tags={"pretrained": pretrained}) as run:
-        metrics, state, collapse, written = _search(cfg, data, supernet, encoding, smallest, device, run, resume)
+        metrics, state, collapse, written = _search(cfg, data, supernet, encoding, smallest, device, run, resume,
+                                                    latency)
         run.log_metrics({"params": metrics["best_params"], "miou": metrics["best_miou"],
                          "miou_oracle": metrics["best_miou_oracle"], "feasible": metrics["feasible"],
                          "n_evaluations": state.n_evaluations, "seconds": metrics["seconds"],
                          "evaluations_to_first_feasible": metrics["evaluations_to_first_feasible"],
+                         **{k: metrics[k] for k in ("best_macs", "best_latency_ms_predicted", "best_latency_ms_measured",
+                                                    "latency_rel_error") if metrics.get(k) is not None},
                          **{k: v for k, v in collapse.items() if v is not None}})
         for path in written:
             run.log_artifact(str(path))
     return metrics
 
 
+def _latency_table(cfg: SearchConfig, supernet: Any, encoding: SubnetEncoding) -> Any:
+    """The device's latency table when the search needs one (else None); refuses an unreachable MACs or latency bound.
+
+    Raises:
+        ConfigError: ``--max-macs`` / ``--max-latency-ms`` below the smallest subnet's (stating it).
+    """
+    smallest = encoding.smallest()
+    if cfg.max_macs_count and supernet.macs(smallest) > cfg.max_macs_count:
+        macs = supernet.macs(smallest)
+        raise ConfigError(f"--max-macs {cfg.max_macs_count:,} is below the smallest subnet of this space "
+                          f"({macs:,} MACs = {macs / 1e9:.3f}G); raise --max-macs to at least {macs:,}")
+    if not cfg.uses_latency:
+        return None
+    from supersam.search.latency import load_or_measure
+
+    table, path = load_or_measure(supernet, cfg.latency_table or None, cfg.latency_warmup, cfg.latency_repeats,
+                                  cfg.latency_rounds)
+    low = table.predict_ms(smallest)
+    if cfg.max_latency_ms and low > cfg.max_latency_ms:
+        raise ConfigError(f"--max-latency-ms {cfg.max_latency_ms:g} is below the predicted latency of the smallest "
+                          f"subnet of this space on this device ({low:.2f} ms, table {path}); raise it to at least {low:.2f}")
+    table.path = str(path)
+    return table
+
+
+def _measured_latency(cfg: SearchConfig, supernet: Any, best: Any, table: Any) -> dict[str, Any]:
+    """metrics.json entries: the chosen subnet's encoder latency measured directly next to the table's prediction."""
+    if table is None or best is None:
+        return {}
+    from supersam.search.latency import measure_subnet_ms
+
+    measured = measure_subnet_ms(supernet, best.subnet, cfg.latency_warmup, cfg.latency_repeats, cfg.latency_rounds)
+    predicted = best.latency_ms
+    error = (predicted - measured["measured_ms"]) / measured["measured_ms"]
+    log.info("chosen subnet encoder latency: predicted %.2f ms, measured %.2f ms (median %.2f, p90 %.2f; "
+             "relative error %+.1f%%) on %s, %d threads", predicted, measured["measured_ms"], measured["median_ms"],
+             measured["p90_ms"], 100 * error, table.device_name, table.threads)
+    if cfg.max_latency_ms and best.feasible and measured["measured_ms"] > cfg.max_latency_ms:
+        log.warning("the chosen subnet's measured latency %.2f ms exceeds --max-latency-ms %g (predicted %.2f ms); "
+                    "the machine may be loaded: re-run, or lower the bound", measured["measured_ms"],
+                    cfg.max_latency_ms, predicted)
+    return {"best_latency_ms_measured": measured["measured_ms"], "best_latency_median_ms": measured["median_ms"],
+            "best_latency_p90_ms": measured["p90_ms"], "latency_rel_error": round(error, 4),
+            "latency_table": table.path, "latency_device_key": table.key, "latency_threads": table.threads,
+            "latency_device": table.device_name, "decoder_latency_ms": table.decoder_ms}
+
+
 def _identity(cfg: SearchConfig, data: Any, supernet_path: Path, encoding: SubnetEncoding) -> dict[str, Any]:
     """What a resumed search must share with the interrupted one (not the budget or time limit)."""
     keep = ("max_params", "min_miou", "objective", "metric", "technique", "seed", "split", "n_images",
-            "batch_size", "amp")
+            "batch_size", "amp", "max_macs", "max_latency_ms")
     return {"supernet_digest": file_digest(supernet_path), "space": repr(encoding.parameters()),
             "search": {k: str(getattr(cfg, k)) for k in keep}, "data": {k: str(v) for k, v in vars(data).items()}}
 
 
 def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncoding, smallest: int,
-            device: Any, run: Any, resume: bool | str) -> tuple[dict[str, Any], SearchState, dict[str, Any], list]:
+            device: Any, run: Any, resume: bool | str, latency: Any = None,
+            ) -> tuple[dict[str, Any], SearchState, dict[str, Any], list]:
     """Prepare the validation sample, resolve the threshold, search (journaled) and write the artifacts."""
     from supersam.baselines import describe as describe_baselines
     from supersam.baselines import trivial_baselines
@@ -186,18 +241,25 @@ def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncodin
             result["seconds"] = time.perf_counter() - t0
             journal.append(subnet, result)
         fg_fractions[subnet] = result["fg_fraction"]  # for the chosen subnet's collapse check
-        return result
+        # costs are derived, not journaled: MACs of one image + one prompt, predicted encoder latency
+        return {**result, "macs": supernet.macs(subnet),
+                "latency_ms": latency.predict_ms(subnet) if latency is not None else None}
 
     key = metric_key(cfg.metric)
     min_miou = resolve_threshold(cfg.min_miou, meta, evaluator.inputs, device, what="search.min_miou",
                                  source=str(cfg.supernet_path), metric=key, amp=cfg.amp,
                                  batch_size=cfg.batch_size)  # a relative one: against the base model, same sample
-    constraints = Constraints(cfg.max_params_count, min_miou.value, cfg.objective, key)
+    constraints = Constraints(cfg.max_params_count, min_miou.value, cfg.objective, key, cfg.max_macs_count,
+                              cfg.max_latency_ms)
     out = cfg.out_dir(variant)
     log.info("searching %s subnets (%s, %d px) with %s: params <= %s, %s >= %s, %s, budget %s%s, %d images",
              f"{encoding.size():,}", model_type, img_size, cfg.technique, f"{constraints.max_params:,}", key,
              min_miou.describe(), cfg.objective, cfg.budget or "unlimited",
              f", {cfg.time_limit:g} s" if cfg.time_limit else "", len(inputs))
+    if constraints.max_macs or constraints.max_latency_ms:
+        log.info("cost constraints: MACs <= %s, predicted encoder latency <= %s",
+                 f"{constraints.max_macs:,}" if constraints.max_macs else "any",
+                 f"{constraints.max_latency_ms:g} ms ({latency.key})" if constraints.max_latency_ms else "any")
     finished = False
     try:
         state = run_search(encoding, evaluate, constraints, cfg.technique, cfg.budget, cfg.time_limit,
@@ -217,7 +279,8 @@ def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncodin
         # params are counted for the model `export` writes: all of SAM at this input size
         "params_input_size": img_size,
     }
+    extra.update(_measured_latency(cfg, supernet, state.best(), latency))
     metrics = summarise(state, extra)
-    written = write_artifacts(out, state, metrics, f"{model_type} {variant}: {cfg.technique} search")
+    written = write_artifacts(out, state, metrics, f"{model_type} {variant}: {cfg.technique} search", cfg.pareto_x)
     run.log_params({**min_miou.report("min_miou"), "n_images_used": len(inputs)})
     return metrics, state, collapse, written

@@ -1,0 +1,240 @@
+"""Per-device latency lookup table of the image encoder (once-for-all style).
+
+A subnet's encoder latency is predicted as a sum of measured parts, at the
+supernet's working input size S (one image, B=1, float32, ``torch.no_grad``):
+
+    latency(subnet) = scale * (rest_ms + sum over kept blocks i of blocks_ms[i][mlp_dims[i]])
+
+``rest_ms`` is the part every subnet runs (patch embedding, absolute position
+embedding, neck); ``blocks_ms[i][d]`` is encoder block i alone (its own window or
+global attention, its real weights cut to MLP width d as an export holds them) on a
+1 x S/16 x S/16 x C input. Blocks timed alone miss what runs between them (memory
+traffic, layout changes), so the sum falls short of a whole encoder by a few percent
+(5-9% for vit_ti at 256 px on 2 CPU threads); ``scale`` is measured with the table: the
+max subnet, exported and timed whole, divided by its sum of parts. ``decoder_ms`` (prompt encoder + mask decoder for one box)
+does not depend on the subnet and is recorded next to it. Every entry is a median
+over ``repeats`` timed runs after ``warmup`` runs.
+
+The table is measured once per device key (:func:`supersam.bench.device_key`: device
+name, torch threads, model type, input size) and cached as JSON under
+``outputs/latency/<device-key>.json`` (:func:`supersam.paths.latency_table`); a cached
+table made for another encoder shape or other widths is measured again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from supersam.bench import device_key, device_name, run_decoder, summarise_ms, time_ms
+from supersam.errors import ConfigError, SupersamError
+from supersam.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "supersam-latency/1"
+
+
+@dataclass
+class LatencyTable:
+    """Measured encoder parts of one supernet shape on one device (all times in ms).
+
+    Attributes:
+        key: device key (file name without ``.json``).
+        shape: what the table is valid for: encoder spec, global blocks, MLP width choices.
+        rest_ms: patch embedding + position embedding + neck, one image.
+        blocks_ms: ``blocks_ms[i][d]``: block i at MLP width d (keys are strings in JSON).
+        decoder_ms: prompt encoder + mask decoder, one box prompt (not subnet-dependent).
+        scale: the max subnet's whole-encoder latency / its sum of parts (1 = plain sum).
+        threads, device_name, warmup, repeats, rounds: how it was measured (:func:`measure_table`).
+    """
+
+    key: str
+    shape: dict[str, Any]
+    rest_ms: float
+    blocks_ms: dict[int, dict[int, float]]
+    decoder_ms: float
+    threads: int
+    device_name: str
+    warmup: int
+    repeats: int
+    rounds: int = 1
+    scale: float = 1.0
+    format: str = field(default=FORMAT)
+
+    def predict_ms(self, subnet: Any) -> float:
+        """Predicted encoder latency (ms) of ``subnet`` (``kept_layers``, ``mlp_dims``).
+
+        Raises:
+            ConfigError: a block or width the table does not hold.
+        """
+        total = self.rest_ms
+        for i in subnet.kept_layers:
+            width = subnet.mlp_dims[i]
+            try:
+                total += self.blocks_ms[i][width]
+            except KeyError:
+                raise ConfigError(f"latency table {self.key} has no entry for block {i} at MLP width {width}; "
+                                  "delete the table to measure it again") from None
+        return total * self.scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        data = asdict(self)
+        data["blocks_ms"] = {str(i): {str(d): t for d, t in row.items()} for i, row in self.blocks_ms.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
+        """Inverse of :meth:`to_dict` (KeyError/TypeError/ValueError on a malformed table)."""
+        data = dict(data)
+        data["blocks_ms"] = {int(i): {int(d): float(t) for d, t in row.items()} for i, row in data["blocks_ms"].items()}
+        return cls(**data)
+
+
+def table_shape(supernet: Any) -> dict[str, Any]:
+    """What a table depends on besides the device: encoder spec, global blocks, width choices, model type."""
+    from supersam.elastic import EncoderSpec
+
+    enc = supernet.sam.image_encoder
+    return {"model_type": supernet.meta.model_type, "encoder": EncoderSpec.from_encoder(enc).to_dict(),
+            "depth": len(enc.blocks), "global_blocks": [i for i, b in enumerate(enc.blocks) if b.window_size == 0],
+            "mlp_dim_choices": list(supernet.space.mlp_dim_choices)}
+
+
+def _block_at_width(encoder: nn.Module, index: int, width: int) -> nn.Module:
+    """Encoder block ``index`` as an export builds it: a fresh ``segment_anything`` Block whose MLP holds
+    the first ``width`` hidden units of the shared weights (contiguous copies, as :func:`get_active_subnet`)."""
+    from supersam.elastic import EncoderSpec, build_encoder
+
+    block = encoder.blocks[index]
+    device = block.norm1.weight.device
+    one = build_encoder(EncoderSpec.from_encoder(encoder), [width], [0] if block.window_size == 0 else [], device="cpu")
+    prefix = f"blocks.{index}."
+    state = {}
+    for key, value in block.state_dict(prefix=prefix).items():
+        rest = key[len(prefix):]
+        if rest in ("mlp.lin1.weight", "mlp.lin1.bias"):
+            value = value[:width]
+        elif rest == "mlp.lin2.weight":
+            value = value[:, :width]
+        state[rest] = value.detach().clone(memory_format=torch.contiguous_format)
+    cut = one.blocks[0]
+    cut.load_state_dict(state, strict=True)
+    return cut.to(device).eval()
+
+
+def measure_table(supernet: Any, warmup: int = 3, repeats: int = 20, rounds: int = 3) -> LatencyTable:
+    """Measure every block at every width choice, the fixed rest and the decoder on the supernet's device.
+
+    Each entry is the smallest of ``rounds`` medians, each over ``repeats`` timed runs, the rounds
+    interleaved over all entries: a burst of load from another process on a shared machine
+    then spoils one round of a few entries, not the table (:func:`measure_subnet_ms` uses the same estimator).
+    """
+    from supersam.bench import example_box, example_image
+
+    sam = supernet.sam
+    enc = sam.image_encoder
+    device = next(sam.parameters()).device
+    image = example_image(sam)
+    with torch.no_grad():
+        tokens = enc.patch_embed(image)  # 1 x G x G x C
+        if enc.pos_embed is not None:
+            tokens = tokens + enc.pos_embed
+        embedding = enc.neck(tokens.permute(0, 3, 1, 2))
+
+    def rest() -> torch.Tensor:
+        x = enc.patch_embed(image)
+        if enc.pos_embed is not None:
+            x = x + enc.pos_embed
+        return enc.neck(x.permute(0, 3, 1, 2))
+
+    shape = table_shape(supernet)
+    box = example_box(sam)
+    previous = supernet.active_subnet
+    supernet.set_active_subnet(supernet.space.max_subnet())
+    try:
+        whole = supernet.get_active_subnet().image_encoder  # the max subnet as export builds it
+    finally:
+        supernet.set_active_subnet(previous)
+    parts: dict[Any, Any] = {"rest": rest, "decoder": lambda: run_decoder(sam, embedding, box),
+                             "max_subnet": lambda: whole(image)}
+    for i in range(len(enc.blocks)):
+        for width in shape["mlp_dim_choices"]:
+            cut = _block_at_width(enc, i, width)
+            parts[(i, width)] = (lambda blk: lambda: blk(tokens))(cut)
+    best = {name: float("inf") for name in parts}
+    for _ in range(max(1, rounds)):
+        for name, fn in parts.items():
+            best[name] = min(best[name], summarise_ms(time_ms(fn, warmup, repeats, device))["median_ms"])
+    blocks_ms: dict[int, dict[int, float]] = {}
+    for name, value in best.items():
+        if isinstance(name, tuple):
+            blocks_ms.setdefault(name[0], {})[name[1]] = value
+    widest = max(shape["mlp_dim_choices"])
+    parts_sum = best["rest"] + sum(row[widest] for row in blocks_ms.values())
+    return LatencyTable(key=device_key(device, supernet.meta.model_type, supernet.meta.img_size), shape=shape,
+                        rest_ms=best["rest"], blocks_ms=blocks_ms, decoder_ms=best["decoder"],
+                        threads=torch.get_num_threads(), device_name=device_name(device), warmup=warmup,
+                        repeats=repeats, rounds=max(1, rounds), scale=round(best["max_subnet"] / parts_sum, 4))
+
+
+def load_or_measure(supernet: Any, path: str | Path | None = None, warmup: int = 3, repeats: int = 20,
+                    rounds: int = 3) -> tuple[LatencyTable, Path]:
+    """The cached table of this device and supernet shape, or a new measurement written to the cache.
+
+    Args:
+        path: the table file; None = ``outputs/latency/<device-key>.json``.
+
+    Returns:
+        the table and its file.
+    """
+    from supersam import paths
+
+    device = next(supernet.sam.parameters()).device
+    key = device_key(device, supernet.meta.model_type, supernet.meta.img_size)
+    path = Path(path) if path else paths.latency_table(key)
+    if path.is_file():
+        try:
+            table = LatencyTable.from_dict(read_json(path, "latency table"))
+            if table.format == FORMAT and table.key == key and table.shape == table_shape(supernet):
+                log.info("latency table %s (measured on %s, %d threads)", path, table.device_name, table.threads)
+                return table, path
+            log.info("latency table %s was made for another device or encoder; measuring again", path)
+        except (SupersamError, KeyError, TypeError, ValueError):
+            log.warning("latency table %s is unreadable; measuring again", path)
+    log.info("measuring the latency table of %s (%d blocks x %d widths, %d runs each)", key,
+             len(supernet.sam.image_encoder.blocks), len(supernet.space.mlp_dim_choices), repeats)
+    table = measure_table(supernet, warmup, repeats, rounds)
+    log.info("latency table %s: max subnet %.2f ms whole = %.3f x its sum of parts", path,
+             table.predict_ms(supernet.space.max_subnet()), table.scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, table.to_dict())
+    return table, path
+
+
+def measure_subnet_ms(supernet: Any, subnet: Any, warmup: int = 3, repeats: int = 20, rounds: int = 3) -> dict[str, float]:
+    """Measured encoder latency (ms, one image) of ``subnet`` as exported (a standalone Sam).
+
+    Returns:
+        ``measured_ms`` (smallest of ``rounds`` medians of ``repeats`` runs, the table's estimator),
+        ``median_ms`` and ``p90_ms`` over all runs.
+    """
+    from supersam.bench import example_image
+
+    previous = supernet.active_subnet
+    supernet.set_active_subnet(subnet)
+    try:
+        sam = supernet.get_active_subnet()
+    finally:
+        supernet.set_active_subnet(previous)
+    image = example_image(sam)
+    device = next(sam.parameters()).device
+    runs = [time_ms(lambda: sam.image_encoder(image), warmup, repeats, device) for _ in range(max(1, rounds))]
+    every = summarise_ms([t for r in runs for t in r])
+    return {"measured_ms": min(summarise_ms(r)["median_ms"] for r in runs), **every}

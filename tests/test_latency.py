@@ -1,0 +1,147 @@
+"""Cost measures and latency-aware search: counted MACs, `supersam bench`, the per-device
+latency lookup table, and `search --max-latency-ms / --max-macs` on a tiny supernet and real EM data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from supersam.artifacts import SupernetMeta
+from supersam.bench import count_macs, device_key, model_latency, model_macs, summarise_ms
+from supersam.checkpoint import load_model, load_supernet, save_supernet
+from supersam.elastic import SuperSam
+from supersam.export import export_subnet
+from supersam.sam import build_sam_model
+from supersam.search import Constraints
+from supersam.search.latency import LatencyTable, load_or_measure, measure_subnet_ms, table_shape
+from supersam.space import SearchSpace, SubnetConfig, subnet_macs
+
+from conftest import run_cli
+from test_search import write_params
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CHOICES = (64, 128, 256)
+MIXED = SubnetConfig.from_mlp_dims([256, 0, 128, 64, 256, 0, 64, 128, 64, 0, 128, 256])
+
+
+@pytest.fixture(scope="module")
+def supernet_path(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    supernet = SuperSam(build_sam_model("tiny"), SearchSpace.for_arch("tiny", mlp_dim_choices=CHOICES))
+    path = tmp_path_factory.mktemp("supernet") / "supernet.pt"
+    save_supernet(path, supernet, SupernetMeta("tiny", 128, False, "wanda"))
+    return path
+
+
+def test_counted_macs_equal_the_analytic_count_and_halve_flops(supernet_path, tmp_path):
+    model = load_model(export_subnet(supernet_path, MIXED, tmp_path / "m"))
+    macs = model_macs(model)
+    assert macs["macs"] == macs["encoder_macs"] + macs["decoder_macs"]
+    assert macs["macs"] == subnet_macs("tiny", 128, MIXED)  # FlopCounterMode / 2 == the hand count
+    lin = torch.nn.Linear(10, 7, bias=False)
+    assert count_macs(lambda: lin(torch.randn(3, 10))) == 3 * 10 * 7  # one MAC per multiply-add
+    full = load_model(export_subnet(supernet_path, SearchSpace.for_arch("tiny", mlp_dim_choices=CHOICES).max_subnet(),
+                                    tmp_path / "full"))
+    assert model_macs(full)["decoder_macs"] == macs["decoder_macs"] < macs["encoder_macs"] < model_macs(full)["encoder_macs"]
+
+
+def test_latency_summary_and_measurement():
+    assert summarise_ms([float(v) for v in range(1, 11)]) == {"median_ms": 5.5, "p90_ms": 9.0}
+    model = build_sam_model("tiny")
+    lat = model_latency(model, warmup=1, repeats=5)
+    assert set(lat) == {"encoder_median_ms", "encoder_p90_ms", "decoder_median_ms", "decoder_p90_ms"}
+    assert 0 < lat["encoder_median_ms"] <= lat["encoder_p90_ms"] and 0 < lat["decoder_median_ms"] <= lat["decoder_p90_ms"]
+    key = device_key(torch.device("cpu"), "tiny", 128)
+    assert key.endswith(f"_t{torch.get_num_threads()}_tiny_128") and "/" not in key and " " not in key
+
+
+def test_bench_cli_on_export_and_supernet(supernet_path, tmp_path, monkeypatch, capsys):
+    out = export_subnet(supernet_path, MIXED, tmp_path / "m")
+    code, err = run_cli(["bench", str(out), "--repeats", "3", "--warmup", "1", "--threads", "1",
+                         "--out", str(tmp_path / "b.json")], monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["params"] == json.loads((out / "config.json").read_text())["params"]
+    assert result["macs"] == subnet_macs("tiny", 128, MIXED) and result["threads"] == 1 and result["repeats"] == 3
+    assert 0 < result["encoder_median_ms"] <= result["encoder_p90_ms"]
+    code, err = run_cli(["bench", str(supernet_path), "--subnet", json.dumps(MIXED.to_dict()), "--repeats", "2",
+                         "--out", str(tmp_path / "s.json")], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "s.json").read_text())["macs"] == result["macs"]
+    code, err = run_cli(["bench", str(out), "--subnet", "{}"], monkeypatch, capsys)
+    assert code == 1 and "--subnet applies to a supernet" in err and "Traceback" not in err
+
+
+def test_latency_table_predicts_the_sum_caches_and_remeasures(supernet_path, tmp_path, monkeypatch):
+    supernet = load_supernet(supernet_path)
+    path = tmp_path / "lat.json"
+    table, written = load_or_measure(supernet, path, warmup=1, repeats=3, rounds=1)
+    assert written == path and path.is_file()
+    assert set(table.blocks_ms) == set(range(12)) and all(set(r) == set(CHOICES) for r in table.blocks_ms.values())
+    expected = table.rest_ms + sum(table.blocks_ms[i][MIXED.mlp_dims[i]] for i in MIXED.kept_layers)
+    assert table.predict_ms(MIXED) == pytest.approx(expected * table.scale) and 0.2 < table.scale < 5
+    assert table.predict_ms(supernet.space.min_subnet()) < table.predict_ms(supernet.space.max_subnet())
+    assert LatencyTable.from_dict(json.loads(path.read_text())).to_dict() == table.to_dict()
+    import supersam.search.latency as latency
+
+    def boom(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(latency, "measure_table", boom)
+    again, _ = load_or_measure(supernet, path)  # cached: same device key and encoder shape
+    assert again.to_dict() == table.to_dict()
+    stale = table.to_dict()
+    stale["shape"] = {**table_shape(supernet), "mlp_dim_choices": [1, 2]}
+    path.write_text(json.dumps(stale))
+    with pytest.raises(AssertionError, match="measured again"):
+        load_or_measure(supernet, path)
+    measured = measure_subnet_ms(supernet, MIXED, warmup=1, repeats=3, rounds=2)
+    assert 0 < measured["measured_ms"] <= measured["p90_ms"]
+    assert supernet.active_subnet == supernet.space.max_subnet()  # restored
+
+
+def test_constraints_with_macs_and_latency():
+    cons = Constraints(100, 0.5, "min-latency", "miou", max_macs=1000, max_latency_ms=10.0)
+    assert cons.feasible(100, 0.5, 1000, 10.0) and not cons.feasible(100, 0.5, 1001, 10.0)
+    assert not cons.feasible(100, 0.5, 1000, 10.5)
+    assert cons.violation(100, 0.5, 1500, 12.0) == pytest.approx(0.5 + 0.2)
+    assert cons.score(50, 0.9, 500, 4.0) == pytest.approx(0.4)  # latency / max_latency_ms
+    assert cons.score(50, 0.9, 500, 9.0) < 1.0 < cons.score(50, 0.9, 500, 10.5)
+    assert Constraints(100, 0.0, "min-macs", max_macs=1000).score(50, 0.9, 250) == pytest.approx(0.25)
+
+
+def test_cli_search_under_latency_and_macs(supernet_path, shared_data, tmp_path, monkeypatch, capsys):
+    supernet = load_supernet(supernet_path)
+    table_path = tmp_path / "lat.json"
+    table, _ = load_or_measure(supernet, table_path, warmup=1, repeats=3, rounds=1)
+    low, high = table.predict_ms(supernet.space.min_subnet()), table.predict_ms(supernet.space.max_subnet())
+    bound = low + 0.5 * (high - low)
+    params = str(write_params(tmp_path, shared_data, supernet=str(supernet_path), latency_table=str(table_path),
+                              latency_repeats=3, latency_rounds=1, objective="max-miou"))
+    code, err = run_cli(["search", "--params", params, "--max-params", "60M", "--min-miou", "0", "--max-latency-ms",
+                         f"{bound:.4f}", "--max-macs", "1G", "--pareto-x", "latency", "--out", str(tmp_path / "s")],
+                        monkeypatch, capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    candidates = json.loads((tmp_path / "s" / "candidates.json").read_text())
+    assert all(c["latency_ms"] == pytest.approx(table.predict_ms(SubnetConfig.from_dict(c["subnet"])), abs=1e-3)
+               and c["macs"] == supernet.macs(SubnetConfig.from_dict(c["subnet"])) for c in candidates)
+    assert all(c["feasible"] == (c["latency_ms"] <= bound) for c in candidates)
+    assert metrics["feasible"] and metrics["best_latency_ms_predicted"] <= bound
+    assert metrics["constraints"]["max_latency_ms"] == pytest.approx(round(bound, 4))
+    assert metrics["constraints"]["max_macs"] == 1_000_000_000
+    assert metrics["best_latency_ms_measured"] > 0 and metrics["latency_table"] == str(table_path)
+    assert metrics["latency_rel_error"] == pytest.approx(
+        (metrics["best_latency_ms_predicted"] - metrics["best_latency_ms_measured"]) / metrics["best_latency_ms_measured"], abs=1e-3)
+    pareto = json.loads((tmp_path / "s" / "pareto.json").read_text())
+    assert all(p["latency_ms"] < q["latency_ms"] and p["miou"] < q["miou"] for p, q in zip(pareto, pareto[1:]))
+    assert (tmp_path / "s" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    code, err = run_cli(["search", "--params", params, "--max-latency-ms", f"{low / 2:.4f}", "--out", str(tmp_path / "x")],
+                        monkeypatch, capsys)
+    assert code == 1 and "below the predicted latency of the smallest subnet" in err and "Traceback" not in err
+    code, err = run_cli(["search", "--params", params, "--max-macs", "1k", "--out", str(tmp_path / "y")], monkeypatch, capsys)
+    assert code == 1 and "--max-macs 1,000 is below the smallest subnet" in err
