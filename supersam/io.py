@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # .<name>.<pid>.<random>.tmp (files) and .<name>.<pid>.<random>.tmpdir / .old (folders)
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(tmp|tmpdir|old)$")
+# Files the version-control tools write beside a stage's outputs: DVC adds a
+# .gitignore next to every cached output, so they never make a folder foreign.
+TOOL_FILES = (".gitignore", ".dvcignore")
 
 
 def _umask() -> int:
@@ -235,7 +238,8 @@ def prepare_out(out: str | Path, owned: tuple[str, ...], what: str, force: bool 
     """Check an output folder before a stage's work starts; create it.
 
     A folder is the stage's own when every entry in it is one of ``owned`` (the
-    names the stage writes) or a temporary file of ours: a previous result is
+    names the stage writes), a temporary file of ours or a version-control file
+    (``TOOL_FILES``: DVC's ``.gitignore`` beside cached outputs): a previous result is
     then replaced as the pipeline expects (logged). Any other non-empty folder is
     refused unless ``force``, so a mistyped ``--out`` never overwrites a user's files.
 
@@ -259,7 +263,8 @@ def prepare_out(out: str | Path, owned: tuple[str, ...], what: str, force: bool 
     if out.is_dir():
         clean_stale_temps(out)
         entries = sorted(p.name for p in out.iterdir())
-        foreign = [name for name in entries if name not in owned and _TEMP.match(name) is None]
+        foreign = [name for name in entries
+                   if name not in owned and name not in TOOL_FILES and _TEMP.match(name) is None]
         if foreign and not force:
             raise ConfigError(f"{what} {out} holds files this stage did not write ({', '.join(foreign[:3])}"
                               f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder, "

@@ -446,8 +446,11 @@ def test_eval_force_writes_beside_foreign_files_and_keeps_them(project, tmp_path
     assert (out / "keep.txt").read_text() == "precious" and (out / "metrics.json").is_file()
     # our own previous result is replaced without --force
     code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "own")], monkeypatch, capsys)
+    # DVC writes a .gitignore beside its cached outputs (overlays/, predictions/): still our folder
+    (tmp_path / "own" / ".gitignore").write_text("/overlays\n/predictions\n")
     code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "own")], monkeypatch, capsys)
     assert code == 0 and "replacing the previous results" in err, err
+    assert (tmp_path / "own" / ".gitignore").read_text() == "/overlays\n/predictions\n"
 
 
 def test_coco_polygons_with_fewer_than_three_points_are_skipped(tmp_path, shared_data):
