@@ -136,13 +136,18 @@ def main() -> None:
         "| | params | MACs (encoder + decoder) | encoder, torch (ms) | encoder, onnxruntime (ms) | decoder, torch (ms) | decoder, onnxruntime (ms) | test box mIoU |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def miou(value: float | None) -> str:  # n/a when outputs/eval/<name>/metrics.json is missing
+        return "n/a (run dvc repro)" if value is None else f"{value:.4f}"
+
     for name, row in (("base model", b), ("exported subnet", s)):
         lines.append(f"| {name} | {row['params'] / 1e6:.3f}M | {row['macs'] / 1e9:.3f}G | {row['torch_encoder_ms']:.2f} | "
                      f"{row['ort_encoder_ms']:.2f} | {row['torch_decoder_ms']:.2f} | {row['ort_decoder_ms']:.2f} | "
-                     f"{row['miou_test']:.4f} |" if row["miou_test"] is not None else "| n/a |")
+                     f"{miou(row['miou_test'])} |")
+    gain = "n/a" if b["miou_test"] is None or s["miou_test"] is None else f"{s['miou_test'] - b['miou_test']:+.4f}"
     lines.append(f"| subnet / base | {ratio['params']:.3f} | {ratio['macs']:.3f} (encoder {ratio['encoder_macs']:.3f}) | "
                  f"{ratio['torch_encoder_ms']:.3f} | {ratio['ort_encoder_ms']:.3f} | {ratio['torch_decoder_ms']:.3f} | "
-                 f"{ratio['ort_decoder_ms']:.3f} | {s['miou_test'] - b['miou_test']:+.4f} |")
+                 f"{ratio['ort_decoder_ms']:.3f} | {gain} |")
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -182,9 +182,12 @@ def model_latency(sam: nn.Module, warmup: int = 5, repeats: int = 30) -> dict[st
 
 
 def device_name(device: torch.device) -> str:
-    """The CUDA device name, or the CPU model (``/proc/cpuinfo``'s model name, else ``platform.processor()``)."""
+    """The CUDA device name, or the CPU model (``/proc/cpuinfo``'s model name, else ``platform.processor()``);
+    other accelerators (``mps``, ``xpu``) are named by their device type."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -209,7 +212,7 @@ def device_key(device: torch.device, model_type: str, img_size: int, threads: in
 
 def _load(cfg: BenchConfig, model_cfg: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The Sam to measure and a description of it."""
-    from supersam import paths
+    from supersam import hf_checkpoint, paths
     from supersam.checkpoint import load_model, load_supernet
     from supersam.io import load_torch
     from supersam.sam import build_sam
@@ -219,14 +222,14 @@ def _load(cfg: BenchConfig, model_cfg: Any, device: torch.device) -> tuple[nn.Mo
     if not source:
         raise ConfigError("bench has nothing to measure; pass MODEL_OR_SUPERNET (an export folder, supernet.pt or a checkpoint)")
     path = Path(source)
-    hf_folder = path.is_dir() and not (path / paths.EXPORT_CONFIG_FILE).is_file() and any(
-        (path / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))  # a checkpoint (sam.read_state_dict)
-    if path.is_dir() and not hf_folder:
+    # a folder is a supersam export when it holds model.pt; else a Hugging Face SamModel folder (its own
+    # config.json beside model.safetensors / pytorch_model.bin), read as a checkpoint by sam.read_state_dict
+    if path.is_dir() and (path / paths.EXPORT_WEIGHTS_FILE).is_file():
         if cfg.subnet:
             raise ConfigError(f"--subnet applies to a supernet; {path} is an exported model (its subnet is fixed)")
-        if not (path / paths.EXPORT_CONFIG_FILE).is_file():
-            raise ConfigError(f"{path} is a folder but not a supersam export (no {paths.EXPORT_CONFIG_FILE})")
         return load_model(path, device), {"source": f"export:{path}"}
+    if path.is_dir():
+        hf_checkpoint.hf_file(path)  # CheckpointError naming both kinds of folder when it is neither
     if not path.exists():
         raise ConfigError(f"bench: {path} does not exist; pass an export folder, a supernet.pt or a SAM checkpoint")
     if path.is_file() and path.suffix != ".safetensors":
@@ -269,7 +272,7 @@ def bench(cfg: BenchConfig, model_cfg: Any) -> dict[str, Any]:
                               **model_macs(sam), **model_latency(sam, cfg.warmup, cfg.repeats),
                               "threads": torch.get_num_threads(), "device": str(device),
                               "device_name": device_name(device), "warmup": cfg.warmup, "repeats": cfg.repeats,
-                              "dtype": "float32"}
+                              "dtype": str(next(sam.parameters()).dtype).removeprefix("torch.")}
     log.info("%s: %s params, %.3f GMACs (encoder %.3f); encoder %.2f ms (p90 %.2f), decoder %.2f ms (p90 %.2f) "
              "on %s, %d threads", result["source"], f"{result['params']:,}", result["macs"] / 1e9,
              result["encoder_macs"] / 1e9, result["encoder_median_ms"], result["encoder_p90_ms"],

@@ -157,8 +157,9 @@ def hf_file(path: Path) -> Path:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
             return path / name
-    raise CheckpointError(f"{path} is a folder without model.safetensors or pytorch_model.bin; "
-                          "point --checkpoint at a SAM checkpoint file or a Hugging Face SamModel folder")
+    raise CheckpointError(f"{path} is a folder without model.safetensors or pytorch_model.bin (nor a supersam "
+                          "export's model.pt); point at a SAM checkpoint file, a Hugging Face SamModel folder "
+                          "or an export folder")
 
 
 def hf_config(sam: nn.Module) -> dict[str, Any]:

@@ -20,6 +20,8 @@ pixel statistics and the tensor names and shapes above.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,7 @@ class PromptMaskDecoder(nn.Module):
 def box_prompt(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes N x 4 (x0, y0, x1, y1, input px) as the decoder's ``point_coords`` N x 2 x 2 and ``point_labels`` N x 2."""
     coords = boxes.reshape(-1, 2, 2).float()
-    labels = torch.tensor([2.0, 3.0]).expand(coords.shape[0], 2).contiguous()
+    labels = torch.tensor([2.0, 3.0], device=coords.device).expand(coords.shape[0], 2).contiguous()
     return coords, labels
 
 
@@ -90,7 +92,9 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path
         raise ConfigError("export --format onnx needs the onnx package: pip install -e . (or pip install onnx)") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sam = sam.to("cpu").float().eval()
+    sam = copy.deepcopy(sam).to("cpu").float().eval()  # the caller's model stays on its device and dtype
+    # torch >= 2.5 takes `dynamo` (default True from 2.9); the graphs here are traced (TorchScript exporter)
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     size = sam.image_encoder.img_size
     image = torch.zeros(1, 3, size, size)
     with torch.no_grad():
@@ -98,10 +102,10 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path
     coords, labels = box_prompt(torch.tensor([[size / 4, size / 4, 3 * size / 4, 3 * size / 4]]))
     with torch.no_grad():
         torch.onnx.export(sam.image_encoder, (image,), str(out / ENCODER_FILE), opset_version=opset,
-                          input_names=["image"], output_names=["image_embeddings"], dynamo=False)
+                          input_names=["image"], output_names=["image_embeddings"], **legacy)
         torch.onnx.export(PromptMaskDecoder(sam), (embedding, coords, labels), str(out / DECODER_FILE),
                           opset_version=opset, input_names=["image_embeddings", "point_coords", "point_labels"],
-                          output_names=["low_res_masks", "iou_predictions"], dynamo=False,
+                          output_names=["low_res_masks", "iou_predictions"], **legacy,
                           dynamic_axes={"point_coords": {0: "n", 1: "k"}, "point_labels": {0: "n", 1: "k"},
                                         "low_res_masks": {0: "n"}, "iou_predictions": {0: "n"}})
     for name in (ENCODER_FILE, DECODER_FILE):

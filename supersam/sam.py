@@ -229,8 +229,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
         path = hf_checkpoint.hf_file(path)
-    if path.suffix == ".safetensors":
-        return hf_checkpoint.hf_to_sam(hf_checkpoint.read_safetensors(path), str(path))
+    if path.suffix == ".safetensors":  # a SamModel's, or segment_anything's layout saved as safetensors
+        state = hf_checkpoint.read_safetensors(path)
+        return hf_checkpoint.hf_to_sam(state, str(path)) if hf_checkpoint.is_hf_state(state) else state
     obj = load_torch(path, "checkpoint",
                      "run `supersam pretrain` (or `dvc repro`) to train the base model, point model.checkpoint "
                      "at an existing file, or leave it empty for random init",

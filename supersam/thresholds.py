@@ -161,10 +161,10 @@ def base_checkpoint(threshold: MiouThreshold, meta: SupernetMeta, what: str, sou
             f"{source} was built from a randomly initialised SAM (model.checkpoint is empty); "
             f"set model.checkpoint and rebuild the supernet, or give an absolute mIoU like 0.8"
         )
-    if not Path(path).is_file():
+    if not Path(path).exists():  # a checkpoint file or a Hugging Face model folder
         raise CheckpointError(
             f"{what} {threshold} is relative to the base model checkpoint {path} that {source} was built from, "
-            f"but that file does not exist (run from the project folder, or give an absolute mIoU like 0.8)"
+            f"but it does not exist (run from the project folder, or give an absolute mIoU like 0.8)"
         )
     return path
 

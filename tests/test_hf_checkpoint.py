@@ -126,6 +126,12 @@ def test_hf_safetensors_bin_and_folder_load_as_checkpoint(vit_b_state, tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="without model.safetensors"):
         build_sam("vit_b", 256, tmp_path / "empty")
+    # a .safetensors file in segment_anything's own layout is read as it is (the HF rules would
+    # rename iou_prediction_head.layers.0 onto layers.1)
+    save_file({k: v.contiguous() for k, v in vit_b_state.items()}, str(tmp_path / "sam_layout.safetensors"))
+    state = build_sam("vit_b", 1024, tmp_path / "sam_layout.safetensors").model.state_dict()
+    for key in ("mask_decoder.iou_prediction_head.layers.0.weight", "mask_decoder.iou_prediction_head.layers.1.weight"):
+        assert torch.equal(state[key], vit_b_state[key]), key
 
 
 def test_export_format_hf_round_trips_and_refuses_mixed_widths(tmp_path):
@@ -161,6 +167,7 @@ def test_bench_measures_a_hugging_face_folder(tmp_path, monkeypatch, capsys):
     (tmp_path / "hf").mkdir()
     save_file({k: v.contiguous().clone() for k, v in sam_to_hf(sam.state_dict()).items()},
               str(tmp_path / "hf" / "model.safetensors"))
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "sam"}')  # every SamModel folder has its config
     code, err = run_cli(["bench", str(tmp_path / "hf"), "--set", "model.type=tiny", "--set", "model.img_size=128",
                          "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "b.json")], monkeypatch, capsys)
     assert code == 0, err

@@ -99,6 +99,9 @@ def test_latency_table_predicts_the_sum_caches_and_remeasures(supernet_path, tmp
     path.write_text(json.dumps(stale))
     with pytest.raises(AssertionError, match="measured again"):
         load_or_measure(supernet, path)
+    path.write_text(json.dumps({**table.to_dict(), "torch_version": "2.0.0"}))  # kernels change between versions
+    with pytest.raises(AssertionError, match="measured again"):
+        load_or_measure(supernet, path)
     measured = measure_subnet_ms(supernet, MIXED, warmup=1, repeats=3, rounds=2)
     assert 0 < measured["measured_ms"] <= measured["p90_ms"]
     assert supernet.active_subnet == supernet.space.max_subnet()  # restored

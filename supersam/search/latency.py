@@ -51,7 +51,8 @@ class LatencyTable:
         blocks_ms: ``blocks_ms[i][d]``: block i at MLP width d (keys are strings in JSON).
         decoder_ms: prompt encoder + mask decoder, one box prompt (not subnet-dependent).
         scale: the max subnet's whole-encoder latency / its sum of parts (1 = plain sum).
-        threads, device_name, warmup, repeats, rounds: how it was measured (:func:`measure_table`).
+        threads, device_name, warmup, repeats, rounds, torch_version: how it was measured
+            (:func:`measure_table`); a table of another torch version is measured again.
     """
 
     key: str
@@ -65,6 +66,7 @@ class LatencyTable:
     repeats: int
     rounds: int = 1
     scale: float = 1.0
+    torch_version: str = ""
     format: str = field(default=FORMAT)
 
     def predict_ms(self, subnet: Any) -> float:
@@ -181,7 +183,8 @@ def measure_table(supernet: Any, warmup: int = 3, repeats: int = 20, rounds: int
     return LatencyTable(key=device_key(device, supernet.meta.model_type, supernet.meta.img_size), shape=shape,
                         rest_ms=best["rest"], blocks_ms=blocks_ms, decoder_ms=best["decoder"],
                         threads=torch.get_num_threads(), device_name=device_name(device), warmup=warmup,
-                        repeats=repeats, rounds=max(1, rounds), scale=round(best["max_subnet"] / parts_sum, 4))
+                        repeats=repeats, rounds=max(1, rounds), scale=round(best["max_subnet"] / parts_sum, 4),
+                        torch_version=torch.__version__)
 
 
 def load_or_measure(supernet: Any, path: str | Path | None = None, warmup: int = 3, repeats: int = 20,
@@ -202,10 +205,11 @@ def load_or_measure(supernet: Any, path: str | Path | None = None, warmup: int =
     if path.is_file():
         try:
             table = LatencyTable.from_dict(read_json(path, "latency table"))
-            if table.format == FORMAT and table.key == key and table.shape == table_shape(supernet):
+            if (table.format == FORMAT and table.key == key and table.shape == table_shape(supernet)
+                    and table.torch_version == torch.__version__):
                 log.info("latency table %s (measured on %s, %d threads)", path, table.device_name, table.threads)
                 return table, path
-            log.info("latency table %s was made for another device or encoder; measuring again", path)
+            log.info("latency table %s was made for another device, encoder or torch version; measuring again", path)
         except (SupersamError, KeyError, TypeError, ValueError):
             log.warning("latency table %s is unreadable; measuring again", path)
     log.info("measuring the latency table of %s (%d blocks x %d widths, %d runs each)", key,

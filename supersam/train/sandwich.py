@@ -106,7 +106,7 @@ def load_base_teacher(meta, source: str, device: torch.device) -> torch.nn.Modul
     if not meta.checkpoint:
         raise ConfigError(f"train.distill_from is base, but {source} was built from a randomly initialised SAM "
                           "(model.checkpoint was empty); rebuild it from a base checkpoint or use distill_from: max or none")
-    if not Path(meta.checkpoint).is_file():
+    if not Path(meta.checkpoint).exists():  # a checkpoint file or a Hugging Face model folder
         raise CheckpointError(f"train.distill_from is base, but the base model {meta.checkpoint} that {source} was "
                               "built from does not exist (run from the project folder)")
     model = build_sam(meta.model_type, meta.img_size, meta.checkpoint).model.to(device).eval()
