@@ -149,6 +149,21 @@ def build_encoder(
     return enc
 
 
+def cut_mlp_tensor(name: str, value: torch.Tensor, width: int) -> torch.Tensor:
+    """Slice one block tensor to MLP ``width`` (paper Sec. III-B: the first ``width`` hidden units
+    after reordering): ``mlp.lin1.weight`` width x C and ``mlp.lin1.bias`` (width,) keep their
+    first rows, ``mlp.lin2.weight`` C x width its first columns; any other tensor is returned as is.
+
+    Args:
+        name: the tensor's name inside its block (``mlp.lin1.weight``...).
+    """
+    if name in ("mlp.lin1.weight", "mlp.lin1.bias"):
+        return value[:width]
+    if name == "mlp.lin2.weight":
+        return value[:, :width]
+    return value
+
+
 def subnet_encoder_state(encoder: ImageEncoderViT, cfg: SubnetConfig) -> dict[str, torch.Tensor]:
     """State dict of subnet ``cfg``'s standalone encoder: kept blocks renumbered 0..k-1,
     lin1 rows/bias and lin2 columns cut to the block's width (contiguous copies)."""
@@ -160,11 +175,7 @@ def subnet_encoder_state(encoder: ImageEncoderViT, cfg: SubnetConfig) -> dict[st
             _, old, rest = key.split(".", 2)
             if int(old) not in new_index:
                 continue
-            d = cfg.mlp_dims[int(old)]
-            if rest in ("mlp.lin1.weight", "mlp.lin1.bias"):
-                value = value[:d]
-            elif rest == "mlp.lin2.weight":
-                value = value[:, :d]
+            value = cut_mlp_tensor(rest, value, cfg.mlp_dims[int(old)])
             key = f"blocks.{new_index[int(old)]}.{rest}"
         out[key] = value.clone(memory_format=torch.contiguous_format)
     return out

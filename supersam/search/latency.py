@@ -112,20 +112,13 @@ def table_shape(supernet: Any) -> dict[str, Any]:
 def _block_at_width(encoder: nn.Module, index: int, width: int) -> nn.Module:
     """Encoder block ``index`` as an export builds it: a fresh ``segment_anything`` Block whose MLP holds
     the first ``width`` hidden units of the shared weights (contiguous copies, as :func:`get_active_subnet`)."""
-    from supersam.elastic import EncoderSpec, build_encoder
+    from supersam.elastic import EncoderSpec, build_encoder, cut_mlp_tensor
 
     block = encoder.blocks[index]
     device = block.norm1.weight.device
     one = build_encoder(EncoderSpec.from_encoder(encoder), [width], [0] if block.window_size == 0 else [], device="cpu")
-    prefix = f"blocks.{index}."
-    state = {}
-    for key, value in block.state_dict(prefix=prefix).items():
-        rest = key[len(prefix):]
-        if rest in ("mlp.lin1.weight", "mlp.lin1.bias"):
-            value = value[:width]
-        elif rest == "mlp.lin2.weight":
-            value = value[:, :width]
-        state[rest] = value.detach().clone(memory_format=torch.contiguous_format)
+    state = {name: cut_mlp_tensor(name, value.detach(), width).clone(memory_format=torch.contiguous_format)
+             for name, value in block.state_dict().items()}
     cut = one.blocks[0]
     cut.load_state_dict(state, strict=True)
     return cut.to(device).eval()
@@ -166,14 +159,16 @@ def measure_table(supernet: Any, warmup: int = 3, repeats: int = 20, rounds: int
         supernet.set_active_subnet(previous)
     parts: dict[Any, Any] = {"rest": rest, "decoder": lambda: run_decoder(sam, embedding, box),
                              "max_subnet": lambda: whole(image)}
-    for i in range(len(enc.blocks)):
-        for width in shape["mlp_dim_choices"]:
-            cut = _block_at_width(enc, i, width)
-            parts[(i, width)] = (lambda blk: lambda: blk(tokens))(cut)
-    best = {name: float("inf") for name in parts}
+    cuts = [(i, width) for i in range(len(enc.blocks)) for width in shape["mlp_dim_choices"]]
+    best = {name: float("inf") for name in [*parts, *cuts]}
     for _ in range(max(1, rounds)):
         for name, fn in parts.items():
             best[name] = min(best[name], summarise_ms(time_ms(fn, warmup, repeats, device))["median_ms"])
+        for i, width in cuts:  # one cut block alive at a time: vit_h's 32 x 5 copies would not fit a GPU
+            cut = _block_at_width(enc, i, width)
+            ms = summarise_ms(time_ms(lambda: cut(tokens), warmup, repeats, device))["median_ms"]
+            best[(i, width)] = min(best[(i, width)], ms)
+            del cut
     blocks_ms: dict[int, dict[int, float]] = {}
     for name, value in best.items():
         if isinstance(name, tuple):
