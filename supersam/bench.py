@@ -212,7 +212,7 @@ def device_key(device: torch.device, model_type: str, img_size: int, threads: in
 
 def _load(cfg: BenchConfig, model_cfg: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The Sam to measure and a description of it."""
-    from supersam import hf_checkpoint, paths
+    from supersam import paths
     from supersam.checkpoint import load_model, load_supernet
     from supersam.io import load_torch
     from supersam.sam import build_sam
@@ -223,13 +223,12 @@ def _load(cfg: BenchConfig, model_cfg: Any, device: torch.device) -> tuple[nn.Mo
         raise ConfigError("bench has nothing to measure; pass MODEL_OR_SUPERNET (an export folder, supernet.pt or a checkpoint)")
     path = Path(source)
     # a folder is a supersam export when it holds model.pt; else a Hugging Face SamModel folder (its own
-    # config.json beside model.safetensors / pytorch_model.bin), read as a checkpoint by sam.read_state_dict
+    # config.json beside model.safetensors / pytorch_model.bin), read as a checkpoint by sam.read_state_dict,
+    # which names both kinds of folder when it is neither
     if path.is_dir() and (path / paths.EXPORT_WEIGHTS_FILE).is_file():
         if cfg.subnet:
             raise ConfigError(f"--subnet applies to a supernet; {path} is an exported model (its subnet is fixed)")
         return load_model(path, device), {"source": f"export:{path}"}
-    if path.is_dir():
-        hf_checkpoint.hf_file(path)  # CheckpointError naming both kinds of folder when it is neither
     if not path.exists():
         raise ConfigError(f"bench: {path} does not exist; pass an export folder, a supernet.pt or a SAM checkpoint")
     if path.is_file() and path.suffix != ".safetensors":
