@@ -144,6 +144,13 @@ REFUSED = {
     "pretrain stop-after 0": (["pretrain", "--stop-after", "0"], "--stop-after is 0"),
     "garbage supernet": (["search", "--supernet", "notes/mine.txt"], "not a PyTorch file of tensors"),
     "train resume and auto-resume": (["train", "--resume", "--auto-resume"], "exclude each other"),
+    "pretrain resume and auto-resume": (["pretrain", "--resume", "--auto-resume"], "exclude each other"),
+    "pretrain out unwritable": (["pretrain", "--out", "notes/mine.txt/sub"], "not writable"),
+    # usage errors (click's own): one line and the help command, not a framed panel
+    "unknown flag": (["search", "--max-param", "5"], "no such option: --max-param"),
+    "unknown command": (["serch"], "no such command 'serch'"),
+    "flag without its value": (["search", "--out"], "option '--out' requires an argument; see 'supersam search --help'"),
+    "flag of the wrong type": (["train", "--nproc", "two"], "invalid value for '--nproc'"),
 }
 
 
@@ -155,6 +162,16 @@ def test_refused_before_any_work(case, project, monkeypatch, capsys):
     code, err = run_cli(args, monkeypatch, capsys)
     assert_one_line(code, err, needle)
     assert snapshot(project) == before
+    assert "╭" not in err and "Usage:" not in err  # no framed panel either
+
+
+def test_usage_errors_exit_2_and_help_exits_0(monkeypatch):
+    for args, expected in ((["search", "--max-param", "5"], 2), (["search", "--help"], 0), ([], 2)):
+        proc = subprocess.run([str(SUPERSAM_BIN), *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == expected, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert "--max-params" in subprocess.run([str(SUPERSAM_BIN), "search", "--help"], capture_output=True,
+                                            text=True, timeout=120).stdout
 
 
 PARAMS_FILES = {

@@ -1,8 +1,8 @@
-"""The kill -9 loop: ten SIGKILLs at random moments of train, search and export, then resume.
+"""The kill -9 loop: SIGKILLs at random moments of pretrain, train, search and export, then resume.
 
 Each command runs as a user would run it (the ``supersam`` executable, in a
-subprocess) with the flags the DVC pipeline uses (``train --auto-resume``,
-``search --auto-resume``, ``export``) and is killed with SIGKILL at a seeded
+subprocess) with the flags the DVC pipeline uses (``pretrain --auto-resume``,
+``train --auto-resume``, ``search --auto-resume``, ``export``) and is killed with SIGKILL at a seeded
 random moment; after every kill the artifacts on disk must be valid (a complete
 file or none: the training checkpoint loads, an export folder is complete), and
 after the last kill the command is run to its end. The results must equal an
@@ -35,7 +35,7 @@ from supersam.space import SearchSpace
 pytestmark = pytest.mark.slow
 
 SUPERSAM_BIN = Path(sys.executable).parent / "supersam"
-KILLS = {"train": 4, "search": 4, "export": 2}  # 10 kill points
+KILLS = {"train": 4, "search": 4, "export": 2, "pretrain": 3}  # 10 kill points, and 3 in the base model's training
 
 
 def _run(args: list[str], cwd: Path, kill_after: float | None = None) -> tuple[int | None, str]:
@@ -72,6 +72,8 @@ def project(tmp_path_factory, shared_data) -> Path:
         "train": {"iterations": 8, "batch_size": 2, "max_objects": 2, "val_images": 1, "eval_every": 4,
                   "save_every": 1, "target_miou": "0.0", "device": "cpu", "target_every": 0, "lr": 1e-3},
         "search": {"n_images": 1, "budget": 10, "device": "cpu", "max_params": "60e6", "min_miou": "0.0"},
+        "pretrain": {"iterations": 6, "batch_size": 2, "max_objects": 2, "val_images": 1, "eval_every": 3,
+                     "save_every": 1, "warmup": 2, "device": "cpu"},
         "mlflow": {"enabled": False},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -154,3 +156,26 @@ def test_ten_kill_9_points_end_in_valid_artifacts_and_the_uninterrupted_result(p
     assert manifest("run") == manifest("ref")
     _no_temporaries(project / "run")
     assert kills >= 8  # the kill points fell inside the work (a run may finish before its moment)
+
+
+def test_kill_9_during_pretrain_then_auto_resume_gives_the_uninterrupted_base_model(project):
+    rng = random.Random(1)
+    args = ["pretrain", "--auto-resume", "--set", "model.type=tiny", "--set", "model.img_size=128"]
+    t0 = time.perf_counter()
+    code, err = _run([*args, "--out", "ref/pretrain"], project)
+    seconds = time.perf_counter() - t0
+    assert code == 0, err
+
+    def check() -> None:
+        ckpt = checkpoint_path(project / "run" / "pretrain")
+        if ckpt.exists():
+            assert 1 <= load_training_state(ckpt)["iteration"] <= 6  # a complete checkpoint, never a torn one
+
+    kills = _kill_loop("pretrain", [*args, "--out", "run/pretrain"], project, seconds, rng, check)
+    ref, got = (torch.load(project / d / "pretrain" / "model.pt", weights_only=True) for d in ("ref", "run"))
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)  # bit for bit
+    history = lambda d: [{k: v for k, v in e.items() if k != "seconds"}  # noqa: E731
+                         for e in json.loads((project / d / "pretrain" / "history.json").read_text())]
+    assert history("run") == history("ref")
+    _no_temporaries(project / "run" / "pretrain")
+    assert kills >= 2

@@ -144,6 +144,33 @@ def test_pretrain_writes_a_loadable_base_model_and_resumes_bitwise(shared_data, 
         pretrain(TINY, data, _cfg(tmp_path / "b", lr=1e-3), OFF, resume=True)
 
 
+def test_auto_resume_continues_only_a_matching_unfinished_run(shared_data, tmp_path, caplog):
+    """The DVC stage's ``--auto-resume``: the same base model as an uninterrupted run; a changed
+    recipe, a finished run or a different init file at the same path start afresh (``--resume`` refuses)."""
+    data = em_data(shared_data)
+    full = pretrain(TINY, data, _cfg(tmp_path / "a"), OFF)
+    assert pretrain(TINY, data, _cfg(tmp_path / "b"), OFF, stop_after=2) is None
+    resumed = pretrain(TINY, data, _cfg(tmp_path / "b"), OFF, resume="auto")
+    a, b = read_state_dict(full.checkpoint), read_state_dict(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a) and resumed.metrics["iterations"] == 4
+    caplog.set_level("INFO", logger="supersam.pretrain.loop")
+    again = pretrain(TINY, data, _cfg(tmp_path / "b"), OFF, resume="auto")  # finished: a fresh run, same result
+    assert "finished run" in caplog.text
+    assert all(torch.equal(a[k], v) for k, v in read_state_dict(again.checkpoint).items())
+
+    # the init checkpoint is replaced by other weights at the same path
+    init = tmp_path / "init.pt"
+    init.write_bytes(full.checkpoint.read_bytes())
+    assert pretrain(TINY, data, _cfg(tmp_path / "c", init=str(init)), OFF, stop_after=2) is None
+    torch.save({k: v + 1 for k, v in a.items()}, init)  # other weights, same path
+    with pytest.raises(CheckpointError, match="init_digest"):
+        pretrain(TINY, data, _cfg(tmp_path / "c", init=str(init)), OFF, resume=True)
+    caplog.clear()
+    fresh = pretrain(TINY, data, _cfg(tmp_path / "c", init=str(init)), OFF, resume="auto")
+    assert "starting afresh" in caplog.text and "init_digest" in caplog.text
+    assert fresh.metrics["iterations"] == 4
+
+
 def test_zero_iterations_pass_a_checkpoint_through(shared_data, tmp_path):
     data = em_data(shared_data)
     first = pretrain(TINY, data, _cfg(tmp_path / "a", iterations=2), OFF)

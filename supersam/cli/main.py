@@ -1,7 +1,8 @@
 """Console entry point ``supersam``: registers every stage command and maps failures to one line.
 
 A :class:`~supersam.errors.SupersamError` (bad input) becomes one red line and exit
-code 1; a file-system error (disk full, permission denied) one line naming the
+code 1; a usage error (unknown flag or command, a flag's value of the wrong type)
+one line naming the problem and the help command, exit 2; a file-system error (disk full, permission denied) one line naming the
 file, exit 1; Ctrl-C and SIGTERM one line saying how to continue, exit 130 / 143,
 after every ``finally`` has run (temporary files removed, the MLflow run marked
 KILLED). Anything else is a bug and keeps its traceback. docs/contracts.md, "Failures".
@@ -12,11 +13,19 @@ from __future__ import annotations
 import signal
 import sys
 
+import typer
+
 from supersam.cli import (  # noqa: F401  (imports register the commands)
     bench, build_supernet, calibrate_wanda, compare, compare_seeds, eval, export, predict, pretrain, rank_layers, search, train,
 )
 from supersam.cli.app import app, console
 from supersam.errors import Interrupted, SupersamError
+
+try:  # typer < 0.29 raises click's own exceptions; newer typer vendors click under TyperException
+    from click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover
+    _ClickException = typer.TyperException
+USAGE_ERRORS = (typer.TyperException, _ClickException) if hasattr(typer, "TyperException") else (_ClickException,)
 
 RESUMABLE = {"train": "--resume", "search": "--resume", "pretrain": "--resume"}
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
@@ -36,7 +45,11 @@ def main() -> None:
     for sig in saved:  # click would turn KeyboardInterrupt into "Aborted!"; ours reaches the finally blocks
         signal.signal(sig, _raise_interrupted)
     try:
-        app()
+        code = app(standalone_mode=False)  # click's exceptions reach us instead of printing a framed panel
+    except USAGE_ERRORS as exc:
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has shown the help already
+            _error(_usage_line(exc))
+        sys.exit(getattr(exc, "exit_code", 2))
     except SupersamError as exc:
         _error(str(exc))
         sys.exit(1)
@@ -53,6 +66,15 @@ def main() -> None:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(N) and --help return their code
+
+
+def _usage_line(exc: Exception) -> str:
+    """``exc``'s message and, for a usage error, the help command of the command it concerns."""
+    message = exc.format_message().rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else " ".join(["supersam", *sys.argv[1:2]])
+    return f"{message[:1].lower()}{message[1:]}; see '{command} --help'"
 
 
 def _how_to_continue() -> str:

@@ -17,6 +17,7 @@ def pretrain_cli(
     init: Optional[str] = typer.Option(None, help="Checkpoint to start from (official sam_vit_*.pth); empty = random init."),
     out: Optional[str] = typer.Option(None, help="Output folder: model.pt, config.json, metrics.json, history.json (default outputs/pretrain)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
+    auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue from OUT/checkpoints/last.pt when it matches this run and is unfinished, else start afresh (the DVC stage)."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop with a checkpoint after N steps."),
 ) -> None:
     """Train the SAM-family base model SuperSAM compresses (SAM's recipe; or fine-tune/pass through --init)."""
@@ -25,9 +26,11 @@ def pretrain_cli(
     from supersam.errors import ConfigError
     from supersam.pretrain import PretrainConfig, pretrain
 
+    if resume and auto_resume:
+        raise ConfigError("--resume and --auto-resume exclude each other; pass one")
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after is {stop_after}; use a number of steps >= 1")
     values = load_params("pretrain", ("pretrain", "model", "data", "mlflow"), params, sets, {"pretrain.init": init, "pretrain.out": out})
     pretrain(stage_config(ModelConfig, values, "model"), stage_config(DataConfig, values, "data"),
              stage_config(PretrainConfig, values, "pretrain"), stage_config(TrackingConfig, values, "mlflow"),
-             resume=resume, stop_after=stop_after)
+             resume="auto" if auto_resume else resume, stop_after=stop_after)

@@ -34,7 +34,8 @@ from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
 from supersam.data.augment import augment_sample
 from supersam.data.config import PROMPTS
 from supersam.device import autocast, resolve_device
-from supersam.io import torch_save, write_json
+from supersam.errors import CheckpointError
+from supersam.io import check_writable, file_digest, torch_save, write_json
 from supersam.losses import SamLossWeights, low_res_targets, sam_loss
 from supersam.inference import decode_low_res, embed_prompts, encode_images
 from supersam.pretrain.config import TRAJECTORY_FIELDS, PretrainConfig
@@ -78,7 +79,9 @@ class Pretrainer:
     def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig, cfg: PretrainConfig) -> None:
         self.model_cfg, self.data_cfg, self.cfg = model_cfg, data_cfg, cfg
         self.out = Path(cfg.out)
+        check_writable(self.out, "pretrain --out")  # before any work, not at the first checkpoint
         self.device = resolve_device(cfg.device)
+        self.init_digest = init_digest(cfg.init)  # content identity of the starting checkpoint, checked on resume
         loaded = build_sam(model_cfg.type, model_cfg.img_size, cfg.init or None, seed=model_cfg.seed)
         self.sam = loaded.model.to(self.device)
         self.img_size = loaded.img_size
@@ -184,8 +187,34 @@ class Pretrainer:
     # -- checkpoints --------------------------------------------------------------
     def identity(self) -> dict:
         """Settings a resumed run must share: the recipe, the architecture and the data."""
-        return {**self.cfg.to_dict(), **{f"model.{k}": v for k, v in vars(self.model_cfg).items() if k != "checkpoint"},
+        return {**self.cfg.to_dict(), "init_digest": self.init_digest,
+                **{f"model.{k}": v for k, v in vars(self.model_cfg).items() if k != "checkpoint"},
                 **{f"data.{k}": v for k, v in vars(self.data_cfg).items()}}
+
+    def resume_fields(self) -> tuple[str, ...]:
+        """The identity keys a checkpoint must match to be resumed."""
+        return TRAJECTORY_FIELDS + ("init_digest",) + tuple(k for k in self.identity() if "." in k)
+
+    def resumable(self) -> bool:
+        """``--auto-resume``: whether ``out/checkpoints/last.pt`` exists, matches this run and is unfinished.
+
+        A missing, unreadable, finished or mismatched checkpoint means a fresh start
+        (logged with the reason); ``--resume`` instead refuses a mismatch.
+        """
+        path = ckpt.checkpoint_path(self.out)
+        if self.dataset is None or not path.is_file():
+            return False
+        try:
+            state = ckpt.load_training_state(path)
+            ckpt.check_resumable(state["config"], self.identity(), self.resume_fields(), path, section="pretrain")
+            ckpt.check_data_position(state, len(self.dataset), path)
+        except CheckpointError as exc:
+            log.info("starting afresh, not resuming: %s", exc)
+            return False
+        if int(state["iteration"]) >= self.cfg.iterations:
+            log.info("starting afresh: %s is of a finished run (iteration %d)", path, int(state["iteration"]))
+            return False
+        return True
 
     def save_state(self) -> None:
         ckpt.save_training_state(
@@ -201,9 +230,7 @@ class Pretrainer:
             CheckpointError: missing/unreadable file or changed settings.
         """
         path = ckpt.checkpoint_path(self.out)
-        identity = self.identity()
-        fields = TRAJECTORY_FIELDS + tuple(k for k in identity if "." in k)
-        state = ckpt.restore_training_state(path, identity, fields, self.sam, self.optimizer, self.scheduler,
+        state = ckpt.restore_training_state(path, self.identity(), self.resume_fields(), self.sam, self.optimizer, self.scheduler,
                                             len(self.dataset), section="pretrain")
         self.iteration = int(state["iteration"])
         progress = state["progress"]
@@ -212,14 +239,18 @@ class Pretrainer:
         log.info("resumed pretraining from %s at iteration %d", path, self.iteration)
 
     # -- the run -----------------------------------------------------------------
-    def run(self, tracking: TrackingConfig, resume: bool = False, stop_after: int | None = None) -> PretrainResult | None:
+    def run(self, tracking: TrackingConfig, resume: bool | str = False,
+            stop_after: int | None = None) -> PretrainResult | None:
         """Train to ``cfg.iterations`` (or ``stop_after``), then write the base model and its metrics.
+
+        ``resume``: True continues from the checkpoint (refusing a mismatch),
+        ``"auto"`` continues only from a matching unfinished one (the DVC stage).
 
         Returns:
             the result, or None when ``stop_after`` ended the run early (checkpoint saved).
         """
         cfg = self.cfg
-        if resume:
+        if resume is True or (resume == "auto" and self.resumable()):
             self.resume()
         self._t0 = time.perf_counter()
         end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
@@ -285,8 +316,24 @@ def _numeric(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k != "iteration"}
 
 
+def init_digest(init: str) -> str:
+    """SHA-256 of the starting checkpoint (its weights file for a Hugging Face folder); "" for random init.
+
+    Raises:
+        CheckpointError: ``init`` names nothing readable.
+    """
+    if not init:
+        return ""
+    path = Path(init)
+    if path.is_dir():
+        from supersam.hf_checkpoint import hf_file
+
+        path = hf_file(path)
+    return file_digest(path)
+
+
 def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: PretrainConfig, tracking: TrackingConfig,
-             resume: bool = False, stop_after: int | None = None) -> PretrainResult | None:
+             resume: bool | str = False, stop_after: int | None = None) -> PretrainResult | None:
     """Train (or pass through) the base model; see :class:`Pretrainer`.
 
     Raises:
