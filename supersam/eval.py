@@ -36,7 +36,7 @@ from supersam.data.config import PROMPTS, SPLITS
 from supersam.device import resolve_device
 from supersam.errors import ConfigError
 from supersam.data.types import ModelInput
-from supersam.io import prepare_out, write_csv, write_json
+from supersam.io import prepare_out, releases_claims, write_csv, write_json
 from supersam.metrics import object_ious
 from supersam.overlays import overlay_name, save_overlay
 from supersam.sam import build_sam_from_config, count_params, pixel_stats
@@ -184,6 +184,7 @@ def prompt_kinds(cfg: EvalConfig, data_cfg: DataConfig) -> list[str]:
 EVAL_FILES = ("metrics.json", paths.OBJECTS_FILE, paths.PREDICTIONS_DIR, paths.OVERLAYS_DIR)
 
 
+@releases_claims
 def evaluate(
     cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, tracking: TrackingConfig, force: bool = False
 ) -> dict:

@@ -26,7 +26,10 @@ from supersam.checkpoint import load_supernet, read_export_manifest
 from supersam.config import TrackingConfig
 from supersam.elastic import EncoderSpec
 from supersam.errors import ConfigError, SupersamError
-from supersam.io import check_writable, clean_stale_temps, writer_alive, make_temp_dir, read_json, torch_save, write_json
+from supersam.io import (
+    check_writable, claim_out, clean_stale_temps, make_temp_dir, read_json, releases_claims, torch_save, write_json,
+    writer_alive,
+)
 from supersam.sam import count_params
 from supersam.space import SubnetConfig
 from supersam.tracking import start_run
@@ -68,6 +71,7 @@ class ExportConfig:
         )
 
 
+@releases_claims
 def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
     """Export ``cfg.subnet`` of supernet ``cfg.supernet`` to ``cfg.out`` (``supersam export``).
 
@@ -90,6 +94,7 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
     if cfg.format == "hf" and len(widths) > 1:  # refuse before writing anything
         raise ConfigError(f"export --format hf needs one MLP width in every kept block (transformers' SamModel has a "
                           f"single mlp_dim); this subnet has {widths}; export it with --format pt or onnx")
+    claim_out(cfg.out, "export --out")  # held until the extra format is written too
     with start_run(tracking or TrackingConfig(enabled=False), "export", cfg.variant,
                    params={"supernet": cfg.supernet, "out": cfg.out, "subnet": json.dumps(subnet.to_dict())}) as run:
         out = export_subnet(cfg.supernet, subnet, cfg.out)
@@ -200,6 +205,7 @@ def _write_export(out: Path, state: dict[str, torch.Tensor], manifest: ExportMan
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@releases_claims
 def export_subnet(supernet_path: str | Path, subnet_cfg: SubnetConfig | str | dict, out_dir: str | Path) -> Path:
     """Write subnet ``subnet_cfg`` of the supernet at ``supernet_path`` as a standalone SAM.
 
@@ -219,6 +225,7 @@ def export_subnet(supernet_path: str | Path, subnet_cfg: SubnetConfig | str | di
     """
     cfg = subnet_cfg if isinstance(subnet_cfg, SubnetConfig) else SubnetConfig.load(subnet_cfg)
     out = Path(out_dir)
+    claim_out(out, "export --out")
     _recover(out)
     _check_out(out)
     check_writable(out.parent, "export --out's parent folder")

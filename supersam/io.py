@@ -8,11 +8,16 @@ processes (a ``kill -9`` skips every ``finally``), so interrupted runs do not pi
 up temp files. ``torch.save`` records the file name inside the archive, so
 :func:`torch_save` writes under the final name in a temporary folder: the same
 state gives the same bytes, and DVC sees an unchanged artifact as unchanged.
-:func:`prepare_out` checks an output folder before a stage starts its work.
+:func:`prepare_out` checks an output folder before a stage starts its work, and
+:func:`claim_out` keeps a second supersam process from writing the same folder
+while a stage runs (an advisory lock, released when the stage ends or its
+process dies).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +240,58 @@ def check_writable(folder: str | Path, what: str) -> Path:
     return folder
 
 
+# Output folders this process holds (claim_out), by resolved path.
+_CLAIMED: dict[Path, FileLock] = {}
+
+
+def _lock_file(folder: Path) -> Path:
+    """The lock of ``folder``: outside it (no stray file among a stage's outputs), one per user."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    locks = Path(tempfile.gettempdir()) / f"supersam-locks-{user}"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / f"{hashlib.sha1(str(folder).encode()).hexdigest()}.lock"
+
+
+def claim_out(folder: str | Path, what: str) -> None:
+    """Hold ``folder`` for this stage: another supersam process claiming it is refused until
+    the stage returns (:func:`releases_claims`) or this process ends (also by ``kill -9``).
+
+    An advisory lock (``filelock``) on a file in the temporary folder named after the
+    folder's resolved path; a claim this process already holds is kept.
+
+    Raises:
+        ConfigError: another process holds the folder (one line naming it and the fix).
+    """
+    from supersam.errors import ConfigError
+
+    key = Path(folder).resolve()
+    if key in _CLAIMED:
+        return
+    lock = FileLock(str(_lock_file(key)), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"{what} {folder} is being written by another supersam process; wait for it to "
+                          "finish or choose another folder") from None
+    _CLAIMED[key] = lock
+
+
+def releases_claims(fn: Callable) -> Callable:
+    """Decorator of a stage function: the folders it claimed (:func:`claim_out`) are released
+    when it returns or raises; claims made before the call are kept."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        before = set(_CLAIMED)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for key in set(_CLAIMED) - before:
+                _CLAIMED.pop(key).release()
+
+    return wrapper
+
+
 def prepare_out(out: str | Path, owned: tuple[str, ...], what: str, force: bool = False) -> Path:
     """Check an output folder before a stage's work starts; create it.
 
@@ -249,15 +307,18 @@ def prepare_out(out: str | Path, owned: tuple[str, ...], what: str, force: bool 
         what: the option's name for messages (``eval --out``).
         force: write into a foreign non-empty folder anyway (only ``owned`` names are replaced).
 
+    The folder is claimed for the calling stage (:func:`claim_out`).
+
     Raises:
         ConfigError: an empty path, a file, a foreign non-empty folder without
-            ``force``, or a folder that cannot be written.
+            ``force``, a folder that cannot be written or that another process is writing.
     """
     from supersam.errors import ConfigError
 
     if not str(out).strip():
         raise ConfigError(f"{what} is empty; pass a folder path (\"\" would write into the working directory)")
     out = Path(out)
+    claim_out(out, what)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{what} {out} is a file; pass a folder path")
     if out.is_dir():
@@ -280,8 +341,6 @@ def file_digest(path: str | Path) -> str:
     Raises:
         CheckpointError: the file does not exist.
     """
-    import hashlib
-
     from supersam.errors import CheckpointError
 
     path = Path(path)

@@ -405,6 +405,42 @@ def test_searches_have_their_own_database_and_any_path_works(project, tmp_path, 
     assert not (out / "opentuner.db").exists()  # its database lived in a temporary folder of its own
 
 
+# --- one writer per output folder -----------------------------------------------------------------------------------
+
+def _holder(folder: Path) -> subprocess.Popen:
+    """Another process that claims ``folder`` (as a running stage does) and keeps it."""
+    code = ("import sys, time; from supersam.io import claim_out; claim_out(sys.argv[1], 'test'); "
+            "print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.parametrize("command", ["search", "eval", "train", "export", "pretrain"])
+def test_a_folder_another_process_writes_is_refused_until_it_ends(command, project, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    out = tmp_path / "out"
+    args = {"search": ["search"], "eval": ["eval", "--model", "outputs/export/model"],
+            "train": ["train", "--supernet", "outputs/train/wanda/supernet.pt", "--no-progress"],
+            "export": ["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", SUBNET_JSON],
+            "pretrain": ["pretrain", *(f"--set=pretrain.{kv}" for kv in ("iterations=1", "batch_size=1", "val_images=1",
+                                                                          "max_objects=2", "device=cpu"))]}[command]
+    holder = _holder(out)
+    try:
+        before = snapshot(project)
+        code, err = run_cli([*args, "--out", str(out)], monkeypatch, capsys)
+        assert_one_line(code, err, "is being written by another supersam process")
+        assert snapshot(project) == before and not out.exists()
+    finally:
+        holder.kill()  # kill -9: the kernel drops its lock
+        holder.wait()
+    code, err = run_cli([*args, "--out", str(out)], monkeypatch, capsys)
+    assert code == 0, err
+    holder = _holder(out)  # and the finished command released the folder
+    holder.kill()
+    holder.wait()
+
+
 # --- identity of resumed runs ---------------------------------------------------------------------------------------
 
 def test_train_resume_refuses_a_supernet_rebuilt_at_the_same_path(project, tmp_path, monkeypatch, capsys):

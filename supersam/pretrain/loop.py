@@ -35,7 +35,7 @@ from supersam.data.augment import augment_sample
 from supersam.data.config import PROMPTS
 from supersam.device import autocast, resolve_device
 from supersam.errors import CheckpointError
-from supersam.io import check_writable, file_digest, torch_save, write_json
+from supersam.io import check_writable, claim_out, file_digest, releases_claims, torch_save, write_json
 from supersam.losses import SamLossWeights, low_res_targets, sam_loss
 from supersam.inference import decode_low_res, embed_prompts, encode_images
 from supersam.pretrain.config import TRAJECTORY_FIELDS, PretrainConfig
@@ -79,6 +79,7 @@ class Pretrainer:
     def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig, cfg: PretrainConfig) -> None:
         self.model_cfg, self.data_cfg, self.cfg = model_cfg, data_cfg, cfg
         self.out = Path(cfg.out)
+        claim_out(self.out, "pretrain --out")
         check_writable(self.out, "pretrain --out")  # before any work, not at the first checkpoint
         self.device = resolve_device(cfg.device)
         self.init_digest = init_digest(cfg.init)  # content identity of the starting checkpoint, checked on resume
@@ -332,6 +333,7 @@ def init_digest(init: str) -> str:
     return file_digest(path)
 
 
+@releases_claims
 def pretrain(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: PretrainConfig, tracking: TrackingConfig,
              resume: bool | str = False, stop_after: int | None = None) -> PretrainResult | None:
     """Train (or pass through) the base model; see :class:`Pretrainer`.

@@ -16,7 +16,7 @@ from supersam.config import metric_key
 from supersam.search.config import SearchConfig
 from supersam.search.encoding import SubnetEncoding
 from supersam.search.objective import Constraints, SearchState
-from supersam.io import file_digest, prepare_out
+from supersam.io import file_digest, prepare_out, releases_claims
 from supersam.search.journal import SearchJournal
 from supersam.search.report import SEARCH_FILES, baseline_report, log_outcome, summarise, write_artifacts
 from supersam.thresholds import base_checkpoint, resolve_threshold
@@ -86,6 +86,7 @@ def _space(cfg: SearchConfig, supernet: Any) -> Any:
     return space
 
 
+@releases_claims
 def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig, resume: bool | str = False,
            force: bool = False) -> dict[str, Any]:
     """Find the smallest (or most accurate) subnet meeting ``--max-params``, ``--min-miou`` and,

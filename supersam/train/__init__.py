@@ -15,6 +15,7 @@ import logging
 
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig
+from supersam.io import releases_claims
 from supersam.train.config import TrainConfig
 from supersam.train.distributed import close_distributed, init_distributed
 from supersam.train.loop import Trainer, TrainResult
@@ -22,6 +23,7 @@ from supersam.train.loop import Trainer, TrainResult
 log = logging.getLogger(__name__)
 
 
+@releases_claims
 def train(
     cfg: TrainConfig,
     data_cfg: DataConfig,

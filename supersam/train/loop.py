@@ -20,7 +20,7 @@ from supersam.checkpoint import load_supernet, save_supernet
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample
 from supersam.errors import CheckpointError
-from supersam.io import check_writable, file_digest
+from supersam.io import check_writable, claim_out, file_digest
 from supersam.sam import pixel_stats
 from supersam.sampling import batch_indices, data_position, prompt_rng, shard
 from supersam.tracking import start_run
@@ -70,6 +70,7 @@ class Trainer:
         self.meta = self.supernet.meta
         self.out = cfg.out_dir_for(self.meta.variant)
         if ctx.is_main:  # before any work, not at the first checkpoint
+            claim_out(self.out, "train --out")
             check_writable(self.out, "train --out")
         self.model_type, self.img_size = self.meta.model_type, self.meta.img_size
         if not self.meta.pretrained and ctx.is_main:
