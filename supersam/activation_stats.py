@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from torch import nn
 from supersam.device import autocast
 from supersam.errors import CheckpointError, ConfigError
 from supersam.io import load_torch, torch_save
-from supersam.sam import LoadedSam
+from supersam.sam import LoadedSam, state_digest
 
 STATS_FORMAT = "supersam-activation-stats/2"  # /2: ``criteria`` (a list) replaces /1's ``kind``
 LEGACY_FORMATS = ("supersam-activation-stats/1",)  # wanda only, read as criteria ("wanda",)
@@ -153,14 +152,8 @@ def collect_mlp_sq_norms(
 
 
 def weights_digest(model: nn.Module) -> str:
-    """SHA-1 of the image encoder's weights (names, shapes and bytes); ties stats to weights."""
-    encoder = getattr(model, "image_encoder", model)
-    digest = hashlib.sha1()
-    for name, tensor in encoder.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
-    return digest.hexdigest()
+    """SHA-1 of the image encoder's weights (:func:`supersam.sam.state_digest`); ties stats to weights."""
+    return state_digest(getattr(model, "image_encoder", model))
 
 
 @dataclasses.dataclass

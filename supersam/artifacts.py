@@ -51,6 +51,9 @@ class SupernetMeta:
         pretrained: True when the weights came from a checkpoint (not random init).
         variant: reordering variant of the MLP units (``none``, ``magnitude``, ``wanda``, ``taylor``).
         checkpoint: the base model checkpoint the supernet was built from ("" = random).
+        base_digest: :func:`supersam.sam.state_digest` of that base model as loaded ("" =
+            random init, or a supernet built before it was recorded): the teacher of
+            ``distill_from: base`` and relative thresholds are refused when the file changed.
         combine: how lin1/lin2 scores were combined (``rank`` or ``score``; docs/method.md).
         stats: calibration statistics file used by the variant ("" = none).
         stats_n_images: calibration images behind ``stats``.
@@ -63,6 +66,7 @@ class SupernetMeta:
     pretrained: bool
     variant: str
     checkpoint: str = ""
+    base_digest: str = ""
     combine: str = "rank"
     stats: str = ""
     stats_n_images: int = 0

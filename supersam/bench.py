@@ -20,7 +20,9 @@ writes the figures as JSON.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import platform
 import re
 import statistics
@@ -34,6 +36,9 @@ import torch
 from torch import nn
 
 from supersam.errors import ConfigError
+from supersam.io import releases_claims
+
+BENCH_FORMAT = "supersam-bench/1"  # the ``format`` key of bench's --out JSON
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +69,16 @@ class BenchConfig:
     out: str = ""
 
     def validate(self) -> None:
-        """Raises ConfigError on a negative warm-up, fewer than 1 repeat or negative threads."""
-        if self.warmup < 0 or self.repeats < 1 or self.threads < 0:
-            raise ConfigError("bench.warmup must be >= 0, bench.repeats >= 1 and bench.threads >= 0 "
-                              f"(got {self.warmup}, {self.repeats}, {self.threads})")
+        """Raises ConfigError on a negative warm-up, fewer than 1 repeat, or threads outside
+        0..4 x this machine's CPUs (torch aborts on absurd thread counts)."""
+        if self.warmup < 0:
+            raise ConfigError(f"bench.warmup is {self.warmup}; use 0 or more untimed runs")
+        if self.repeats < 1:
+            raise ConfigError(f"bench.repeats is {self.repeats}; use 1 or more timed runs")
+        most = 4 * (os.cpu_count() or 1)
+        if not 0 <= self.threads <= most:
+            raise ConfigError(f"bench.threads is {self.threads}; use 0 (torch's default) to {most} "
+                              f"(this machine has {os.cpu_count()} CPUs)")
 
 
 # ---------------------------------------------------------------- inputs
@@ -246,16 +257,47 @@ def _load(cfg: BenchConfig, model_cfg: Any, device: torch.device) -> tuple[nn.Mo
     return loaded.model.to(device).eval(), {"source": f"sam:{path}"}
 
 
-def bench(cfg: BenchConfig, model_cfg: Any) -> dict[str, Any]:
+def check_out_file(out: Path, force: bool = False) -> None:
+    """Check bench's ``--out`` JSON file before any timing: a writable folder, and an existing
+    file replaced only when it is an earlier bench result (``format`` ``BENCH_FORMAT``) or ``force``.
+
+    Raises:
+        ConfigError: an empty path, a folder, another kind of file without ``force``, or a
+            folder that cannot be written (one line naming it and the fix).
+    """
+    from supersam.io import check_writable
+
+    if not str(out).strip():
+        raise ConfigError("bench --out is empty; pass a JSON file path")
+    if out.is_dir():
+        raise ConfigError(f"bench --out {out} is a folder; pass a JSON file path such as {out / 'bench.json'}")
+    if out.exists() and not force:
+        try:
+            earlier = json.loads(out.read_bytes())
+            ours = earlier.get("format") == BENCH_FORMAT or "encoder_median_ms" in earlier  # before the format key
+        except (ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"bench --out {out} exists and is not a bench result; choose another file, "
+                              "or pass --force to replace it")
+    check_writable(out.parent, "bench --out's folder")
+
+
+@releases_claims  # a folder created for --out is removed again when the command fails
+def bench(cfg: BenchConfig, model_cfg: Any, force: bool = False) -> dict[str, Any]:
     """Measure params, MACs and encoder/decoder latency of ``cfg.model`` (``supersam bench``).
+
+    ``force`` replaces an existing ``cfg.out`` that is not a bench result.
 
     Returns:
         ``params``, ``encoder_macs``, ``decoder_macs``, ``macs`` (MACs = FLOPs / 2),
         ``encoder_median_ms``, ``encoder_p90_ms``, ``decoder_median_ms``, ``decoder_p90_ms``,
-        ``img_size``, ``threads``, ``device``, ``device_name``, ``warmup``, ``repeats``, ``source``.
+        ``img_size``, ``threads``, ``device``, ``device_name``, ``warmup``, ``repeats``, ``source``,
+        ``format`` (``BENCH_FORMAT``).
 
     Raises:
-        ConfigError: bad settings, or a model that is neither an export, a supernet nor a checkpoint.
+        ConfigError: bad settings, an ``out`` that is not writable or would replace another file
+            (without ``force``), or a model that is neither an export, a supernet nor a checkpoint.
         CheckpointError: unreadable checkpoint.
     """
     from supersam.device import resolve_device
@@ -263,11 +305,13 @@ def bench(cfg: BenchConfig, model_cfg: Any) -> dict[str, Any]:
     from supersam.sam import count_params
 
     cfg.validate()
+    if cfg.out:
+        check_out_file(Path(cfg.out), force)  # before the timing, not after it
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     sam, described = _load(cfg, model_cfg, device)
-    result: dict[str, Any] = {**described, "params": count_params(sam), "img_size": sam.image_encoder.img_size,
+    result: dict[str, Any] = {"format": BENCH_FORMAT, **described, "params": count_params(sam), "img_size": sam.image_encoder.img_size,
                               **model_macs(sam), **model_latency(sam, cfg.warmup, cfg.repeats),
                               "threads": torch.get_num_threads(), "device": str(device),
                               "device_name": device_name(device), "warmup": cfg.warmup, "repeats": cfg.repeats,

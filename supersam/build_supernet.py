@@ -25,7 +25,7 @@ from supersam.artifacts import LayerRanking, SupernetMeta
 from supersam.config import ModelConfig, TrackingConfig
 from supersam.errors import ConfigError
 from supersam.reorder import COMBINES, get_variant, reorder_sam
-from supersam.sam import build_sam_from_config, count_params
+from supersam.sam import build_sam_from_config, count_params, state_digest
 from supersam.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,8 @@ def build_supernet(
             stats.check_matches(loaded, f"calibration stats {cfg.stats}")
         meta = SupernetMeta(
             model_type=loaded.model_type, img_size=loaded.img_size, pretrained=loaded.pretrained,
-            variant=cfg.variant, checkpoint=loaded.checkpoint or "", combine=cfg.combine,
+            variant=cfg.variant, checkpoint=loaded.checkpoint or "",
+            base_digest=state_digest(loaded.model) if loaded.checkpoint else "", combine=cfg.combine,
             stats=cfg.stats if stats is not None else "", stats_n_images=stats.n_images if stats is not None else 0,
             ranking=space_cfg.ranking,
         )

@@ -30,7 +30,7 @@ from supersam.artifacts import ExportManifest, SupernetMeta
 from supersam.elastic import EncoderSpec, SuperSam, build_encoder
 from supersam.errors import CheckpointError, ConfigError, SupersamError
 from supersam.io import load_torch, read_json, torch_save
-from supersam.sam import PIXEL_MEAN, PIXEL_STD, build_sam_model, read_state_dict
+from supersam.sam import PIXEL_MEAN, PIXEL_STD, LoadedSam, build_sam, build_sam_model, read_state_dict, state_digest
 from supersam.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -171,3 +171,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Sam:
     assign_state(sam, state, f"exported model {path}")
     set_pixel_stats(sam, manifest.pixel_mean, manifest.pixel_std)
     return sam.to(torch.device(device)).eval()
+
+
+def load_base_model(meta: SupernetMeta, source: str) -> LoadedSam:
+    """The base SAM a supernet was built from (``meta.checkpoint``), on the CPU.
+
+    Used as the teacher of ``train.distill_from: base`` and for relative mIoU thresholds.
+
+    Args:
+        meta: the supernet's metadata (``model_type``, ``img_size``, ``checkpoint``, ``base_digest``).
+        source: the supernet's path, for messages.
+
+    Raises:
+        CheckpointError: the checkpoint is missing or unreadable, or its weights are no
+            longer those the supernet was built from (``meta.base_digest``).
+    """
+    loaded = build_sam(meta.model_type, meta.img_size, meta.checkpoint)
+    if meta.base_digest and state_digest(loaded.model) != meta.base_digest:
+        raise CheckpointError(f"the base model {meta.checkpoint} has other weights than when {source} was built "
+                              "from it; restore that base model, or rebuild the supernet from this one (dvc repro)")
+    return loaded

@@ -38,6 +38,10 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.(tmp|tmpdir|o
 # Files the version-control tools write beside a stage's outputs: DVC adds a
 # .gitignore next to every cached output, so they never make a folder foreign.
 TOOL_FILES = (".gitignore", ".dvcignore")
+# Output folders this process holds (claim_out), by resolved path.
+_CLAIMED: dict[Path, FileLock] = {}
+# Folders check_writable created (top first): removed again if still empty when a stage fails.
+_CREATED: list[Path] = []
 
 
 def _umask() -> int:
@@ -197,6 +201,8 @@ def load_torch(path: str | Path, what: str, missing_fix: str, corrupt_fix: str) 
     from supersam.errors import CheckpointError
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a folder; pass the checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist; {missing_fix}")
     try:
@@ -208,16 +214,26 @@ def load_torch(path: str | Path, what: str, missing_fix: str, corrupt_fix: str) 
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
-    """Read a JSON file, raising a one-line :class:`ConfigError` naming it on failure."""
+    """Read a JSON file in UTF-8, UTF-16 or UTF-32 (the encoding is detected, RFC 8259).
+
+    Raises:
+        ConfigError: a missing file, a folder, or bytes that are not JSON (one line naming it).
+    """
     from supersam.errors import ConfigError
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; pass the JSON file")
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist; run the stage that writes it or fix the path")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes())  # bytes: json detects UTF-8/16/32 (PowerShell's `>` writes UTF-16)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what} {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise ConfigError(f"{what} {path} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+                          "fix the file or write it again") from None
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError(f"{what} {path} is not a JSON text file (undecodable bytes); "
+                          "point at the JSON file the stage wrote") from None
 
 
 def check_writable(folder: str | Path, what: str) -> Path:
@@ -229,6 +245,7 @@ def check_writable(folder: str | Path, what: str) -> Path:
     from supersam.errors import ConfigError
 
     folder = Path(folder)
+    _CREATED.extend(reversed([p for p in (folder, *folder.parents) if not p.exists()]))  # top first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=temp_prefix(folder / "probe"), suffix=".tmp", dir=folder)
@@ -238,10 +255,6 @@ def check_writable(folder: str | Path, what: str) -> Path:
         raise ConfigError(f"{what} {folder} is not writable ({exc.strerror or exc}); "
                           "choose another folder or fix its permissions") from None
     return folder
-
-
-# Output folders this process holds (claim_out), by resolved path.
-_CLAIMED: dict[Path, FileLock] = {}
 
 
 def _lock_file(folder: Path) -> Path:
@@ -278,14 +291,23 @@ def claim_out(folder: str | Path, what: str) -> None:
 
 def releases_claims(fn: Callable) -> Callable:
     """Decorator of a stage function: the folders it claimed (:func:`claim_out`) are released
-    when it returns or raises; claims made before the call are kept."""
+    when it returns or raises; claims made before the call are kept. When it raises (a refused
+    input, Ctrl-C), the output folders it created and left empty are removed again."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        before = set(_CLAIMED)
+        before, created = set(_CLAIMED), len(_CREATED)
         try:
             return fn(*args, **kwargs)
+        except BaseException:
+            for folder in reversed(_CREATED[created:]):  # deepest first
+                try:
+                    folder.rmdir()  # only an empty folder
+                except OSError:
+                    pass
+            raise
         finally:
+            del _CREATED[created:]
             for key in set(_CLAIMED) - before:
                 _CLAIMED.pop(key).release()
 

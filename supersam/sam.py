@@ -343,6 +343,22 @@ def build_sam(
     return LoadedSam(model, model_type, size, pretrained=True, checkpoint=str(checkpoint))
 
 
+def state_digest(module: nn.Module) -> str:
+    """SHA-1 (hex) of a module's state: every entry's name, shape, dtype and bytes.
+
+    The content identity of loaded weights, whatever file or layout they came from
+    (ties calibration stats and supernets to the base model they were made from).
+    """
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def count_params(module: nn.Module) -> int:
     """Number of parameters (elements) of ``module``."""
     return sum(p.numel() for p in module.parameters())

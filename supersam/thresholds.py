@@ -177,15 +177,16 @@ def measure_base_miou(meta: SupernetMeta, inputs: Sequence[Any], device: Any, me
     evaluated by :func:`supersam.scoring.run_eval` with its own prompt encoder.
 
     Raises:
-        CheckpointError: unreadable base checkpoint.
+        CheckpointError: unreadable base checkpoint, or one with other weights than the
+            supernet was built from.
     """
     import torch
 
+    from supersam.checkpoint import load_base_model
     from supersam.scoring import run_eval
-    from supersam.sam import build_sam
 
     device = torch.device(device)
-    loaded = build_sam(meta.model_type, meta.img_size, meta.checkpoint)
+    loaded = load_base_model(meta, "the supernet")
     model = loaded.model.to(device)
     try:
         result = run_eval(model, inputs, device, amp=amp, batch_size=batch_size)
@@ -214,7 +215,8 @@ def resolve_threshold(setting: Any, meta: SupernetMeta, inputs: Sequence[Any], d
 
     Raises:
         ConfigError: invalid setting, or relative without a base model checkpoint.
-        CheckpointError: base checkpoint missing or unreadable.
+        CheckpointError: base checkpoint missing, unreadable, or with other weights than the
+            supernet was built from.
     """
     threshold = MiouThreshold.parse(setting, what)
     text = setting_text(setting)

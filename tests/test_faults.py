@@ -70,13 +70,15 @@ def project(tmp_path_factory, shared_data) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / "notes").mkdir()
     (root / "notes" / "mine.txt").write_text("a user's file\n")
+    (root / "notes" / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))  # not text
     return root
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` -> the SHA-1 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` -> the SHA-1 of its bytes; every folder -> "folder" (so an empty
+    folder left behind by a refused command shows too)."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in sorted(root.rglob("*"))}
 
 
 def assert_one_line(code: int, err: str, needle: str) -> None:
@@ -146,6 +148,22 @@ REFUSED = {
     "train resume and auto-resume": (["train", "--resume", "--auto-resume"], "exclude each other"),
     "pretrain resume and auto-resume": (["pretrain", "--resume", "--auto-resume"], "exclude each other"),
     "pretrain out unwritable": (["pretrain", "--out", "notes/mine.txt/sub"], "not writable"),
+    # files of the wrong kind
+    "subnet is a picture": (["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", "notes/picture.png",
+                             "--out", "new"], "is not a JSON text file"),
+    "subnet is a folder": (["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", "notes",
+                            "--out", "new"], "is a folder; pass the JSON file"),
+    "supernet is a folder": (["search", "--supernet", "notes", "--out", "new"], "is a folder; pass the checkpoint file"),
+    # bench: its --out file is checked before the timing
+    "bench threads absurd": (["bench", "outputs/export/model", "--threads", "100000"], "bench.threads is 100000"),
+    "bench out is a user's file": (["bench", "outputs/export/model", "--out", "notes/mine.txt"],
+                                   "exists and is not a bench result"),
+    "bench out is a folder": (["bench", "outputs/export/model", "--out", "notes"], "is a folder"),
+    "bench out unwritable": (["bench", "outputs/export/model", "--out", "notes/mine.txt/sub/b.json"], "not writable"),
+    "bench repeats 0": (["bench", "outputs/export/model", "--repeats", "0"], "bench.repeats is 0"),
+    "pretrain init missing, new out": (["pretrain", "--out", "new/deeper", "--set", "pretrain.init=nothing.pth"],
+                                       "nothing.pth does not exist"),
+    "eval model missing, new out": (["eval", "--model", "nothing", "--out", "new/eval"], "nothing"),
     # usage errors (click's own): one line and the help command, not a framed panel
     "unknown flag": (["search", "--max-param", "5"], "no such option: --max-param"),
     "unknown command": (["serch"], "no such command 'serch'"),
@@ -403,6 +421,49 @@ def test_searches_have_their_own_database_and_any_path_works(project, tmp_path, 
     assert code == 0, err
     assert json.loads((out / "metrics.json").read_text())["n_evaluations"] == 4
     assert not (out / "opentuner.db").exists()  # its database lived in a temporary folder of its own
+
+
+def test_json_in_utf16_is_read_and_bench_replaces_only_its_own_results(project, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    subnet = tmp_path / "subnet16.json"
+    subnet.write_text(SUBNET_JSON, encoding="utf-16")  # what PowerShell's `>` writes
+    code, err = run_cli(["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", str(subnet),
+                         "--out", str(tmp_path / "export")], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["subnet"] == SUBNET
+    bench = ["bench", str(tmp_path / "export"), "--repeats", "1", "--warmup", "0"]
+    code, err = run_cli([*bench, "--out", str(tmp_path / "b.json")], monkeypatch, capsys)
+    assert code == 0, err
+    first = json.loads((tmp_path / "b.json").read_text())
+    assert first["format"] == "supersam-bench/1" and first["params"] > 0
+    code, err = run_cli([*bench, "--out", str(tmp_path / "b.json")], monkeypatch, capsys)  # its own: replaced
+    assert code == 0, err
+    user = tmp_path / "user.json"
+    user.write_text('{"mine": 1}')
+    code, err = run_cli([*bench, "--out", str(user)], monkeypatch, capsys)
+    assert_one_line(code, err, "exists and is not a bench result")
+    assert user.read_text() == '{"mine": 1}'
+    code, err = run_cli([*bench, "--out", str(user), "--force"], monkeypatch, capsys)
+    assert code == 0 and json.loads(user.read_text())["format"] == "supersam-bench/1", err
+
+
+def test_a_signal_surfacing_inside_native_code_is_an_interruption(project, monkeypatch, capsys):
+    """Ctrl-C while torch runs C++ (the ONNX tracer) surfaces as a SystemError whose context is the
+    interruption: still one line and exit 130, not a traceback."""
+    from supersam import bench as bench_mod
+    from supersam.errors import Interrupted
+
+    def interrupted_in_native_code(*args, **kwargs):
+        try:
+            raise Interrupted("SIGINT")
+        except Interrupted:
+            raise SystemError("<method '__float__'> returned a result with an exception set")
+
+    monkeypatch.setattr(bench_mod, "bench", interrupted_in_native_code)
+    monkeypatch.chdir(project)
+    code, err = run_cli(["bench", "outputs/export/model"], monkeypatch, capsys)
+    assert code == 130
+    assert_one_line(code, err, "interrupted")
 
 
 # --- one writer per output folder -----------------------------------------------------------------------------------

@@ -424,6 +424,30 @@ def test_distill_from_base_needs_a_base_checkpoint(supernet_path, data_cfg, tmp_
         train(cfg, data_cfg, TrackingConfig(enabled=False), show_progress=False)
 
 
+def test_a_base_model_replaced_since_the_build_is_refused_as_teacher_and_threshold(data_cfg, tmp_path):
+    """The supernet records its base model's weights (``base_digest``): another model of the same shape
+    at the same path is refused as the distillation teacher and as the reference of a relative target."""
+    from supersam.sam import state_digest
+    from supersam.thresholds import resolve_threshold
+
+    torch.manual_seed(0)
+    sam = build_sam_model("tiny", 128)
+    torch.save(sam.state_dict(), tmp_path / "base.pth")
+    meta = SupernetMeta("tiny", 128, True, "none", checkpoint=str(tmp_path / "base.pth"), base_digest=state_digest(sam))
+    save_supernet(tmp_path / "supernet.pt", SuperSam(sam, SearchSpace.for_arch("tiny")), meta)
+    cfg = TrainConfig(supernet=str(tmp_path / "supernet.pt"), out=str(tmp_path / "out"), iterations=1, batch_size=2,
+                      eval_every=0, val_images=1, target_every=0, target_miou=1.0, device="cpu", distill_from="base")
+    torch.manual_seed(1)
+    torch.save(build_sam_model("tiny", 128).state_dict(), tmp_path / "base.pth")  # replaced: same shape, other weights
+    with pytest.raises(CheckpointError, match="has other weights than when .* was built from it"):
+        train(cfg, data_cfg, TrackingConfig(enabled=False), show_progress=False)
+    with pytest.raises(CheckpointError, match="has other weights"):
+        resolve_threshold("0.95x", meta, [], "cpu", what="train.target_miou")
+    assert not (tmp_path / "out").exists()  # refused before any work: no empty folder left behind
+    torch.save(sam.state_dict(), tmp_path / "base.pth")  # restored: accepted again
+    assert train(cfg, data_cfg, TrackingConfig(enabled=False), show_progress=False).losses
+
+
 def test_cli_flags_override_params(base_cfg, data_cfg, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

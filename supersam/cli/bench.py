@@ -20,6 +20,7 @@ def bench_cli(
     warmup: Optional[int] = typer.Option(None, help="Untimed warm-up runs (bench.warmup)."),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads, 0 = torch's default (bench.threads)."),
     out: Optional[str] = typer.Option(None, help="Write the figures to this JSON file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file that is not a bench result."),
 ) -> None:
     """Params, MACs (FlopCounterMode, MACs = FLOPs/2) and median/p90 encoder and decoder latency (ms) on this device."""
     from supersam.bench import BenchConfig, bench
@@ -28,4 +29,4 @@ def bench_cli(
     values = load_params("bench", ("bench", "model"), params, sets, {
         "bench.model": model, "bench.subnet": subnet, "bench.repeats": repeats, "bench.warmup": warmup,
         "bench.threads": threads, "bench.out": out})
-    bench(stage_config(BenchConfig, values, "bench"), stage_config(ModelConfig, values, "model"))
+    bench(stage_config(BenchConfig, values, "bench"), stage_config(ModelConfig, values, "model"), force=force)

@@ -31,8 +31,32 @@ RESUMABLE = {"train": "--resume", "search": "--resume", "pretrain": "--resume"}
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
+_STATE = {"finished": False}  # True once the command has returned: a late Ctrl-C no longer interrupts it
+
+
 def _raise_interrupted(signum, frame) -> None:  # noqa: ARG001
-    raise Interrupted(signal.Signals(signum).name)
+    if not _STATE["finished"]:
+        raise Interrupted(signal.Signals(signum).name)
+
+
+def _interruption(exc: BaseException) -> Interrupted | KeyboardInterrupt | None:
+    """The interruption behind ``exc``: a signal raised inside C++ code (torch's tracer, say)
+    surfaces as e.g. a ``SystemError`` whose context is our :class:`Interrupted`."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _interrupted(exc: BaseException) -> None:
+    """One line saying how to continue, and exit 130 (SIGINT) or 143 (SIGTERM)."""
+    name = getattr(exc, "signal_name", "SIGINT")
+    what = "terminated (SIGTERM)" if name == "SIGTERM" else "interrupted"
+    _error(f"{what}; {_how_to_continue()}")
+    sys.exit(EXIT_CODES.get(name, 130))
 
 
 def _error(message: str) -> None:
@@ -42,10 +66,14 @@ def _error(message: str) -> None:
 def main() -> None:
     """Run the CLI; user errors, file-system errors and interruptions end in one line and a non-zero exit."""
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _STATE["finished"] = False
     for sig in saved:  # click would turn KeyboardInterrupt into "Aborted!"; ours reaches the finally blocks
         signal.signal(sig, _raise_interrupted)
     try:
         code = app(standalone_mode=False)  # click's exceptions reach us instead of printing a framed panel
+        _STATE["finished"] = True
+        if code == EXIT_CODES["SIGINT"]:  # typer turned a KeyboardInterrupt raised by other code into exit 130
+            _interrupted(KeyboardInterrupt())
     except USAGE_ERRORS as exc:
         if type(exc).__name__ != "NoArgsIsHelpError":  # that one has shown the help already
             _error(_usage_line(exc))
@@ -54,16 +82,20 @@ def main() -> None:
         _error(str(exc))
         sys.exit(1)
     except (Interrupted, KeyboardInterrupt) as exc:
-        name = getattr(exc, "signal_name", "SIGINT")
-        what = "terminated (SIGTERM)" if name == "SIGTERM" else "interrupted"
-        _error(f"{what}; {_how_to_continue()}")
-        sys.exit(EXIT_CODES.get(name, 130))
+        _interrupted(exc)
     except OSError as exc:
+        if _interruption(exc) is not None:
+            _interrupted(_interruption(exc))
         if exc.filename is None:
             raise
         _error(f"cannot use {exc.filename}: {exc.strerror or exc}; free space or fix the path and its permissions")
         sys.exit(1)
+    except Exception as exc:
+        if _interruption(exc) is None:
+            raise  # a bug: keep its traceback
+        _interrupted(_interruption(exc))
     finally:
+        _STATE["finished"] = True
         for sig, handler in saved.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(N) and --help return their code

@@ -26,7 +26,7 @@ from supersam.device import autocast
 from supersam.errors import CheckpointError, ConfigError
 from supersam.metrics import dice_loss
 from supersam.inference import decode_masks, embed_prompts, encode_images
-from supersam.sam import build_sam
+from supersam.checkpoint import load_base_model
 from supersam.train.config import TrainConfig
 from supersam.train.distributed import DistContext, all_reduce_grads, all_reduce_sum
 from supersam.sampling import subnet_generator
@@ -90,7 +90,7 @@ class BaseTargets:
 
 
 def load_base_teacher(meta, source: str, device: torch.device) -> torch.nn.Module:
-    """The frozen base SAM a supernet was built from (``meta.checkpoint``), for ``distill_from: base``.
+    """The frozen base SAM a supernet was built from (:func:`supersam.checkpoint.load_base_model`), for ``distill_from: base``.
 
     Args:
         meta: the supernet's :class:`~supersam.artifacts.SupernetMeta` (model_type, img_size, checkpoint).
@@ -101,7 +101,8 @@ def load_base_teacher(meta, source: str, device: torch.device) -> torch.nn.Modul
 
     Raises:
         ConfigError: the supernet comes from a randomly initialised SAM (no base checkpoint).
-        CheckpointError: the recorded base checkpoint is missing or unreadable.
+        CheckpointError: the recorded base checkpoint is missing, unreadable, or holds other
+            weights than the supernet was built from.
     """
     if not meta.checkpoint:
         raise ConfigError(f"train.distill_from is base, but {source} was built from a randomly initialised SAM "
@@ -109,7 +110,7 @@ def load_base_teacher(meta, source: str, device: torch.device) -> torch.nn.Modul
     if not Path(meta.checkpoint).exists():  # a checkpoint file or a Hugging Face model folder
         raise CheckpointError(f"train.distill_from is base, but the base model {meta.checkpoint} that {source} was "
                               "built from does not exist (run from the project folder)")
-    model = build_sam(meta.model_type, meta.img_size, meta.checkpoint).model.to(device).eval()
+    model = load_base_model(meta, source).model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
