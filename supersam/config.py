@@ -193,7 +193,10 @@ def _message(exc: ValidationError, cls: type, where: str) -> str:
         names = ", ".join(f.name for f in dataclasses.fields(cls))
         return f"unknown key {key}; known keys: {names}"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{key}: {msg[0].lower()}{msg[1:]}, got {err['input']!r}" if "input" in err else f"{key}: {msg}"
+    fix = "fix it in params.yaml or with --set"
+    if "input" in err:
+        return f"{key}: {msg[0].lower()}{msg[1:]}, got {err['input']!r}; {fix}"
+    return f"{key}: {msg}; {fix}"
 
 
 def build_config(cls: type[T], values: dict[str, Any] | None, where: str) -> T:

@@ -25,8 +25,8 @@ _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 _COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*$", re.IGNORECASE)
 
 
-def parse_count(value: str | int | float, what: str = "--max-params") -> int:
-    """A parameter count from ``60e6``, ``60000000``, ``60M``, ``1.5G``, ``500k`` (or a number).
+def parse_count(value: str | int | float, what: str = "--max-params", unit: str = "parameter count") -> int:
+    """A count (params, or MACs with ``unit``) from ``60e6``, ``60000000``, ``60M``, ``1.5G``, ``500k`` (or a number).
 
     Suffixes are decimal (k = 1e3, M = 1e6, G/B = 1e9), case-insensitive.
 
@@ -34,16 +34,16 @@ def parse_count(value: str | int | float, what: str = "--max-params") -> int:
         ConfigError: not a positive count (one line naming ``what``).
     """
     if isinstance(value, bool):
-        raise ConfigError(f"{what} must be a parameter count like 60e6, 60000000 or 60M, got {value!r}")
+        raise ConfigError(f"{what} must be a {unit} like 60e6, 60000000 or 60M, got {value!r}")
     if isinstance(value, (int, float)):
         number = float(value)
     else:
         match = _COUNT.match(str(value))
         if not match:
-            raise ConfigError(f"{what} must be a parameter count like 60e6, 60000000 or 60M, got {value!r}")
+            raise ConfigError(f"{what} must be a {unit} like 60e6, 60000000 or 60M, got {value!r}")
         number = float(match.group(1)) * _SUFFIXES[match.group(2).lower()]
     if not math.isfinite(number) or number <= 0:
-        raise ConfigError(f"{what} must be a positive parameter count, got {value!r}")
+        raise ConfigError(f"{what} must be a positive {unit}, got {value!r}")
     return int(round(number))
 
 
@@ -147,7 +147,7 @@ class SearchConfig:
     @property
     def max_macs_count(self) -> int:
         """``max_macs`` as an integer count (0 = no MACs constraint)."""
-        return 0 if str(self.max_macs).strip() in ("", "0") else parse_count(self.max_macs, "--max-macs")
+        return 0 if str(self.max_macs).strip() in ("", "0") else parse_count(self.max_macs, "--max-macs", "MAC count")
 
     @property
     def uses_latency(self) -> bool:
