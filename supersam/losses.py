@@ -55,13 +55,31 @@ def low_res_targets(gt: torch.Tensor, input_size: tuple[int, int], img_size: int
     return F.avg_pool2d(x, 4)[:, 0]
 
 
-def per_mask_focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25) -> torch.Tensor:
-    """Sigmoid focal loss (gamma 2, ``alpha``; < 0 = unweighted) averaged over pixels: ... x H x W -> (...)."""
-    return sigmoid_focal_loss(logits.float(), target.float(), alpha=alpha, gamma=2.0, reduction="none").flatten(-2).mean(-1)
+def low_res_valid(ignore: torch.Tensor | None, input_size: tuple[int, int], img_size: int) -> torch.Tensor | None:
+    """Weights of the non-void pixels in the decoder's low-res frame: H x W bool void -> S/4 x S/4
+    in [0, 1] (:func:`low_res_targets` of the void mask, subtracted from 1); None without void."""
+    if ignore is None:
+        return None
+    return 1.0 - low_res_targets(ignore[None], input_size, img_size)[0]
+
+
+def per_mask_focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Sigmoid focal loss (gamma 2, ``alpha``; < 0 = unweighted) averaged over pixels: ... x H x W -> (...).
+
+    ``valid``: H x W (broadcast) weights in [0, 1] of the pixels that count (0 = void); the
+    mean is then over the valid pixels. None = every pixel.
+    """
+    loss = sigmoid_focal_loss(logits.float(), target.float(), alpha=alpha, gamma=2.0, reduction="none")
+    if valid is None:
+        return loss.flatten(-2).mean(-1)
+    w = valid.float().expand_as(loss).flatten(-2)
+    return (loss.flatten(-2) * w).sum(-1) / w.sum(-1).clamp_min(1.0)
 
 
 def sam_loss(
-    logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, weights: SamLossWeights = SamLossWeights()
+    logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, weights: SamLossWeights = SamLossWeights(),
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SAM's loss for one image's N objects and all four decoder outputs.
 
@@ -76,16 +94,19 @@ def sam_loss(
         iou_pred: N x 4 predicted IoUs.
         target: N x h x w ground truth in [0, 1] in the same frame (soft
             targets allowed; the IoU target uses target > 0.5).
+        valid: h x w weights in [0, 1] of the pixels that count, in the same frame
+            (0 = void, ``data.ignore_label``; :func:`low_res_valid`); None = every pixel.
 
     Returns:
         (scalar loss, {"focal", "dice", "iou_mse"} of channel 0 / the chosen masks, as floats).
     """
     gt = target[:, None].expand_as(logits)
-    focal, dice = per_mask_focal(logits, gt, weights.focal_alpha), per_mask_dice(logits, gt)  # N x 4
+    focal = per_mask_focal(logits, gt, weights.focal_alpha, valid)  # N x 4
+    dice = per_mask_dice(logits, gt, valid=valid)  # N x 4
     mask_loss = weights.focal * focal + weights.dice * dice
     best = mask_loss[:, 1:].min(dim=1).values if logits.shape[1] > 1 else torch.zeros_like(mask_loss[:, 0])
     with torch.no_grad():
-        actual = mask_iou(logits > 0, gt > 0.5).float()  # N x 4
+        actual = mask_iou(logits > 0, gt > 0.5, None if valid is None else valid < 0.5).float()  # N x 4
     iou_mse = ((iou_pred.float() - actual) ** 2).mean()
     loss = mask_loss[:, 0].mean() + best.mean() + weights.iou * iou_mse
     return loss, {"focal": float(focal[:, 0].detach().mean()), "dice": float(dice[:, 0].detach().mean()),

@@ -14,28 +14,36 @@ from __future__ import annotations
 
 import torch
 
-def per_mask_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def per_mask_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
+                  valid: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice loss (paper Eq. 2) per mask: logits and target ... x H x W -> (...).
 
     target may be soft (values in [0, 1]); eps is added to numerator and denominator.
+    ``valid``: H x W (broadcast) weights in [0, 1] of the pixels that count (0 = void,
+    ``data.ignore_label``); None = every pixel.
     """
     prob = torch.sigmoid(logits.float()).flatten(-2)
     gt = target.float().flatten(-2)
+    if valid is not None:
+        w = valid.float().flatten(-2)
+        prob, gt = prob * w, gt * w
     return 1.0 - (2.0 * (prob * gt).sum(-1) + eps) / (prob.sum(-1) + gt.sum(-1) + eps)
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
+              ignore: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice loss, paper Eq. 2: 1 - 2|GT n Pred| / (|GT| + |Pred|), mean over objects.
 
     Args:
         logits: N x H x W mask logits (Pred = sigmoid(logits)).
         target: N x H x W ground truth in {0, 1}.
         eps: smoothing added to numerator and denominator (keeps empty masks finite).
+        ignore: H x W bool void pixels (``data.ignore_label``), left out of both sets; None = none.
 
     Returns:
         scalar loss in [0, 1]; ~0 for a perfect prediction, ~1 for a disjoint one.
     """
-    return per_mask_dice(logits, target, eps).mean()
+    return per_mask_dice(logits, target, eps, None if ignore is None else ~ignore.bool()).mean()
 
 
 def mask_iou(pred: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from supersam.metrics import MiouMeter, dice_loss, mask_iou, object_ious
@@ -70,3 +71,41 @@ def test_ignore_pixels_leave_intersection_and_union():
     meter = MiouMeter()
     meter.add_single(logits, torch.stack([gt, gt]), void)
     assert meter.result()["miou"] == (8 / 24 + 1.0) / 2
+
+
+def test_void_pixels_leave_the_training_losses():
+    """Dice (train) and SAM's focal + Dice + IoU loss (pretrain) ignore void pixels: a hand-computed
+    Dice, and any prediction on the void pixels leaves both losses unchanged."""
+    from supersam.losses import SamLossWeights, low_res_valid, sam_loss
+
+    logits = torch.full((1, 2, 2), 20.0)  # predicts foreground everywhere
+    target = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    void = torch.tensor([[False, True], [False, False]])
+    # |P n G| = 1, |P| = 3 valid pixels, |G| = 1: 1 - (2 + 1) / (3 + 1 + 1) = 0.4 (0.5 with the void pixel)
+    assert float(dice_loss(logits, target, ignore=void)) == pytest.approx(0.4, abs=1e-6)
+    assert float(dice_loss(logits, target)) == pytest.approx(0.5, abs=1e-6)
+
+    torch.manual_seed(0)
+    void = torch.zeros(64, 64, dtype=torch.bool)
+    void[10:30, 5:50] = True
+    gt = torch.zeros(3, 64, 64)
+    gt[0, 20:40, 20:40] = 1
+    gt[1, :8, :8] = 1
+    gt[2, 50:, 30:] = 1
+    a = torch.randn(3, 64, 64)
+    b = a.clone()
+    b[:, void] = 20.0  # foreground predicted on every void pixel, nothing else changed
+    assert float(dice_loss(a, gt, ignore=void)) == pytest.approx(float(dice_loss(b, gt, ignore=void)), abs=1e-6)
+    assert float(dice_loss(a, gt)) != pytest.approx(float(dice_loss(b, gt)), abs=1e-3)
+
+    void_input = torch.zeros(256, 256, dtype=torch.bool)  # the same void at the 256 px input size
+    void_input[40:120, 20:200] = True
+    valid = low_res_valid(void_input, (256, 256), 256)  # -> the decoder's 64 x 64 low-res frame
+    assert torch.equal(valid == 0, void) and torch.equal(valid == 1, ~void)
+    iou = torch.rand(3, 4)
+    la, lb = (x[:, None].expand(3, 4, 64, 64).contiguous() for x in (a, b))
+    weights = SamLossWeights(focal_alpha=-1.0)
+    loss_a, _ = sam_loss(la, iou, gt, weights, valid)
+    loss_b, _ = sam_loss(lb, iou, gt, weights, valid)
+    assert float(loss_a) == pytest.approx(float(loss_b), abs=1e-5)
+    assert float(sam_loss(la, iou, gt, weights)[0]) != pytest.approx(float(sam_loss(lb, iou, gt, weights)[0]), abs=1e-3)

@@ -36,7 +36,7 @@ from supersam.data.config import PROMPTS
 from supersam.device import autocast, resolve_device
 from supersam.errors import CheckpointError
 from supersam.io import check_writable, claim_out, file_digest, releases_claims, torch_save, write_json
-from supersam.losses import SamLossWeights, low_res_targets, sam_loss
+from supersam.losses import SamLossWeights, low_res_targets, low_res_valid, sam_loss
 from supersam.inference import decode_low_res, embed_prompts, encode_images
 from supersam.pretrain.config import TRAJECTORY_FIELDS, PretrainConfig
 from supersam.sam import build_sam, count_params, pixel_stats
@@ -128,7 +128,8 @@ class Pretrainer:
             with autocast(self.device, self.cfg.amp):
                 low_res, iou_pred = decode_low_res(self.sam, embeddings[j : j + 1], embed_prompts(self.sam, inp))
             target = low_res_targets(inp.gt_masks, inp.input_size, self.img_size)  # N x S/4 x S/4
-            loss, terms = sam_loss(low_res, iou_pred, target, self.weights)
+            valid = low_res_valid(inp.ignore, inp.input_size, self.img_size)  # void pixels do not count
+            loss, terms = sam_loss(low_res, iou_pred, target, self.weights, valid)
             batch_loss = batch_loss + loss / len(inputs)
             for k, v in terms.items():
                 parts[k] += v / len(inputs)

@@ -185,7 +185,7 @@ def batch_loss(
             p = prompts[j] if prompts is not None else embed_prompts(sam, inp)
             logits, _ = decode_masks(sam, embeddings[j : j + 1], p, inp, multimask=False)
         logits = logits[:, 0]  # N x H x W
-        loss = dice_loss(logits, inp.gt_masks)
+        loss = dice_loss(logits, inp.gt_masks, ignore=inp.ignore)  # void pixels (data.ignore_label) do not count
         if teacher is not None and distill_weight > 0:
             loss = (1 - distill_weight) * loss + distill_weight * dice_loss(logits, teacher[j])
         if base is not None:
