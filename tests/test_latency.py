@@ -4,6 +4,7 @@ latency lookup table, and `search --max-latency-ms / --max-macs` on a tiny super
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,99 @@ def test_latency_table_predicts_the_sum_caches_and_remeasures(supernet_path, tmp
     assert supernet.active_subnet == supernet.space.max_subnet()  # restored
 
 
+@pytest.fixture(scope="module")
+def measured(supernet_path) -> tuple[SuperSam, dict]:
+    """The tiny supernet and a table measured on this machine (JSON form)."""
+    supernet = load_supernet(supernet_path)
+    table, _ = load_or_measure(supernet, supernet_path.parent / "lat.json", warmup=1, repeats=3, rounds=1)
+    return supernet, table.to_dict()
+
+
+def _fake_measure(monkeypatch, base: dict, scales: list[float]) -> list[float]:
+    """Replace measure_table by one returning ``base`` with the next of ``scales``; returns the scales used."""
+    import supersam.search.latency as latency
+
+    used: list[float] = []
+
+    def fake(*args, **kwargs):
+        used.append(scales[len(used)])
+        return LatencyTable.from_dict({**base, "scale": used[-1]})
+
+    monkeypatch.setattr(latency, "measure_table", fake)
+    return used
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "supersam.search.latency"]
+
+
+@pytest.mark.parametrize("entry, value", [("rest_ms", -0.5), ("decoder_ms", float("nan")), ("scale", float("inf")),
+                                          ("scale", 0), ("block", 0.0), ("block", float("-inf")), ("scale", "1.0")])
+def test_cached_table_with_non_positive_or_non_finite_timings_is_measured_again(measured, tmp_path, monkeypatch, caplog,
+                                                                               entry, value):
+    supernet, base = measured
+    bad = json.loads(json.dumps(base))
+    if entry == "block":
+        bad["blocks_ms"]["3"]["128"] = value
+    else:
+        bad[entry] = value
+    path = tmp_path / "lat.json"
+    path.write_text(json.dumps(bad))  # NaN / Infinity literals, as json.dumps writes them
+    used = _fake_measure(monkeypatch, base, [base["scale"]])
+    with caplog.at_level(logging.INFO, logger="supersam.search.latency"):
+        table, _ = load_or_measure(supernet, path)
+    assert used == [base["scale"]] and table.to_dict() == base  # measured again, not used
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "unreadable" in warnings[0] and "measuring again" in warnings[0]
+    assert LatencyTable.from_dict(json.loads(path.read_text())).to_dict() == base  # the cache holds the new one
+
+
+@pytest.mark.parametrize("change", [{"device_name": "AMD EPYC 7B13 64-Core Processor"}, {"threads": 64},
+                                    {"device": {"type": "cpu", "name": "AMD EPYC", "cpus": 128}}, {"device": {}},
+                                    {"device": None}])
+def test_table_of_another_machine_under_this_key_is_measured_again(measured, tmp_path, monkeypatch, caplog, change):
+    supernet, base = measured
+    path = tmp_path / "lat.json"
+    other = {**base, **change, "rest_ms": base["rest_ms"] / 10,
+             "blocks_ms": {i: {d: t / 10 for d, t in row.items()} for i, row in base["blocks_ms"].items()}}
+    path.write_text(json.dumps(other))
+    used = _fake_measure(monkeypatch, base, [base["scale"]])
+    table, _ = load_or_measure(supernet, path)
+    assert used and table.to_dict() == base
+    path.write_text(json.dumps(base))
+    again, _ = load_or_measure(supernet, path)  # this machine's own table is used
+    assert len(used) == 1 and again.to_dict() == base
+    assert base["device"]["type"] == "cpu" and base["device"]["name"] == base["device_name"]  # the full description
+
+
+def test_implausible_scale_is_measured_once_more_then_kept_with_a_warning(measured, tmp_path, monkeypatch, caplog):
+    supernet, base = measured
+    assert 0.8 <= base["scale"] <= 1.5  # 1.05-1.09 for the tiny model (latency.SCALE_RANGE)
+    path = tmp_path / "lat.json"
+    used = _fake_measure(monkeypatch, base, [2.0, 1.05])  # busy during the first measurement
+    with caplog.at_level(logging.INFO, logger="supersam.search.latency"):
+        table, _ = load_or_measure(supernet, path)
+    assert used == [2.0, 1.05] and table.scale == 1.05 and table.attempts == 2
+    assert json.loads(path.read_text())["scale"] == 1.05
+    assert len(_warnings(caplog)) == 1 and "busy" in _warnings(caplog)[0]
+    caplog.clear()
+    path.unlink()
+    used = _fake_measure(monkeypatch, base, [2.0, 0.5])  # implausible twice: kept, with the fix
+    with caplog.at_level(logging.INFO, logger="supersam.search.latency"):
+        table, _ = load_or_measure(supernet, path)
+    assert used == [2.0, 0.5] and table.scale == 0.5 and table.attempts == 2
+    assert len(_warnings(caplog)) == 2 and "delete" in _warnings(caplog)[1] and "idle machine" in _warnings(caplog)[1]
+    caplog.clear()
+    used = _fake_measure(monkeypatch, base, [])  # kept after two measurements: not measured a third time
+    with caplog.at_level(logging.INFO, logger="supersam.search.latency"):
+        again, _ = load_or_measure(supernet, path)
+    assert used == [] and again.scale == 0.5 and len(_warnings(caplog)) == 1 and "delete" in _warnings(caplog)[0]
+    path.write_text(json.dumps({**base, "scale": 2.0}))  # cached by a single measurement on a busy machine
+    used = _fake_measure(monkeypatch, base, [1.07])
+    table, _ = load_or_measure(supernet, path)
+    assert used == [1.07] and table.scale == 1.07
+
+
 def test_constraints_with_macs_and_latency():
     cons = Constraints(100, 0.5, "min-latency", "miou", max_macs=1000, max_latency_ms=10.0)
     assert cons.feasible(100, 0.5, 1000, 10.0) and not cons.feasible(100, 0.5, 1001, 10.0)
@@ -148,3 +242,40 @@ def test_cli_search_under_latency_and_macs(supernet_path, shared_data, tmp_path,
     assert code == 1 and "below the predicted latency of the smallest subnet" in err and "Traceback" not in err
     code, err = run_cli(["search", "--params", params, "--max-macs", "1k", "--out", str(tmp_path / "y")], monkeypatch, capsys)
     assert code == 1 and "--max-macs 1,000 is below the smallest subnet" in err
+
+
+def test_search_reports_a_measured_latency_over_the_bound_as_infeasible(measured, supernet_path, shared_data, tmp_path,
+                                                                        monkeypatch, capsys):
+    import supersam.search.latency as latency
+    from supersam.cli.app import console
+
+    monkeypatch.setattr(console, "width", 1000)  # one log record per line, paths unbroken
+    supernet, base = measured
+    table_path = tmp_path / "lat.json"
+    table_path.write_text(json.dumps(base))
+    bound = round(LatencyTable.from_dict(base).predict_ms(supernet.space.max_subnet()) + 0.01, 2)  # all feasible
+    params = str(write_params(tmp_path, shared_data, supernet=str(supernet_path), latency_table=str(table_path),
+                              budget=3))
+    for factor, name in ((10.0, "slow"), (1.05, "close")):  # e.g. a table of a 10x faster machine; then within 10%
+        monkeypatch.setattr(latency, "measure_subnet_ms",
+                            lambda *a, f=factor, **k: {"measured_ms": f * bound, "median_ms": f * bound, "p90_ms": f * bound})
+        code, err = run_cli(["search", "--params", params, "--max-params", "60M", "--min-miou", "0",
+                             "--max-latency-ms", str(bound), "--out", str(tmp_path / name)], monkeypatch, capsys)
+        assert code == 0, err
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["best_latency_ms_predicted"] <= bound and metrics["n_feasible"] == metrics["n_evaluations"]
+        assert metrics["best_latency_ms_measured"] == pytest.approx(factor * bound)
+        assert (tmp_path / name / "best_subnet.json").is_file()
+        if factor > 1.1:
+            assert metrics["feasible"] is False and metrics["latency_within_bound"] is False
+            assert metrics["latency_tolerance"] == 0.1
+            assert err.count("exceeds --max-latency-ms") == 1 and err.count("reported infeasible") == 1 and f"predicted {metrics['best_latency_ms_predicted']:.2f} ms" in err
+            assert f"delete the latency table {table_path}" in err
+        else:
+            assert metrics["feasible"] is True and metrics["latency_within_bound"] is True
+            assert "reported infeasible" not in err
+    monkeypatch.setattr(latency, "measure_subnet_ms",
+                        lambda *a, **k: {"measured_ms": 10 * bound, "median_ms": 10 * bound, "p90_ms": 10 * bound})
+    code, err = run_cli(["search", "--params", params, "--max-params", "60M", "--min-miou", "0", "--max-latency-ms",
+                         str(bound), "--set", "search.strict=true", "--out", str(tmp_path / "strict")], monkeypatch, capsys)
+    assert code == 1 and json.loads((tmp_path / "strict" / "metrics.json").read_text())["feasible"] is False

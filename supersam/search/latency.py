@@ -17,16 +17,38 @@ over ``repeats`` timed runs after ``warmup`` runs.
 
 The table is measured once per device key (:func:`supersam.bench.device_key`: device
 name, torch threads, model type, input size) and cached as JSON under
-``outputs/latency/<device-key>.json`` (:func:`supersam.paths.latency_table`); a cached
-table made for another encoder shape or other widths is measured again.
+``outputs/latency/<device-key>.json`` (:func:`supersam.paths.latency_table`). A cached
+table is measured again when it was made for another encoder shape, other widths,
+another torch version or another device: the key's short name can be shared by
+different machines (a VM's cpuinfo may say just "AMD EPYC"), so the table also
+records the full :func:`device_description` and the thread count, which must match.
+A table whose timings or ``scale`` are not positive finite numbers is unreadable
+(one warning, measured again).
+
+``scale`` is plausible in ``SCALE_RANGE`` = [0.8, 1.5]: the whole encoder runs the same
+blocks as its parts plus the work between them, so it is >= 1 up to noise (1.02-1.10
+measured with nothing else running, 1.05-1.09 for the tiny test model). Below 0.8 the
+parts were timed >= 25% slow, above 1.5 the whole was timed 50% slow (five times the
+largest overhead seen): the machine was busy during the measurement. Such a table is
+measured once more; if the second scale is implausible too it is kept (``attempts`` 2)
+with a warning naming the fix.
+
+``TOLERANCE`` (10%) is the table's stated prediction error: measured tables predicted
+whole subnets within -5.4% to +5.2% even on a shared machine (README, "Deploy"). The
+search times its chosen subnet directly and reports it as infeasible when the measured
+latency exceeds ``--max-latency-ms`` by more than that (:mod:`supersam.search.run`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import os
+import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -38,6 +60,51 @@ from supersam.io import read_json, write_json
 log = logging.getLogger(__name__)
 
 FORMAT = "supersam-latency/1"
+TOLERANCE = 0.10  # relative prediction error the table is trusted to (see the module docstring)
+SCALE_RANGE = (0.8, 1.5)  # plausible whole-encoder / sum-of-parts ratios (see the module docstring)
+
+_CPUINFO_KEYS = ("vendor_id", "model name", "cpu family", "model", "stepping", "cache size",
+                 "CPU implementer", "CPU architecture", "CPU variant", "CPU part", "CPU revision")
+
+
+def device_description(device: torch.device) -> dict[str, Any]:
+    """What identifies the hardware a table was timed on, beyond the key's short device name.
+
+    CPU: ``/proc/cpuinfo``'s identification fields of the first processor (vendor, model name,
+    family, model, stepping, cache size; the ARM ``CPU *`` fields), a digest of its feature
+    flags, the architecture and the number of CPUs this process may run on. CUDA: name,
+    compute capability, memory (MiB) and CUDA version. Other devices: their type.
+    """
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": props.name, "capability": f"{props.major}.{props.minor}",
+                "memory_mib": props.total_memory // 2**20, "cuda": torch.version.cuda}
+    if device.type != "cpu":
+        return {"type": device.type}
+    info: dict[str, Any] = {"type": "cpu", "name": device_name(device), "machine": platform.machine()}
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        first = ""
+    for line in first.splitlines():
+        name, _, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if name in _CPUINFO_KEYS:
+            info[name] = value
+        elif name in ("flags", "Features"):
+            info["flags_sha256"] = hashlib.sha256(" ".join(sorted(value.split())).encode()).hexdigest()[:16]
+    try:
+        info["cpus"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        info["cpus"] = os.cpu_count() or 1
+    return info
+
+
+def _positive_ms(value: Any, what: str) -> float:
+    """``value`` as a float when it is a positive finite number (not a bool or a string), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} is {value!r}, not a positive finite number")
+    return float(value)
 
 
 @dataclass
@@ -51,9 +118,16 @@ class LatencyTable:
         blocks_ms: ``blocks_ms[i][d]``: block i at MLP width d (keys are strings in JSON).
         decoder_ms: prompt encoder + mask decoder, one box prompt (not subnet-dependent).
         scale: the max subnet's whole-encoder latency / its sum of parts (1 = plain sum).
-        threads, device_name, warmup, repeats, rounds, torch_version: how it was measured
-            (:func:`measure_table`); a table of another torch version is measured again.
+        threads, device_name, warmup, repeats, rounds, torch_version, device: how it was measured
+            (:func:`measure_table`; ``device`` is :func:`device_description`); a table of another
+            torch version, thread count, device name or description is measured again.
+        attempts: measurements it took: 2 when the first one's ``scale`` was implausible
+            (outside ``SCALE_RANGE``); a table kept with an implausible scale after 2 is not
+            measured a third time.
+        tolerance: relative prediction error the table is trusted to (``TOLERANCE``, not stored).
     """
+
+    tolerance: ClassVar[float] = TOLERANCE
 
     key: str
     shape: dict[str, Any]
@@ -68,6 +142,13 @@ class LatencyTable:
     scale: float = 1.0
     torch_version: str = ""
     format: str = field(default=FORMAT)
+    device: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1
+
+    @property
+    def scale_plausible(self) -> bool:
+        """Whether ``scale`` lies in ``SCALE_RANGE`` (else the machine was probably busy while measuring)."""
+        return SCALE_RANGE[0] <= self.scale <= SCALE_RANGE[1]
 
     def predict_ms(self, subnet: Any) -> float:
         """Predicted encoder latency (ms) of ``subnet`` (``kept_layers``, ``mlp_dims``).
@@ -93,10 +174,35 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyTable:
-        """Inverse of :meth:`to_dict` (KeyError/TypeError/ValueError on a malformed table)."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            KeyError / TypeError / ValueError: a malformed table: a missing or unknown field, a timing
+                (ms) or ``scale`` that is not a positive finite number, a block or MLP width of its
+                ``shape`` without a timing.
+        """
         data = dict(data)
-        data["blocks_ms"] = {int(i): {int(d): float(t) for d, t in row.items()} for i, row in data["blocks_ms"].items()}
-        return cls(**data)
+        data["blocks_ms"] = {int(i): {int(d): _positive_ms(t, f"blocks_ms[{i}][{d}]") for d, t in row.items()}
+                             for i, row in data["blocks_ms"].items()}
+        for name in ("rest_ms", "decoder_ms", "scale"):
+            if name in data:
+                data[name] = _positive_ms(data[name], name)
+        table = cls(**data)
+        shape = table.shape
+        for i in range(int(shape["depth"])):
+            missing = set(shape["mlp_dim_choices"]) - set(table.blocks_ms.get(i, {}))
+            if missing:
+                raise ValueError(f"blocks_ms[{i}] has no timing at MLP width {min(missing)}")
+        return table
+
+    def mismatch(self, key: str, shape: dict[str, Any], device: torch.device) -> str:
+        """What makes this table another device's, encoder's or torch version's ("" = none)."""
+        current = {"format": FORMAT, "key": key, "shape": shape, "torch_version": torch.__version__,
+                   "threads": torch.get_num_threads(), "device_name": device_name(device),
+                   "device": device_description(device)}
+        return ", ".join(f"{name} {getattr(self, name)!r} (here {value!r})" if name not in ("shape", "device")
+                         else f"{name} {'(missing)' if not getattr(self, name) else 'differs'}"
+                         for name, value in current.items() if getattr(self, name) != value)
 
 
 def table_shape(supernet: Any) -> dict[str, Any]:
@@ -179,12 +285,20 @@ def measure_table(supernet: Any, warmup: int = 3, repeats: int = 20, rounds: int
                         rest_ms=best["rest"], blocks_ms=blocks_ms, decoder_ms=best["decoder"],
                         threads=torch.get_num_threads(), device_name=device_name(device), warmup=warmup,
                         repeats=repeats, rounds=max(1, rounds), scale=round(best["max_subnet"] / parts_sum, 4),
-                        torch_version=torch.__version__)
+                        torch_version=torch.__version__, device=device_description(device))
 
 
 def load_or_measure(supernet: Any, path: str | Path | None = None, warmup: int = 3, repeats: int = 20,
                     rounds: int = 3) -> tuple[LatencyTable, Path]:
     """The cached table of this device and supernet shape, or a new measurement written to the cache.
+
+    A cached table is used when its format, key, encoder shape, torch version, thread count,
+    device name and :func:`device_description` are this run's. It is measured again (one
+    warning) when it is unreadable (truncated JSON, a timing or ``scale`` that is not a
+    positive finite number of ms), when it was made on another device under the same key,
+    or when its ``scale`` is implausible and it was measured only once; a table kept with an
+    implausible scale after two measurements is used with a warning. A new measurement
+    whose ``scale`` is implausible is repeated once (:func:`_measure`).
 
     Args:
         path: the table file; None = ``outputs/latency/<device-key>.json``.
@@ -200,21 +314,52 @@ def load_or_measure(supernet: Any, path: str | Path | None = None, warmup: int =
     if path.is_file():
         try:
             table = LatencyTable.from_dict(read_json(path, "latency table"))
-            if (table.format == FORMAT and table.key == key and table.shape == table_shape(supernet)
-                    and table.torch_version == torch.__version__):
+        except (SupersamError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("latency table %s is unreadable (%s); measuring again", path, exc)
+        else:
+            differs = table.mismatch(key, table_shape(supernet), device)
+            if differs:
+                same_machine = table.key == key and table.shape == table_shape(supernet)
+                (log.warning if same_machine and table.device else log.info)(
+                    "latency table %s was made for another device, encoder or torch version (%s); measuring again",
+                    path, differs)
+            elif not table.scale_plausible and table.attempts < 2:
+                log.warning("latency table %s has an implausible scale %.3f (whole max subnet / sum of its parts, "
+                            "plausible %g-%g): the machine was probably busy when it was measured; measuring again",
+                            path, table.scale, *SCALE_RANGE)
+            else:
+                if not table.scale_plausible:
+                    log.warning("latency table %s keeps an implausible scale %.3f (plausible %g-%g; measured twice): "
+                                "predicted latencies may be off; delete it and measure again on an idle machine",
+                                path, table.scale, *SCALE_RANGE)
                 log.info("latency table %s (measured on %s, %d threads)", path, table.device_name, table.threads)
                 return table, path
-            log.info("latency table %s was made for another device, encoder or torch version; measuring again", path)
-        except (SupersamError, KeyError, TypeError, ValueError):
-            log.warning("latency table %s is unreadable; measuring again", path)
     log.info("measuring the latency table of %s (%d blocks x %d widths, %d runs each)", key,
              len(supernet.sam.image_encoder.blocks), len(supernet.space.mlp_dim_choices), repeats)
-    table = measure_table(supernet, warmup, repeats, rounds)
+    table = _measure(supernet, path, warmup, repeats, rounds)
     log.info("latency table %s: max subnet %.2f ms whole = %.3f x its sum of parts", path,
              table.predict_ms(supernet.space.max_subnet()), table.scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, table.to_dict())
     return table, path
+
+
+def _measure(supernet: Any, path: Path, warmup: int, repeats: int, rounds: int) -> LatencyTable:
+    """:func:`measure_table`, once more when its ``scale`` is implausible (outside ``SCALE_RANGE``).
+
+    The second table is kept (``attempts`` 2) even when its scale is implausible too, with a warning.
+    """
+    table = measure_table(supernet, warmup, repeats, rounds)
+    if table.scale_plausible:
+        return table
+    log.warning("latency table %s: implausible scale %.3f (whole max subnet / sum of its parts, plausible %g-%g): "
+                "the machine was probably busy; measuring once more", path, table.scale, *SCALE_RANGE)
+    table = measure_table(supernet, warmup, repeats, rounds)
+    table.attempts = 2
+    if not table.scale_plausible:
+        log.warning("latency table %s: scale still implausible (%.3f); keeping it, but predicted latencies may be off: "
+                    "delete %s and measure again on an idle machine", path, table.scale, path)
+    return table
 
 
 def measure_subnet_ms(supernet: Any, subnet: Any, warmup: int = 3, repeats: int = 20, rounds: int = 3) -> dict[str, float]:

@@ -115,7 +115,9 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig, resume: bool 
         force: write into an output folder that holds other files.
 
     Returns:
-        the metrics.json dict (``feasible`` False when no subnet met both constraints).
+        the metrics.json dict (``feasible`` False when no subnet met the constraints, or when the chosen
+        subnet's measured latency exceeds ``--max-latency-ms`` beyond the latency table's tolerance:
+        ``latency_within_bound`` False).
 
     Raises:
         ConfigError: bad params, constraints no subnet of the space can meet
@@ -184,22 +186,46 @@ def _latency_table(cfg: SearchConfig, supernet: Any, encoding: SubnetEncoding) -
 
 
 def _measured_latency(cfg: SearchConfig, supernet: Any, best: Any, table: Any) -> dict[str, Any]:
-    """metrics.json entries: the chosen subnet's encoder latency measured directly next to the table's prediction."""
+    """metrics.json entries: the chosen subnet's encoder latency measured directly next to the table's prediction.
+
+    With ``--max-latency-ms``, ``latency_within_bound`` says whether the measured latency (ms) is within
+    the bound plus the table's tolerance (``table.tolerance``, 10%). A subnet the search found feasible
+    by its predicted latency that exceeds the bound by more than that is reported as the search reports
+    any infeasible result: ``feasible`` False in the returned entries (they override :func:`summarise`'s)
+    and one warning naming predicted and measured latency and the fix; ``search.strict`` then exits 1.
+    """
     if table is None or best is None:
         return {}
     from supersam.search.latency import measure_subnet_ms
 
     measured = measure_subnet_ms(supernet, best.subnet, cfg.latency_warmup, cfg.latency_repeats, cfg.latency_rounds)
     predicted = best.latency_ms
-    error = (predicted - measured["measured_ms"]) / measured["measured_ms"]
+    ms = measured["measured_ms"]
+    error = (predicted - ms) / ms
     log.info("chosen subnet encoder latency: predicted %.2f ms, measured %.2f ms (median %.2f, p90 %.2f; "
-             "relative error %+.1f%%) on %s, %d threads", predicted, measured["measured_ms"], measured["median_ms"],
+             "relative error %+.1f%%) on %s, %d threads", predicted, ms, measured["median_ms"],
              measured["p90_ms"], 100 * error, table.device_name, table.threads)
-    if cfg.max_latency_ms and best.feasible and measured["measured_ms"] > cfg.max_latency_ms:
-        log.warning("the chosen subnet's measured latency %.2f ms exceeds --max-latency-ms %g (predicted %.2f ms); "
-                    "the machine may be loaded: re-run, or lower the bound", measured["measured_ms"],
-                    cfg.max_latency_ms, predicted)
-    return {"best_latency_ms_measured": measured["measured_ms"], "best_latency_median_ms": measured["median_ms"],
+    tolerance = table.tolerance
+    bound = cfg.max_latency_ms
+    within = ms <= bound * (1 + tolerance) if bound else None
+    out: dict[str, Any] = {}
+    fix = f"delete the latency table {table.path} and search again on an idle machine to measure it afresh"
+    if within is False and best.feasible:
+        out["feasible"] = False
+        log.warning("the chosen subnet's measured encoder latency %.2f ms exceeds --max-latency-ms %g by more than "
+                    "the latency table's %.0f%% tolerance (predicted %.2f ms, error %+.1f%%): the table does not fit "
+                    "this machine or it was busy; the result is reported infeasible (feasible false, "
+                    "latency_within_bound false); %s", ms, bound, 100 * tolerance, predicted, 100 * error, fix)
+    elif abs(error) > tolerance:
+        log.warning("the chosen subnet's predicted encoder latency %.2f ms is off its measured %.2f ms by %+.1f%%, "
+                    "beyond the latency table's %.0f%% tolerance; if this persists, %s", predicted, ms, 100 * error,
+                    100 * tolerance, fix)
+    elif bound and ms > bound and best.feasible:
+        log.warning("the chosen subnet's measured latency %.2f ms exceeds --max-latency-ms %g within the latency "
+                    "table's %.0f%% tolerance (predicted %.2f ms); the machine may be loaded: re-run, or lower the bound",
+                    ms, bound, 100 * tolerance, predicted)
+    return {**out, "latency_within_bound": within, "latency_tolerance": tolerance,
+            "best_latency_ms_measured": ms, "best_latency_median_ms": measured["median_ms"],
             "best_latency_p90_ms": measured["p90_ms"], "latency_rel_error": round(error, 4),
             "latency_table": table.path, "latency_device_key": table.key, "latency_threads": table.threads,
             "latency_device": table.device_name, "decoder_latency_ms": table.decoder_ms}
