@@ -167,3 +167,28 @@ def restore_training_state(
     scheduler.load_state_dict(state["scheduler"])
     restore_rng_states(state["rng"])
     return state
+
+
+def auto_resumable(out: str | Path, identity: dict[str, Any], fields: tuple[str, ...], dataset_len: int,
+                   iterations: int, section: str = "train") -> bool:
+    """``--auto-resume`` (the DVC stages): whether ``out/checkpoints/last.pt`` exists, matches
+    this run (:func:`check_resumable`, :func:`check_data_position`) and is unfinished
+    (its iteration below ``iterations``).
+
+    A missing, unreadable, finished or mismatched checkpoint means a fresh start, logged
+    with the reason; ``--resume`` instead refuses a mismatch.
+    """
+    path = checkpoint_path(out)
+    if not path.is_file():
+        return False
+    try:
+        state = load_training_state(path)
+        check_resumable(state["config"], identity, fields, path, section)
+        check_data_position(state, dataset_len, path)
+    except CheckpointError as exc:
+        log.info("starting afresh, not resuming: %s", exc)
+        return False
+    if int(state["iteration"]) >= iterations:
+        log.info("starting afresh: %s is of a finished run (iteration %d)", path, int(state["iteration"]))
+        return False
+    return True

@@ -153,7 +153,7 @@ def test_auto_resume_continues_only_a_matching_unfinished_run(shared_data, tmp_p
     resumed = pretrain(TINY, data, _cfg(tmp_path / "b"), OFF, resume="auto")
     a, b = read_state_dict(full.checkpoint), read_state_dict(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a) and resumed.metrics["iterations"] == 4
-    caplog.set_level("INFO", logger="supersam.pretrain.loop")
+    caplog.set_level("INFO", logger="supersam.resume")
     again = pretrain(TINY, data, _cfg(tmp_path / "b"), OFF, resume="auto")  # finished: a fresh run, same result
     assert "finished run" in caplog.text
     assert all(torch.equal(a[k], v) for k, v in read_state_dict(again.checkpoint).items())

@@ -34,7 +34,6 @@ from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
 from supersam.data.augment import augment_sample
 from supersam.data.config import PROMPTS
 from supersam.device import autocast, resolve_device
-from supersam.errors import CheckpointError
 from supersam.io import check_writable, claim_out, file_digest, releases_claims, torch_save, write_json
 from supersam.losses import SamLossWeights, low_res_targets, low_res_valid, sam_loss
 from supersam.inference import decode_low_res, embed_prompts, encode_images
@@ -198,25 +197,9 @@ class Pretrainer:
         return TRAJECTORY_FIELDS + ("init_digest",) + tuple(k for k in self.identity() if "." in k)
 
     def resumable(self) -> bool:
-        """``--auto-resume``: whether ``out/checkpoints/last.pt`` exists, matches this run and is unfinished.
-
-        A missing, unreadable, finished or mismatched checkpoint means a fresh start
-        (logged with the reason); ``--resume`` instead refuses a mismatch.
-        """
-        path = ckpt.checkpoint_path(self.out)
-        if self.dataset is None or not path.is_file():
-            return False
-        try:
-            state = ckpt.load_training_state(path)
-            ckpt.check_resumable(state["config"], self.identity(), self.resume_fields(), path, section="pretrain")
-            ckpt.check_data_position(state, len(self.dataset), path)
-        except CheckpointError as exc:
-            log.info("starting afresh, not resuming: %s", exc)
-            return False
-        if int(state["iteration"]) >= self.cfg.iterations:
-            log.info("starting afresh: %s is of a finished run (iteration %d)", path, int(state["iteration"]))
-            return False
-        return True
+        """``--auto-resume``: :func:`supersam.resume.auto_resumable` for this run (never for a pass-through)."""
+        return self.dataset is not None and ckpt.auto_resumable(
+            self.out, self.identity(), self.resume_fields(), len(self.dataset), self.cfg.iterations, "pretrain")
 
     def save_state(self) -> None:
         ckpt.save_training_state(

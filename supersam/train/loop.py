@@ -19,7 +19,6 @@ from supersam import resume as ckpt
 from supersam.checkpoint import load_supernet, save_supernet
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample
-from supersam.errors import CheckpointError
 from supersam.io import check_writable, claim_out, file_digest
 from supersam.sam import pixel_stats
 from supersam.sampling import batch_indices, data_position, prompt_rng, shard
@@ -171,25 +170,9 @@ class Trainer:
                 + tuple(k for k in self.identity() if k.startswith("data.")))
 
     def resumable(self) -> bool:
-        """``--auto-resume``: whether ``out/checkpoints/last.pt`` exists, matches this run and is unfinished.
-
-        A missing, unreadable, finished or mismatched checkpoint means a fresh start
-        (logged with the reason); ``--resume`` instead refuses a mismatch.
-        """
-        path = ckpt.checkpoint_path(self.out)
-        if not path.is_file():
-            return False
-        try:
-            state = ckpt.load_training_state(path)
-            ckpt.check_resumable(state["config"], self.identity(), self.resume_fields(), path)
-            ckpt.check_data_position(state, len(self.dataset), path)
-        except CheckpointError as exc:
-            log.info("starting afresh, not resuming: %s", exc)
-            return False
-        if int(state["iteration"]) >= self.cfg.iterations:
-            log.info("starting afresh: %s is of a finished run (iteration %d)", path, int(state["iteration"]))
-            return False
-        return True
+        """``--auto-resume``: :func:`supersam.resume.auto_resumable` for this run."""
+        return ckpt.auto_resumable(self.out, self.identity(), self.resume_fields(), len(self.dataset),
+                                   self.cfg.iterations)
 
     def save_checkpoint(self) -> None:
         if not self.ctx.is_main:
