@@ -6,11 +6,18 @@ size, variant, the subnet, each exported block's MLP width and attention type,
 params, MACs, pixel statistics). :func:`supersam.checkpoint.load_model` (also
 ``supersam.load_model``) returns a ``segment_anything.modeling.Sam`` from it, so
 ``segment_anything.SamPredictor(model)`` works on it unchanged.
+
+``--format onnx`` / ``hf`` add ``onnx/`` / ``hf/``. The whole new folder (weights,
+config and the requested format) is built in a temporary sibling and swapped into
+place once at the end, so an interrupted export leaves the previous one untouched.
+Format folders of the previous export are carried over when its ``model.pt`` is
+byte-identical to the new one (they were made from the same weights), else dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
 import logging
 import os
@@ -80,7 +87,8 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
 
     Raises:
         ConfigError: empty option, invalid subnet JSON, subnet outside the space,
-            or an ``out`` that exists and is not an export directory.
+            an ``out`` that exists and is not an export directory, or the format's
+            package (onnx, safetensors) missing.
         CheckpointError: unreadable supernet checkpoint.
     """
     cfg = cfg.resolved()
@@ -94,11 +102,10 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
     if cfg.format == "hf" and len(widths) > 1:  # refuse before writing anything
         raise ConfigError(f"export --format hf needs one MLP width in every kept block (transformers' SamModel has a "
                           f"single mlp_dim); this subnet has {widths}; export it with --format pt or onnx")
-    claim_out(cfg.out, "export --out")  # held until the extra format is written too
+    claim_out(cfg.out, "export --out")  # held until the run is logged too
     with start_run(tracking or TrackingConfig(enabled=False), "export", cfg.variant,
                    params={"supernet": cfg.supernet, "out": cfg.out, "subnet": json.dumps(subnet.to_dict())}) as run:
-        out = export_subnet(cfg.supernet, subnet, cfg.out)
-        write_format(out, cfg.format)
+        out = export_subnet(cfg.supernet, subnet, cfg.out, fmt=cfg.format)
         manifest = read_export_manifest(out)
         run.log_params({"model_type": manifest.model_type, "img_size": manifest.img_size})
         run.set_tags({"variant": manifest.variant, "pretrained": str(manifest.pretrained).lower(),
@@ -110,40 +117,66 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
 
 
 EXPORT_FORMATS = ("pt", "onnx", "hf")
+# The subfolder each format adds to an export folder (``pt`` adds none).
+FORMAT_DIRS = {"onnx": paths.EXPORT_ONNX_DIR, "hf": paths.EXPORT_HF_DIR}
 
 
-def write_format(out: Path, fmt: str) -> Path | None:
-    """Add the ``onnx`` or ``hf`` files to the export folder ``out`` (``pt`` adds nothing).
+def write_format(folder: Path, fmt: str) -> Path | None:
+    """Write the ``onnx`` or ``hf`` files of the export in ``folder`` to ``folder/onnx`` or ``folder/hf``.
 
-    Written into a temporary folder beside the target (:func:`supersam.io.make_temp_dir`), then
-    renamed to ``out/onnx`` or ``out/hf``.
+    ``folder`` is an unfinished export (model.pt + config.json) in a temporary folder that
+    :func:`_write_export` renames into place as a whole, so the files are written there
+    directly; the model is the one :func:`supersam.checkpoint.load_model` reads from it.
 
     Returns:
-        the folder written, or None for ``pt``.
+        the folder written, or None for ``pt`` (adds nothing).
+
+    Raises:
+        ConfigError: the format's package (onnx, safetensors) is missing, or ``hf`` of
+            blocks with different MLP widths.
+        CheckpointError: ``folder`` is not a readable export.
     """
-    if fmt == "pt":
+    if fmt not in FORMAT_DIRS:
         return None
     from supersam.checkpoint import load_model
 
-    sam = load_model(out)
-    target = out / (paths.EXPORT_ONNX_DIR if fmt == "onnx" else paths.EXPORT_HF_DIR)
-    tmp = make_temp_dir(target)
-    try:
-        if fmt == "onnx":
-            from supersam.onnx_export import export_onnx
+    sam = load_model(folder)
+    target = folder / FORMAT_DIRS[fmt]
+    if target.exists():
+        shutil.rmtree(target)
+    if fmt == "onnx":
+        from supersam.onnx_export import export_onnx
 
-            export_onnx(sam, tmp)
-        else:
-            from supersam.hf_checkpoint import save_hf
+        export_onnx(sam, target)
+    else:
+        from supersam.hf_checkpoint import save_hf
 
-            save_hf(sam, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        save_hf(sam, target)
     return target
+
+
+def _carry_formats(out: Path, new: Path, fmt: str) -> tuple[list[str], list[str]]:
+    """Copy the format folders of the previous export ``out`` into the unfinished export ``new``.
+
+    Only when ``out/model.pt`` is byte-identical to ``new/model.pt`` (:func:`supersam.io.torch_save`
+    is byte-reproducible, so the same subnet gives the same bytes): they were made from the
+    same weights. ``fmt``'s own folder is written afresh, never carried. Otherwise the
+    previous export's format folders are left out (the caller logs them once swapped).
+
+    Returns:
+        the names of the folders carried over, and those of the previous export's format
+        folders made from other weights (empty when the weights are the same).
+    """
+    old = [name for name in FORMAT_DIRS.values() if (out / name).is_dir()]
+    if not old:
+        return [], []
+    old_weights, new_weights = out / paths.EXPORT_WEIGHTS_FILE, new / paths.EXPORT_WEIGHTS_FILE
+    if not (old_weights.is_file() and filecmp.cmp(old_weights, new_weights, shallow=False)):
+        return [], old
+    kept = [name for name in old if name != FORMAT_DIRS.get(fmt)]
+    for name in kept:  # copies, not links: the new files share no inode with the old ones (or a DVC cache)
+        shutil.copytree(out / name, new / name, copy_function=shutil.copyfile)
+    return kept, []
 
 
 def _check_out(out: Path) -> None:
@@ -191,38 +224,66 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_export(out: Path, state: dict[str, torch.Tensor], manifest: ExportManifest) -> None:
-    """Write model.pt + config.json into a temporary sibling of ``out``, then rename it into place.
+def _write_export(out: Path, state: dict[str, torch.Tensor], manifest: ExportManifest, fmt: str = "pt") -> list[str]:
+    """Build the whole new export in a temporary sibling of ``out``, then swap it into place once.
 
-    The same subnet of the same supernet gives byte-identical files (:func:`supersam.io.torch_save`).
+    The temporary folder gets model.pt, config.json, the previous export's format folders
+    when its weights are the same (:func:`_carry_formats`) and ``fmt``'s folder
+    (:func:`write_format`); only then does :func:`_replace_dir` swap it with ``out``. An
+    interruption before the swap leaves ``out`` as it was (the temporary folder is removed,
+    or, after a kill, by the next export). The same subnet of the same supernet gives
+    byte-identical files (:func:`supersam.io.torch_save`).
+
+    Returns:
+        the format folders the new export holds (carried over or written).
+
+    Raises:
+        ConfigError / CheckpointError: as :func:`write_format`; ``out`` is then unchanged.
     """
     tmp = make_temp_dir(out)
     try:
         torch_save(state, tmp / paths.EXPORT_WEIGHTS_FILE)
         write_json(tmp / paths.EXPORT_CONFIG_FILE, manifest.to_dict())
+        formats, stale = _carry_formats(out, tmp, fmt)
+        written = write_format(tmp, fmt)
+        if written is not None:
+            formats.append(written.name)
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if stale:  # logged once swapped: an interrupted export replaced nothing
+        dropped = [f"--format {f}" for f, d in FORMAT_DIRS.items() if d in stale and d not in formats]
+        log.info("replaced the previous export in %s and its %s (made from other weights)%s", out,
+                 ", ".join(f"{name}/" for name in stale),
+                 f"; export again with {' and '.join(dropped)} to add {'them' if len(dropped) > 1 else 'it'}"
+                 if dropped else "")
+    return sorted(formats)
 
 
 @releases_claims
-def export_subnet(supernet_path: str | Path, subnet_cfg: SubnetConfig | str | dict, out_dir: str | Path) -> Path:
+def export_subnet(supernet_path: str | Path, subnet_cfg: SubnetConfig | str | dict, out_dir: str | Path,
+                  fmt: str = "pt") -> Path:
     """Write subnet ``subnet_cfg`` of the supernet at ``supernet_path`` as a standalone SAM.
 
-    The directory (``model.pt`` + ``config.json``) is written to a temporary
-    sibling and renamed into place, so ``out_dir`` never holds a partial export.
+    The directory (``model.pt`` + ``config.json``, plus ``fmt``'s folder) is written to a
+    temporary sibling and renamed into place, so ``out_dir`` never holds a partial export
+    and an interrupted export leaves the previous one untouched (:func:`_write_export`).
 
     Args:
         subnet_cfg: a SubnetConfig, its JSON dict, a JSON file path or an inline JSON string.
+        fmt: ``pt``, ``onnx`` (adds ``onnx/``) or ``hf`` (adds ``hf/``); see :class:`ExportConfig`.
 
     Returns:
         ``out_dir``.
 
     Raises:
         ConfigError: bad subnet JSON or a subnet outside the supernet's space
-            (naming the entry), or ``out_dir`` exists and is not an export.
+            (naming the entry), ``out_dir`` exists and is not an export, an unknown
+            ``fmt``, its package missing, or ``hf`` of a subnet with several MLP widths.
         CheckpointError: missing/corrupt supernet checkpoint.
     """
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"export format {fmt!r} is unknown; use one of {', '.join(EXPORT_FORMATS)}")
     cfg = subnet_cfg if isinstance(subnet_cfg, SubnetConfig) else SubnetConfig.load(subnet_cfg)
     out = Path(out_dir)
     claim_out(out, "export --out")
@@ -243,9 +304,10 @@ def export_subnet(supernet_path: str | Path, subnet_cfg: SubnetConfig | str | di
         pixel_mean=sam.pixel_mean.flatten().tolist(), pixel_std=sam.pixel_std.flatten().tolist(),
         supernet=str(supernet_path),
     )
-    _write_export(out, sam.state_dict(), manifest)
+    formats = _write_export(out, sam.state_dict(), manifest, fmt)
     log.info(
-        "exported subnet %s (%d blocks, %s params) of %s to %s",
+        "exported subnet %s (%d blocks, %s params) of %s to %s%s",
         list(cfg.kept_layers), len(blocks), f"{manifest.params:,}", supernet_path, out,
+        f" (with {', '.join(f'{name}/' for name in formats)})" if formats else "",
     )
     return out

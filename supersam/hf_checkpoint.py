@@ -205,10 +205,12 @@ def hf_config(sam: nn.Module) -> dict[str, Any]:
 def save_hf(sam: nn.Module, out_dir: str | Path) -> Path:
     """Write ``model.safetensors`` (``SamModel`` keys) and a ``SamConfig``-style ``config.json`` into ``out_dir``.
 
+    Each file is written atomically with the usual artifact mode (0666 minus the umask).
+
     Raises:
         ConfigError: blocks of different MLP widths (see :func:`hf_config`) or safetensors missing.
     """
-    from supersam.io import write_json
+    from supersam.io import _atomic, write_json
 
     config = hf_config(sam)
     try:
@@ -218,7 +220,8 @@ def save_hf(sam: nn.Module, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in sam_to_hf(sam.state_dict()).items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    # safetensors creates its file 0600: written as every artifact is (temporary sibling, umask mode, rename)
+    _atomic(out / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     write_json(out / "config.json", config)
-    log.info("wrote %d tensors in transformers SamModel layout to %s", len(state), out)
+    log.debug("wrote %d tensors in transformers SamModel layout to %s", len(state), out)
     return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,10 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path
     with torch.no_grad():
         embedding = sam.image_encoder(image)
     coords, labels = box_prompt(torch.tensor([[size / 4, size / 4, 3 * size / 4, 3 * size / 4]]))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # tracing SAM's Python shape arithmetic (window padding, rel-pos sizes) prints ~20 multi-line TracerWarnings;
+        # the encoder's input size is fixed, and tests/test_onnx.py checks both graphs against PyTorch
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(sam.image_encoder, (image,), str(out / ENCODER_FILE), opset_version=opset,
                           input_names=["image"], output_names=["image_embeddings"], **legacy)
         torch.onnx.export(PromptMaskDecoder(sam), (embedding, coords, labels), str(out / DECODER_FILE),
@@ -124,5 +128,5 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path
                                      "3": "box bottom-right", "-1": "padding"}},
     }
     write_json(out / META_FILE, meta)
-    log.info("wrote %s and %s (opset %d) to %s", ENCODER_FILE, DECODER_FILE, opset, out)
+    log.debug("wrote %s and %s (opset %d) to %s", ENCODER_FILE, DECODER_FILE, opset, out)
     return out

@@ -7,8 +7,11 @@ CPU); files are written under ``tmp_path``.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -27,7 +30,7 @@ from supersam.cli.main import app
 from supersam.elastic import SuperSam
 from supersam.errors import CheckpointError, ConfigError
 from supersam.checkpoint import load_model, read_export_manifest
-from supersam.export import export_subnet
+from supersam.export import ExportConfig, export, export_subnet
 from supersam.sam import build_sam, build_sam_model, count_params
 from supersam.space import SearchSpace, SubnetConfig, subnet_macs, subnet_params
 
@@ -225,3 +228,81 @@ def test_cli_reads_params_yaml_and_flags_override(supernet_file, tmp_path):
     bad = json.dumps({"kept_layers": list(range(1, 12)), "mlp_dims": [0] + [256] * 11})
     result = runner.invoke(app, ["export", "--params", str(params), "--subnet", bad, "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, ConfigError) and "drops block 0" in str(result.exception)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _export(path: Path, subnet: SubnetConfig, out: Path, fmt: str) -> Path:
+    return export(ExportConfig(supernet=str(path), subnet=json.dumps(subnet.to_dict()), out=str(out), format=fmt))
+
+
+def test_interrupted_format_export_leaves_the_previous_export_untouched(supernet_file, tmp_path, monkeypatch):
+    path, _ = supernet_file
+    out = tmp_path / "model"
+    _export(path, MIXED, out, "onnx")
+    before = _files(out)
+    assert {"model.pt", "config.json", "onnx/encoder.onnx", "onnx/decoder.onnx", "onnx/onnx.json"} <= set(before)
+
+    def interrupted(sam, out_dir, *args, **kwargs):  # Ctrl-C half-way through the ONNX export
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "encoder.onnx").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr("supersam.onnx_export.export_onnx", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _export(path, TINY.min_subnet(), out, "onnx")
+    assert _files(out) == before  # neither the new weights nor a half onnx/: the previous export, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporaries
+    # killed between the two renames of the next export: it is moved aside, `model` is missing
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = tmp_path / f".model.{int(dead.stdout)}.qq1.old"
+    aside.mkdir()
+    os.replace(out, aside / "model")
+    _export(path, MIXED, out, "pt")  # restored first, then the same weights: onnx/ carried over
+    assert _files(out) == before and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_formats_add_up_for_the_same_weights_and_are_dropped_for_others(supernet_file, tmp_path, caplog):
+    path, _ = supernet_file
+    out = tmp_path / "model"
+    uniform = TINY.max_subnet()  # --format hf needs one MLP width
+    mask = os.umask(0o022)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            _export(path, uniform, out, "onnx")
+        assert not [w for w in seen if issubclass(w.category, torch.jit.TracerWarning)]  # no page of tracer noise
+        onnx_files = {k: v for k, v in _files(out).items() if k.startswith("onnx/")}
+        _export(path, uniform, out, "hf")  # same weights: hf/ is added beside onnx/, which is kept
+        both = _files(out)
+        assert {k: v for k, v in both.items() if k.startswith("onnx/")} == onnx_files
+        assert {"hf/model.safetensors", "hf/config.json"} <= set(both)
+        modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+        assert set(modes.values()) == {0o644}, modes  # model.safetensors too (safetensors writes 0600)
+        with caplog.at_level(logging.INFO, logger="supersam.export"):
+            _export(path, uniform, out, "pt")  # the same subnet again: byte-identical, formats kept
+            assert _files(out) == both
+            assert "other weights" not in caplog.text
+            _export(path, TINY.min_subnet(), out, "pt")  # other weights: their onnx/ and hf/ go, said once
+    finally:
+        os.umask(mask)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.pt"]
+    lines = [r.getMessage() for r in caplog.records if "other weights" in r.getMessage()]
+    assert len(lines) == 1 and "onnx/, hf/" in lines[0] and "--format onnx and --format hf" in lines[0], lines
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_failed_format_leaves_the_previous_export_untouched(supernet_file, tmp_path, monkeypatch):
+    path, _ = supernet_file
+    out = tmp_path / "model"
+    export_subnet(path, MIXED, out)
+    before = _files(out)
+    monkeypatch.setattr("supersam.hf_checkpoint.hf_config", lambda sam: (_ for _ in ()).throw(
+        ConfigError("export --format hf needs the safetensors package; pip install safetensors")))
+    with pytest.raises(ConfigError, match="safetensors"):
+        _export(path, TINY.max_subnet(), out, "hf")
+    assert _files(out) == before and [p.name for p in tmp_path.iterdir()] == ["model"]
