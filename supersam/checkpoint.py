@@ -142,6 +142,8 @@ def read_export_manifest(path: str | Path) -> ExportManifest:
     """
     path = Path(path)
     config = path / paths.EXPORT_CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; run supersam export first or fix the path")
     if not config.is_file():
         raise CheckpointError(f"{path} is not an exported supersam model (no config.json); run supersam export first")
     try:

@@ -34,8 +34,8 @@ from supersam.config import TrackingConfig
 from supersam.elastic import EncoderSpec
 from supersam.errors import ConfigError, SupersamError
 from supersam.io import (
-    check_writable, claim_out, clean_stale_temps, make_temp_dir, read_json, releases_claims, torch_save, write_json,
-    writer_alive,
+    TOOL_FILES, check_writable, claim_out, clean_stale_temps, is_temp_name, make_temp_dir, read_json, releases_claims,
+    torch_save, write_json, writer_alive,
 )
 from supersam.sam import count_params
 from supersam.space import SubnetConfig
@@ -159,8 +159,9 @@ def _carry_formats(out: Path, new: Path, fmt: str) -> tuple[list[str], list[str]
     """Copy the format folders of the previous export ``out`` into the unfinished export ``new``.
 
     Only when ``out/model.pt`` is byte-identical to ``new/model.pt`` (:func:`supersam.io.torch_save`
-    is byte-reproducible, so the same subnet gives the same bytes): they were made from the
-    same weights. ``fmt``'s own folder is written afresh, never carried. Otherwise the
+    is byte-reproducible, so the same subnet gives the same bytes) and the two ``config.json``
+    manifests agree apart from the supernet's path (architecture, pixel statistics: ``onnx.json``
+    records them): they were made from the same model. ``fmt``'s own folder is written afresh, never carried. Otherwise the
     previous export's format folders are left out (the caller logs them once swapped).
 
     Returns:
@@ -171,7 +172,8 @@ def _carry_formats(out: Path, new: Path, fmt: str) -> tuple[list[str], list[str]
     if not old:
         return [], []
     old_weights, new_weights = out / paths.EXPORT_WEIGHTS_FILE, new / paths.EXPORT_WEIGHTS_FILE
-    if not (old_weights.is_file() and filecmp.cmp(old_weights, new_weights, shallow=False)):
+    if not (old_weights.is_file() and filecmp.cmp(old_weights, new_weights, shallow=False)
+            and _manifest_sans_source(out) == _manifest_sans_source(new)):
         return [], old
     kept = [name for name in old if name != FORMAT_DIRS.get(fmt)]
     for name in kept:  # copies, not links: the new files share no inode with the old ones (or a DVC cache)
@@ -179,7 +181,22 @@ def _carry_formats(out: Path, new: Path, fmt: str) -> tuple[list[str], list[str]
     return kept, []
 
 
+def _manifest_sans_source(folder: Path) -> dict | None:
+    """An export's ``config.json`` without the supernet's path (None when unreadable)."""
+    try:
+        manifest = json.loads((folder / paths.EXPORT_CONFIG_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in manifest.items() if k != "supernet"} if isinstance(manifest, dict) else None
+
+
 def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that is a file, a folder that is not an export, or an export folder
+    holding files export did not write (the swap would delete them).
+
+    Raises:
+        ConfigError: one line naming the problem and the fix.
+    """
     if out.is_file():
         raise ConfigError(f"export output {out} is a file; choose a directory path for --out")
     if out.is_dir() and any(out.iterdir()):
@@ -190,6 +207,12 @@ def _check_out(out: Path) -> None:
             ok = False
         if not ok:
             raise ConfigError(f"export output {out} exists and is not a supersam export; choose a new or empty --out")
+        ours = {paths.EXPORT_WEIGHTS_FILE, paths.EXPORT_CONFIG_FILE, *FORMAT_DIRS.values(), *TOOL_FILES}
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not is_temp_name(p.name))
+        if foreign:
+            raise ConfigError(f"export output {out} holds files export did not write ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}), which the new export would replace; "
+                              "move them out or choose another --out")
 
 
 def _recover(out: Path) -> None:

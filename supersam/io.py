@@ -50,6 +50,11 @@ def _umask() -> int:
     return mask
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of our temporaries (``.<name>.<pid>.<random>.tmp|tmpdir|old``)."""
+    return _TEMP.match(name) is not None
+
+
 def temp_prefix(path: str | Path) -> str:
     """Prefix of this process's temporary siblings of ``path``: ``.<name>.<pid>.``."""
     return f".{Path(path).name}.{os.getpid()}."
@@ -245,9 +250,17 @@ def check_writable(folder: str | Path, what: str) -> Path:
     from supersam.errors import ConfigError
 
     folder = Path(folder)
-    _CREATED.extend(reversed([p for p in (folder, *folder.parents) if not p.exists()]))  # top first
+    absolute = Path(os.path.abspath(folder))  # ".." resolved by name, as mkdir does
+    blocker = next((p for p in (absolute, *absolute.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{what} {folder}: {blocker} is a file, not a folder; choose another path")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        for level in reversed((absolute, *absolute.parents)):  # top down; only the levels made here count
+            try:
+                os.mkdir(level)
+            except FileExistsError:
+                continue
+            _CREATED.append(level)
         fd, probe = tempfile.mkstemp(prefix=temp_prefix(folder / "probe"), suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(probe)
@@ -258,11 +271,18 @@ def check_writable(folder: str | Path, what: str) -> Path:
 
 
 def _lock_file(folder: Path) -> Path:
-    """The lock of ``folder``: outside it (no stray file among a stage's outputs), one per user."""
-    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    locks = Path(tempfile.gettempdir()) / f"supersam-locks-{user}"
-    locks.mkdir(parents=True, exist_ok=True)
-    return locks / f"{hashlib.sha1(str(folder).encode()).hexdigest()}.lock"
+    """The lock of ``folder``: outside it (no stray file among a stage's outputs), in a per-user
+    folder that does not depend on ``TMPDIR`` (``$XDG_CACHE_HOME`` or ``~/.cache``, then
+    ``supersam/locks``), named after the folder's resolved, case-normalised path."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    locks = Path(cache) / "supersam" / "locks"
+    try:
+        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:  # no writable home (some containers): the temporary folder, per user
+        user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+        locks = Path(tempfile.gettempdir()) / f"supersam-locks-{user}"
+        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return locks / f"{hashlib.sha1(os.path.normcase(str(folder)).encode()).hexdigest()}.lock"
 
 
 def claim_out(folder: str | Path, what: str) -> None:
@@ -289,6 +309,17 @@ def claim_out(folder: str | Path, what: str) -> None:
     _CLAIMED[key] = lock
 
 
+def _claimed_elsewhere(folder: Path) -> bool:
+    """Whether another process holds ``folder`` (:func:`claim_out`) right now."""
+    lock = FileLock(str(_lock_file(folder.resolve())), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def releases_claims(fn: Callable) -> Callable:
     """Decorator of a stage function: the folders it claimed (:func:`claim_out`) are released
     when it returns or raises; claims made before the call are kept. When it raises (a refused
@@ -300,11 +331,14 @@ def releases_claims(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except BaseException:
+            for key in set(_CLAIMED) - before:  # ours first, so the probe below sees only others' claims
+                _CLAIMED.pop(key).release()
             for folder in reversed(_CREATED[created:]):  # deepest first
-                try:
-                    folder.rmdir()  # only an empty folder
-                except OSError:
-                    pass
+                if not _claimed_elsewhere(folder):
+                    try:
+                        folder.rmdir()  # only an empty folder
+                    except OSError:
+                        pass
             raise
         finally:
             del _CREATED[created:]

@@ -104,22 +104,29 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
+# Identity keys added after checkpoints were written, and the value a checkpoint without them
+# had: a random-init pretraining checkpoint from before ``init_digest`` existed is still resumable.
+ADDED_LATER = {"init_digest": ""}
+
+
 def check_resumable(
     saved: dict[str, Any], current: dict[str, Any], fields: tuple[str, ...], path: Path, section: str = "train"
 ) -> None:
     """Refuse to resume when a trajectory-defining setting changed.
 
     Keys without a dot are fields of ``section`` (``train``, ``pretrain``); others
-    carry their section (``data.root``).
+    carry their section (``data.root``). A key of ``ADDED_LATER`` missing from ``saved``
+    has its value there.
 
     Raises:
         CheckpointError: naming the first differing ``section.field``.
     """
     for name in fields:
-        if saved.get(name) != current.get(name):
+        was = saved.get(name, ADDED_LATER.get(name))
+        if was != current.get(name):
             label = name if "." in name else f"{section}.{name}"
             raise CheckpointError(
-                f"cannot resume from {path}: {label} was {saved.get(name)!r}, now {current.get(name)!r}; "
+                f"cannot resume from {path}: {label} was {was!r}, now {current.get(name)!r}; "
                 "restore the setting or start fresh without --resume"
             )
 

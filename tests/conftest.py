@@ -62,7 +62,7 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
 
     monkeypatch.setattr(sys, "argv", ["supersam", *args])
     try:
-        main()
+        main(restore_signals=True)
         code = 0
     except SystemExit as exc:
         code = exc.code

@@ -99,13 +99,29 @@ def test_none_and_magnitude_variants_with_ranking(tmp_path):
         build_supernet(TINY, SpaceConfig(ranking=str(ranking)), SupernetConfig(variant="none", out=str(tmp_path / "x")), OFF)
 
 
+def test_the_supernet_records_its_base_models_weights(tmp_path):
+    """``meta.base_digest`` is the state digest of the base model as loaded (before the reordering),
+    "" for a random init: what train's teacher and relative thresholds are checked against."""
+    from supersam.sam import build_sam, state_digest
+
+    torch.manual_seed(3)
+    torch.save(build_model(TINY).model.state_dict(), tmp_path / "base.pth")
+    based = ModelConfig("tiny", 128, str(tmp_path / "base.pth"))
+    out = build_supernet(based, SpaceConfig(ranking=""), SupernetConfig(variant="magnitude", out=str(tmp_path / "m")), OFF)
+    meta = load_supernet(out / "supernet.pt").meta
+    assert meta.base_digest == state_digest(build_sam("tiny", 128, str(tmp_path / "base.pth")).model)
+    assert meta.base_digest != state_digest(load_supernet(out / "supernet.pt").sam)  # reordered after the digest
+    out = build_supernet(TINY, SpaceConfig(ranking=""), SupernetConfig(variant="none", out=str(tmp_path / "r")), OFF)
+    assert load_supernet(out / "supernet.pt").meta.base_digest == ""
+
+
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
     """Run the ``supersam`` entry point in-process; returns (exit code, stderr)."""
     from supersam.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["supersam", *args])
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main(restore_signals=True)
     return exit_info.value.code, capsys.readouterr().err
 
 

@@ -177,7 +177,7 @@ def test_calibrate_wanda_bad_settings_exit_1(shared_data, tmp_path, monkeypatch,
     params = write_params(tmp_path, shared_data, batch_size=0)
     monkeypatch.setattr(sys, "argv", ["supersam", "calibrate-wanda", "--params", str(params)])
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main(restore_signals=True)
     err = capsys.readouterr().err
     assert exit_info.value.code == 1
     assert [line for line in err.splitlines() if "error:" in line] == ["error: calibrate.batch_size must be >= 1, got 0"]
@@ -195,7 +195,7 @@ def test_calibrate_bad_criteria_exit_1(shared_data, tmp_path, monkeypatch, capsy
     params = write_params(tmp_path, shared_data)
     monkeypatch.setattr(sys, "argv", ["supersam", "calibrate-wanda", "--params", str(params), "--set", setting])
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main(restore_signals=True)
     err = capsys.readouterr().err
     assert exit_info.value.code == 1
     assert [line for line in err.splitlines() if "error:" in line] == [f"error: {message}"]

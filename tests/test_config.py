@@ -94,13 +94,13 @@ def test_set_reaches_every_command(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["supersam", command, "--set", f"{section}.no_such_key=1"])
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main(restore_signals=True)
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and "Traceback" not in err
     assert re.search(rf"unknown key {section}\.no_such_key; known keys: ", err), err
     monkeypatch.setattr(sys, "argv", ["supersam", command, "--set", "model.img_size=big"])
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main(restore_signals=True)
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and "Traceback" not in err
     if command in ("pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "eval"):  # they read `model`

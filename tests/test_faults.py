@@ -70,6 +70,7 @@ def project(tmp_path_factory, shared_data) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / "notes").mkdir()
     (root / "notes" / "mine.txt").write_text("a user's file\n")
+    (root / "empty").mkdir()  # a user's empty folder
     (root / "notes" / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))  # not text
     return root
 
@@ -133,13 +134,13 @@ REFUSED = {
                             SUBNET_JSON, "--out", "notes"],
                            "is not a supersam export"),
     "eval out is a file": (["eval", "--model", "outputs/export/model", "--out", "notes/mine.txt"], "is a file"),
-    "eval out unwritable": (["eval", "--model", "outputs/export/model", "--out", "notes/mine.txt/sub"], "not writable"),
-    "search out unwritable": (["search", "--out", "notes/mine.txt/sub"], "not writable"),
+    "eval out unwritable": (["eval", "--model", "outputs/export/model", "--out", "notes/mine.txt/sub"], "mine.txt is a file, not a folder"),
+    "search out unwritable": (["search", "--out", "notes/mine.txt/sub"], "mine.txt is a file, not a folder"),
     "train out unwritable": (["train", "--supernet", "outputs/train/wanda/supernet.pt", "--out", "notes/mine.txt/sub"],
-                             "not writable"),
+                             "mine.txt is a file, not a folder"),
     "export out unwritable": (["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet",
                                SUBNET_JSON, "--out", "notes/mine.txt/sub"],
-                              "not writable"),
+                              "mine.txt is a file, not a folder"),
     "resume and auto-resume": (["search", "--resume", "--auto-resume"], "exclude each other"),
     "train nproc 0": (["train", "--nproc", "0"], "--nproc is 0"),
     "train stop-after negative": (["train", "--stop-after", "-1"], "--stop-after is -1"),
@@ -147,7 +148,7 @@ REFUSED = {
     "garbage supernet": (["search", "--supernet", "notes/mine.txt"], "not a PyTorch file of tensors"),
     "train resume and auto-resume": (["train", "--resume", "--auto-resume"], "exclude each other"),
     "pretrain resume and auto-resume": (["pretrain", "--resume", "--auto-resume"], "exclude each other"),
-    "pretrain out unwritable": (["pretrain", "--out", "notes/mine.txt/sub"], "not writable"),
+    "pretrain out unwritable": (["pretrain", "--out", "notes/mine.txt/sub"], "mine.txt is a file, not a folder"),
     # files of the wrong kind
     "subnet is a picture": (["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", "notes/picture.png",
                              "--out", "new"], "is not a JSON text file"),
@@ -159,11 +160,13 @@ REFUSED = {
     "bench out is a user's file": (["bench", "outputs/export/model", "--out", "notes/mine.txt"],
                                    "exists and is not a bench result"),
     "bench out is a folder": (["bench", "outputs/export/model", "--out", "notes"], "is a folder"),
-    "bench out unwritable": (["bench", "outputs/export/model", "--out", "notes/mine.txt/sub/b.json"], "not writable"),
+    "bench out unwritable": (["bench", "outputs/export/model", "--out", "notes/mine.txt/sub/b.json"], "mine.txt is a file, not a folder"),
     "bench repeats 0": (["bench", "outputs/export/model", "--repeats", "0"], "bench.repeats is 0"),
     "pretrain init missing, new out": (["pretrain", "--out", "new/deeper", "--set", "pretrain.init=nothing.pth"],
                                        "nothing.pth does not exist"),
-    "eval model missing, new out": (["eval", "--model", "nothing", "--out", "new/eval"], "nothing"),
+    "eval model missing, new out": (["eval", "--model", "nothing", "--out", "new/eval"], "nothing does not exist"),
+    "pretrain into a user's empty folder by ..": (["pretrain", "--out", "new/../empty", "--set", "pretrain.init=no.pth"],
+                                                  "no.pth does not exist"),  # the empty folder stays
     # usage errors (click's own): one line and the help command, not a framed panel
     "unknown flag": (["search", "--max-param", "5"], "no such option: --max-param"),
     "unknown command": (["serch"], "no such command 'serch'"),
@@ -464,6 +467,40 @@ def test_a_signal_surfacing_inside_native_code_is_an_interruption(project, monke
     code, err = run_cli(["bench", "outputs/export/model"], monkeypatch, capsys)
     assert code == 130
     assert_one_line(code, err, "interrupted")
+
+
+def test_an_export_folder_with_a_users_file_is_not_replaced(project, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    monkeypatch.chdir(project)
+    out = tmp_path / "export"
+    shutil.copytree(project / "outputs" / "export" / "model", out)
+    (out / "NOTES.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    code, err = run_cli(["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", SUBNET_JSON,
+                         "--out", str(out)], monkeypatch, capsys)
+    assert_one_line(code, err, "holds files export did not write (NOTES.txt)")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_signal_after_the_command_finished_is_ignored(project, monkeypatch):
+    """The executable keeps its handlers after the command returned: a Ctrl-C during the interpreter's
+    shutdown (about a second with torch loaded) cannot kill a finished run without a word."""
+    from supersam.cli.main import main
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["supersam", "search", "--help"])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 0
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # either signal would have raised by now
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 # --- one writer per output folder -----------------------------------------------------------------------------------

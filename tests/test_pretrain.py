@@ -158,6 +158,25 @@ def test_auto_resume_continues_only_a_matching_unfinished_run(shared_data, tmp_p
     assert "finished run" in caplog.text
     assert all(torch.equal(a[k], v) for k, v in read_state_dict(again.checkpoint).items())
 
+    # a changed recipe: --auto-resume starts afresh (the run of the new recipe), --resume refuses
+    assert pretrain(TINY, data, _cfg(tmp_path / "d"), OFF, stop_after=2) is None
+    caplog.clear()
+    other = pretrain(TINY, data, _cfg(tmp_path / "d", lr=2e-3), OFF, resume="auto")
+    assert "starting afresh, not resuming" in caplog.text and "pretrain.lr" in caplog.text
+    fresh_other = pretrain(TINY, data, _cfg(tmp_path / "e", lr=2e-3), OFF)
+    assert all(torch.equal(v, read_state_dict(fresh_other.checkpoint)[k])
+               for k, v in read_state_dict(other.checkpoint).items())
+
+    # a random-init checkpoint written before init_digest existed is still resumable
+    from supersam.resume import checkpoint_path
+
+    assert pretrain(TINY, data, _cfg(tmp_path / "f"), OFF, stop_after=2) is None
+    state = torch.load(checkpoint_path(tmp_path / "f" / "pre"), weights_only=True)
+    del state["config"]["init_digest"]
+    torch.save(state, checkpoint_path(tmp_path / "f" / "pre"))
+    old = pretrain(TINY, data, _cfg(tmp_path / "f"), OFF, resume=True)
+    assert all(torch.equal(a[k], v) for k, v in read_state_dict(old.checkpoint).items())
+
     # the init checkpoint is replaced by other weights at the same path
     init = tmp_path / "init.pt"
     init.write_bytes(full.checkpoint.read_bytes())

@@ -133,7 +133,7 @@ def test_cli_ranks_every_block_on_real_data(shared_data, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(sys, "argv", ["supersam", "rank-layers", "--params", str(tmp_path / "params.yaml")])
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        main(restore_signals=True)
     assert exit_info.value.code == 0, capsys.readouterr().err
     ranking = LayerRanking.load(out / "ranking.json")
     assert len(ranking.importance) == 12 and len(ranking.single) == 12

@@ -10,6 +10,7 @@ KILLED). Anything else is a bug and keeps its traceback. docs/contracts.md, "Fai
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -31,11 +32,14 @@ RESUMABLE = {"train": "--resume", "search": "--resume", "pretrain": "--resume"}
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
-_STATE = {"finished": False}  # True once the command has returned: a late Ctrl-C no longer interrupts it
+# True once the command has returned or been interrupted: a later signal is ignored (a second
+# Ctrl-C cannot break the cleanup and the one-line report of the first).
+_STATE = {"finished": False}
 
 
 def _raise_interrupted(signum, frame) -> None:  # noqa: ARG001
     if not _STATE["finished"]:
+        _STATE["finished"] = True
         raise Interrupted(signal.Signals(signum).name)
 
 
@@ -63,8 +67,16 @@ def _error(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
-def main() -> None:
-    """Run the CLI; user errors, file-system errors and interruptions end in one line and a non-zero exit."""
+def main(restore_signals: bool = False) -> None:
+    """Run the CLI; user errors, file-system errors and interruptions end in one line and a non-zero exit.
+
+    Args:
+        restore_signals: put the previous SIGINT/SIGTERM handlers back at the end (for
+            in-process callers such as tests). The ``supersam`` executable keeps its own,
+            which ignore a signal once the command has finished, so a Ctrl-C during the
+            interpreter's shutdown (about a second with torch loaded) cannot kill a
+            finished run without a word.
+    """
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     _STATE["finished"] = False
     for sig in saved:  # click would turn KeyboardInterrupt into "Aborted!"; ours reaches the finally blocks
@@ -93,11 +105,13 @@ def main() -> None:
     except Exception as exc:
         if _interruption(exc) is None:
             raise  # a bug: keep its traceback
+        logging.getLogger(__name__).debug("interrupted inside native code", exc_info=exc)
         _interrupted(_interruption(exc))
     finally:
         _STATE["finished"] = True
-        for sig, handler in saved.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if restore_signals:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(N) and --help return their code
 
 

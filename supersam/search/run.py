@@ -134,13 +134,13 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig, resume: bool 
     device = resolve_device(cfg.device)
     supernet = load_supernet(cfg.supernet_path, device)
     meta = supernet.meta
+    prepare_out(cfg.out_dir(meta.variant), SEARCH_FILES, "search --out", force)  # claimed before any work
     model_type, img_size, pretrained = meta.model_type, meta.img_size, meta.pretrained
     variant = meta.variant  # the supernet's own reordering variant
     encoding = SubnetEncoding.from_space(_space(cfg, supernet))
     smallest = check_reachable(encoding, supernet.params, cfg.max_params_count)
-    latency = _latency_table(cfg, supernet, encoding)
     base_checkpoint(cfg.min_miou_threshold, meta, "search.min_miou", str(cfg.supernet_path))  # refuse early
-    prepare_out(cfg.out_dir(variant), SEARCH_FILES, "search --out", force)  # before any evaluation
+    latency = _latency_table(cfg, supernet, encoding)  # may measure for minutes: after every refusal
     if not pretrained:
         log.warning("the supernet comes from a randomly initialised SAM (pretrained=false): mIoUs are not meaningful")
     params = {**{f"search.{k}": v for k, v in asdict(cfg).items()}, "max_params": cfg.max_params_count,
