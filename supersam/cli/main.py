@@ -72,10 +72,10 @@ def main(restore_signals: bool = False) -> None:
 
     Args:
         restore_signals: put the previous SIGINT/SIGTERM handlers back at the end (for
-            in-process callers such as tests). The ``supersam`` executable keeps its own,
-            which ignore a signal once the command has finished, so a Ctrl-C during the
-            interpreter's shutdown (about a second with torch loaded) cannot kill a
-            finished run without a word.
+            in-process callers such as tests). The ``supersam`` executable ignores both
+            once the command has finished (``SIG_IGN``, which Python's finalisation keeps),
+            so a Ctrl-C during the interpreter's shutdown (about a second with torch
+            loaded) cannot kill a finished run without a word.
     """
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     _STATE["finished"] = False
@@ -109,9 +109,11 @@ def main(restore_signals: bool = False) -> None:
         _interrupted(_interruption(exc))
     finally:
         _STATE["finished"] = True
-        if restore_signals:
-            for sig, handler in saved.items():
+        for sig, handler in saved.items():
+            if restore_signals:
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            else:  # SIG_IGN survives the interpreter's finalisation, which resets Python-level handlers
+                signal.signal(sig, signal.SIG_IGN)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(N) and --help return their code
 
 
