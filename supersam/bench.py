@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from supersam.errors import ConfigError
-from supersam.io import releases_claims
+from supersam.outdir import releases_claims
 
 BENCH_FORMAT = "supersam-bench/1"  # the ``format`` key of bench's --out JSON
 
@@ -265,7 +265,7 @@ def check_out_file(out: Path, force: bool = False) -> None:
         ConfigError: an empty path, a folder, another kind of file without ``force``, or a
             folder that cannot be written (one line naming it and the fix).
     """
-    from supersam.io import check_writable
+    from supersam.outdir import check_writable
 
     if not str(out).strip():
         raise ConfigError("bench --out is empty; pass a JSON file path")

@@ -36,7 +36,8 @@ from supersam.data.config import PROMPTS, SPLITS
 from supersam.device import resolve_device
 from supersam.errors import ConfigError
 from supersam.data.types import ModelInput
-from supersam.io import prepare_out, releases_claims, write_csv, write_json
+from supersam.io import write_csv, write_json
+from supersam.outdir import prepare_out, releases_claims
 from supersam.metrics import object_ious
 from supersam.overlays import overlay_name, save_overlay
 from supersam.sam import build_sam_from_config, count_params, pixel_stats
@@ -180,7 +181,7 @@ def prompt_kinds(cfg: EvalConfig, data_cfg: DataConfig) -> list[str]:
     return [head] + [k for k in dict.fromkeys(cfg.prompts) if k != head]
 
 
-# What an evaluation writes into its folder (anything else there is the user's: io.prepare_out)
+# What an evaluation writes into its folder (anything else there is the user's: outdir.prepare_out)
 EVAL_FILES = ("metrics.json", paths.OBJECTS_FILE, paths.PREDICTIONS_DIR, paths.OVERLAYS_DIR)
 
 

@@ -33,10 +33,8 @@ from supersam.checkpoint import load_supernet, read_export_manifest
 from supersam.config import TrackingConfig
 from supersam.elastic import EncoderSpec
 from supersam.errors import ConfigError, SupersamError
-from supersam.io import (
-    TOOL_FILES, check_writable, claim_out, clean_stale_temps, is_temp_name, make_temp_dir, read_json, releases_claims,
-    torch_save, write_json, writer_alive,
-)
+from supersam.io import clean_stale_temps, is_temp_name, make_temp_dir, read_json, torch_save, write_json, writer_alive
+from supersam.outdir import TOOL_FILES, check_writable, claim_out, releases_claims
 from supersam.sam import count_params
 from supersam.space import SubnetConfig
 from supersam.tracking import start_run

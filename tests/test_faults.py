@@ -507,7 +507,7 @@ def test_a_signal_after_the_command_finished_is_ignored(project, monkeypatch):
 
 def _holder(folder: Path) -> subprocess.Popen:
     """Another process that claims ``folder`` (as a running stage does) and keeps it."""
-    code = ("import sys, time; from supersam.io import claim_out; claim_out(sys.argv[1], 'test'); "
+    code = ("import sys, time; from supersam.outdir import claim_out; claim_out(sys.argv[1], 'test'); "
             "print('held', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

@@ -34,7 +34,8 @@ from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
 from supersam.data.augment import augment_sample
 from supersam.data.config import PROMPTS
 from supersam.device import autocast, resolve_device
-from supersam.io import check_writable, claim_out, file_digest, releases_claims, torch_save, write_json
+from supersam.io import file_digest, torch_save, write_json
+from supersam.outdir import check_writable, claim_out, releases_claims
 from supersam.losses import SamLossWeights, low_res_targets, low_res_valid, sam_loss
 from supersam.inference import decode_low_res, embed_prompts, encode_images
 from supersam.pretrain.config import TRAJECTORY_FIELDS, PretrainConfig

@@ -15,7 +15,7 @@ from supersam.plots import plot_pareto
 
 log = logging.getLogger(__name__)
 
-# What a search writes into its folder (anything else there is the user's: io.prepare_out)
+# What a search writes into its folder (anything else there is the user's: outdir.prepare_out)
 SEARCH_FILES = ("best_subnet.json", "candidates.json", "pareto.json", "pareto.png", "metrics.json",
                 "opentuner.log", "opentuner.db", "candidates.partial.jsonl")
 

@@ -16,7 +16,8 @@ from supersam.config import metric_key
 from supersam.search.config import SearchConfig
 from supersam.search.encoding import SubnetEncoding
 from supersam.search.objective import Constraints, SearchState
-from supersam.io import file_digest, prepare_out, releases_claims
+from supersam.io import file_digest
+from supersam.outdir import prepare_out, releases_claims
 from supersam.search.journal import SearchJournal
 from supersam.search.report import SEARCH_FILES, baseline_report, log_outcome, summarise, write_artifacts
 from supersam.thresholds import base_checkpoint, resolve_threshold

@@ -15,7 +15,7 @@ import logging
 
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig
-from supersam.io import releases_claims
+from supersam.outdir import releases_claims
 from supersam.train.config import TrainConfig
 from supersam.train.distributed import close_distributed, init_distributed
 from supersam.train.loop import Trainer, TrainResult

@@ -19,7 +19,8 @@ from supersam import resume as ckpt
 from supersam.checkpoint import load_supernet, save_supernet
 from supersam.config import TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample
-from supersam.io import check_writable, claim_out, file_digest
+from supersam.io import file_digest
+from supersam.outdir import check_writable, claim_out
 from supersam.sam import pixel_stats
 from supersam.sampling import batch_indices, data_position, prompt_rng, shard
 from supersam.tracking import start_run
