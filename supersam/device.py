@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+from pathlib import Path
 
 import torch
 
 from supersam.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# /proc/cpuinfo flags of CPUs with native bf16 arithmetic: x86 AVX512-BF16 and AMX, aarch64 BF16
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -27,8 +35,43 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags listed in ``cpuinfo`` (x86 ``flags``, aarch64 ``Features``); empty when unreadable."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")) and ":" in line:
+            flags.update(line.split(":", 1)[1].split())
+    return frozenset(flags)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA with bf16 support, or a CPU with AVX512-BF16 / AMX /
+    aarch64 BF16. Elsewhere torch emulates bf16, and autocast makes a training step about 10x slower
+    (measured: 13.3 s against 1.27 s per pretrain step on an AMD EPYC without avx512_bf16)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(cpu_flags() & CPU_BF16_FLAGS)
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_emulated(device_type: str) -> None:
+    log.warning("amp (bf16 autocast) is on but this %s has no native bf16 (CPU flags avx512_bf16/amx_bf16): "
+                "running float32, which is faster here; results differ slightly from a bf16 machine's", device_type)
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` when ``enabled`` (CPU and CUDA alike), else a no-op."""
+    """bf16 autocast on ``device`` when ``enabled`` and the device has native bf16 (:func:`native_bf16`),
+    else a no-op (float32, with one warning per process when ``enabled``)."""
     if not enabled:
+        return contextlib.nullcontext()
+    if not native_bf16(device):
+        _warn_emulated(device.type)
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

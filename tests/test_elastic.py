@@ -165,7 +165,8 @@ def test_gradients_land_in_shared_weights_only_inside_the_active_mlp_dims(device
     torch.testing.assert_close(supernet.sam.image_encoder.pos_embed.grad, sub.image_encoder.pos_embed.grad)
 
 
-def test_bf16_autocast_forward_and_backward(device, inputs):
+def test_bf16_autocast_forward_and_backward(device, inputs, monkeypatch):
+    monkeypatch.setattr("supersam.device.native_bf16", lambda device: True)  # the bf16 path on any CPU
     supernet = SuperSam(tiny_sam(device), TINY)
     supernet.set_active_subnet(MIXED)
     images = torch.stack([inp.image for inp in inputs]).to(device)
@@ -215,3 +216,23 @@ def test_active_subnet_is_an_independent_copy(device):
             p.zero_()
     assert torch.equal(supernet.sam.image_encoder.blocks[0].mlp.lin1.weight, before)
     assert count_params(sub) < count_params(supernet)
+
+
+def test_autocast_runs_float32_where_bf16_is_emulated(tmp_path, monkeypatch):
+    from supersam import device as dev
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert dev.cpu_flags(str(info)) == {"fpu", "sse", "avx2", "avx512f"}
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert dev.cpu_flags.__wrapped__(str(info)) >= {"avx512_bf16"}
+    lin = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    monkeypatch.setattr(dev, "native_bf16", lambda device: False)
+    with dev.autocast(torch.device("cpu"), True):
+        assert lin(x).dtype == torch.float32
+    monkeypatch.setattr(dev, "native_bf16", lambda device: True)
+    with dev.autocast(torch.device("cpu"), True):
+        assert lin(x).dtype == torch.bfloat16
+    with dev.autocast(torch.device("cpu"), False):
+        assert lin(x).dtype == torch.float32

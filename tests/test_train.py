@@ -271,6 +271,39 @@ def test_sequential_mode_and_distillation(supernet_path, data_cfg):
     assert sched.last_epoch == 1 and set(result.loss_by_kind()) == {"loss_max", "loss_min", "loss_random"}
 
 
+def test_finetune_mode_steps_the_max_subnet_alone(supernet_path, data_cfg):
+    """train.mode finetune (the plain fine-tuning baseline): one subnet, the max, one AdamW step; every
+    encoder block and every MLP unit is trained, as fine-tuning the base model would."""
+    supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg, mode="finetune")
+    assert draw_subnets(supernet.space, cfg.seed, 5, cfg.n_random, "finetune") == (["max"], [supernet.space.max_subnet()])
+    before = {n: p.detach().clone() for n, p in supernet.named_parameters()}
+    result = train_step(supernet, opt, sched, params, inputs, 2, 0, cfg, DistContext())
+    assert result.kinds == ["max"] and len(result.losses) == 1 and 0 < result.losses[0] < 1
+    assert opt.state[params[0]]["step"].item() == 1
+    for b in range(12):
+        name = f"sam.image_encoder.blocks.{b}.mlp.lin1.weight"
+        moved = dict(supernet.named_parameters())[name] != before[name]
+        assert moved.any(dim=1).all(), f"block {b}: an MLP unit of the max subnet was not trained"
+
+
+def test_focal_dice_loss_adds_the_weighted_focal_term(supernet_path, data_cfg):
+    """train.loss focal_dice: Dice + focal_weight x the unweighted sigmoid focal loss of the single mask,
+    checked against torchvision's focal loss computed by hand on the same logits."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg)
+    prompts = frozen_prompts(supernet.sam, inputs)
+    with torch.no_grad():
+        dice, logits = batch_loss(supernet.sam, inputs, prompts, 2, torch.device("cpu"), False)
+        both, _ = batch_loss(supernet.sam, inputs, prompts, 2, torch.device("cpu"), False, focal_weight=20.0)
+    focal = sum(sigmoid_focal_loss(lg, inp.gt_masks.float(), alpha=-1, gamma=2, reduction="none").mean(dim=(1, 2)).mean()
+                for lg, inp in zip(logits, inputs)) / 2
+    assert float(focal) > 1e-4
+    torch.testing.assert_close(both, dice + 20.0 * focal, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="train.loss 'bce' is unknown"):
+        TrainConfig(loss="bce")
+
+
 def test_sampling_is_a_pure_function_of_seed_and_iteration():
     epochs = [sorted(batch_indices(7, it, 3, 6) + batch_indices(7, it + 1, 3, 6)) for it in (0, 2)]
     assert epochs == [list(range(6))] * 2  # every epoch is a permutation

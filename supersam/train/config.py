@@ -11,14 +11,16 @@ from supersam.errors import ConfigError
 from supersam.thresholds import MiouThreshold, setting_text
 
 TRAINABLE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
-MODES = ("sandwich", "sequential")
+MODES = ("sandwich", "sequential", "finetune")
+# train.loss: Dice only (the paper, Eq. 2) or SAM's focal + Dice (Kirillov et al. 2023, App. A)
+LOSSES = ("dice", "focal_dice")
 # train.distill_from: the teacher of the distillation term (docs/method.md, "Sandwich rule and in-place distillation")
 DISTILL_SOURCES = ("base", "max", "none")
 
 # Fields that define the optimisation trajectory: a resumed run must match them.
 TRAJECTORY_FIELDS = (
     "supernet", "iterations", "batch_size", "max_objects", "lr", "min_lr_ratio", "weight_decay",
-    "grad_clip", "amp", "mode", "n_random", "distill_from", "distill_weight", "distill_embed_weight",
+    "grad_clip", "amp", "mode", "loss", "focal_weight", "n_random", "distill_from", "distill_weight", "distill_embed_weight",
     "distill_mask_weight", "trainable", "seed",
 )
 # The input supernet's content (SHA-256 of supernet.pt, which holds the search space): a
@@ -48,8 +50,14 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay (applies to whole shared tensors).
         grad_clip: max global gradient L2 norm; 0 = no clipping.
         amp: bf16 autocast for forward passes (CPU and CUDA).
-        mode: ``sandwich`` (accumulate max+min+random, one step) or ``sequential``
-            (one optimizer step after each subnet, like the reference code).
+        mode: ``sandwich`` (accumulate max+min+random, one step), ``sequential``
+            (one optimizer step after each subnet, like the reference code) or
+            ``finetune`` (the max subnet alone, one step per batch: plain fine-tuning of
+            the base model, the baseline a user would run instead of SuperSAM).
+        loss: ``dice`` (the paper's Eq. 2, mean over objects) or ``focal_dice``
+            (``focal_weight`` x unweighted sigmoid focal loss (gamma 2, mean over pixels)
+            + Dice, SAM's mask loss), both on the single-mask logits at image size.
+        focal_weight: weight of the focal term with ``loss: focal_dice`` (SAM: 20).
         n_random: random subnets per iteration besides max and min.
         distill_from: the distillation teacher. ``none``: Dice against the ground truth
             only (the paper). ``max``: in-place distillation (BigNAS; was
@@ -100,6 +108,8 @@ class TrainConfig:
     grad_clip: float = 0.0
     amp: bool = False
     mode: str = "sandwich"
+    loss: str = "dice"
+    focal_weight: float = 20.0
     n_random: int = 1
     distill_from: str = "none"
     distill_weight: float = 1.0
@@ -172,6 +182,10 @@ class TrainConfig:
             raise ConfigError(f"train.cpu_tdp_watts must be > 0 (W), got {self.cpu_tdp_watts}")
         if self.mode not in MODES:
             raise ConfigError(f"train.mode {self.mode!r} is unknown; use one of {', '.join(MODES)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"train.loss {self.loss!r} is unknown; use one of {', '.join(LOSSES)}")
+        if not self.focal_weight >= 0:
+            raise ConfigError(f"train.focal_weight must be >= 0, got {self.focal_weight}")
         if self.distill_from not in DISTILL_SOURCES:
             raise ConfigError(f"train.distill_from {self.distill_from!r} is unknown; use one of {', '.join(DISTILL_SOURCES)}")
         if not 0 <= self.distill_weight <= 1:

@@ -258,7 +258,8 @@ class Trainer:
         probe, the base-model target and the training itself.
         """
         cfg, main = self.cfg, self.ctx.is_main
-        run_ctx = start_run(tracking if main else TrackingConfig(enabled=False), "train", self.meta.variant,
+        stage = "finetune" if cfg.mode == "finetune" else "train"  # finetune: the plain fine-tuning baseline
+        run_ctx = start_run(tracking if main else TrackingConfig(enabled=False), stage, self.meta.variant,
                             params=self.mlflow_params(),
                             tags={"pretrained": self.meta.pretrained, "energy_method": self.meter.method,
                                   "supernet_in": str(cfg.supernet_path)})

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from supersam.data.types import ModelInput
 from supersam.device import autocast
 from supersam.errors import CheckpointError, ConfigError
+from supersam.losses import per_mask_focal
 from supersam.metrics import dice_loss
 from supersam.inference import decode_masks, embed_prompts, encode_images
 from supersam.checkpoint import load_base_model
@@ -126,11 +127,13 @@ def base_targets(base: torch.nn.Module, inputs: Sequence[ModelInput], device: to
     return BaseTargets(embeddings.float(), [t.float() for t in logits], embed_weight, mask_weight)
 
 
-def draw_subnets(space, seed: int, iteration: int, n_random: int) -> tuple[list[str], list]:
-    """The subnets of 0-based ``iteration``: max, min, then ``n_random`` draws.
+def draw_subnets(space, seed: int, iteration: int, n_random: int, mode: str = "sandwich") -> tuple[list[str], list]:
+    """The subnets of 0-based ``iteration``: max, min, then ``n_random`` draws (``finetune``: max only).
 
     A pure function of (seed, iteration), identical on every rank and after resume.
     """
+    if mode == "finetune":
+        return ["max"], [space.max_subnet()]
     gen = subnet_generator(seed, iteration)
     kinds = ["max", "min"] + ["random"] * n_random
     subnets = [space.max_subnet(), space.min_subnet()] + [space.sample(gen) for _ in range(n_random)]
@@ -154,6 +157,7 @@ def batch_loss(
     distill_weight: float = 0.0,
     base: BaseTargets | None = None,
     parts: dict[str, float] | None = None,
+    focal_weight: float = 0.0,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """This rank's share of the global-batch mean loss for the active subnet.
 
@@ -170,6 +174,9 @@ def batch_loss(
             (E: 1 x D x G x G; logits: N_i x H x W).
         parts: when given, ``parts["distill"]`` receives this rank's weighted base-distillation
             share (same divisor), for logging.
+        focal_weight: > 0 adds ``focal_weight`` x the unweighted sigmoid focal loss (gamma 2,
+            mean over non-void pixels and objects) of the single-mask logits to the Dice term
+            (``train.loss: focal_dice``, SAM's mask loss); 0 = Dice only (the paper).
 
     Returns:
         (sum over this rank's images of the per-image loss (mean object Dice, plus the
@@ -186,6 +193,9 @@ def batch_loss(
             logits, _ = decode_masks(sam, embeddings[j : j + 1], p, inp, multimask=False)
         logits = logits[:, 0]  # N x H x W
         loss = dice_loss(logits, inp.gt_masks, ignore=inp.ignore)  # void pixels (data.ignore_label) do not count
+        if focal_weight > 0:
+            valid = None if inp.ignore is None else ~inp.ignore.bool()
+            loss = loss + focal_weight * per_mask_focal(logits, inp.gt_masks, alpha=-1.0, valid=valid).mean()
         if teacher is not None and distill_weight > 0:
             loss = (1 - distill_weight) * loss + distill_weight * dice_loss(logits, teacher[j])
         if base is not None:
@@ -236,7 +246,7 @@ def train_step(
     Returns:
         a :class:`StepResult`; the scheduler has advanced one iteration.
     """
-    kinds, subnets = draw_subnets(supernet.space, cfg.seed, iteration, cfg.n_random)
+    kinds, subnets = draw_subnets(supernet.space, cfg.seed, iteration, cfg.n_random, cfg.mode)
     result = StepResult(kinds, subnets, lr=optimizer.param_groups[0]["lr"])
     sam = supernet.sam
     sam.train()
@@ -255,7 +265,8 @@ def train_step(
         use_teacher = teacher if kind != "max" else None
         parts: dict[str, float] = {}
         loss, logits = batch_loss(sam, inputs, prompts, global_batch, ctx.device, cfg.amp,
-                                  use_teacher, cfg.distill_weight if in_place else 0.0, base, parts)
+                                  use_teacher, cfg.distill_weight if in_place else 0.0, base, parts,
+                                  focal_weight=cfg.focal_weight if cfg.loss == "focal_dice" else 0.0)
         loss.backward()
         local.append(float(loss.detach()))
         if base is not None:
@@ -264,7 +275,7 @@ def train_step(
             teacher = [torch.sigmoid(t.detach()) for t in logits]
         if cfg.mode == "sequential":
             result.grad_norm = _optimizer_step(optimizer, params, ctx, cfg.grad_clip)
-    if cfg.mode == "sandwich":
+    if cfg.mode in ("sandwich", "finetune"):
         result.grad_norm = _optimizer_step(optimizer, params, ctx, cfg.grad_clip)
     scheduler.step()
     supernet.set_active_subnet(subnets[0])
