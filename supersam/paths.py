@@ -11,6 +11,7 @@ Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
     outputs/calibration/wanda_stats.pt           calibration stats: Wanda norms, Taylor importance (ActivationStats)
     outputs/supernet/<variant>/supernet.pt       reordered supernet (+ search_space.json)
     outputs/train/<variant>/supernet.pt          trained supernet (+ metrics, history, checkpoints/)
+    outputs/finetune/supernet.pt                 the base model fine-tuned downstream (train.mode finetune), the baseline
     outputs/search/<variant>/best_subnet.json    search result (+ candidates, Pareto front)
     outputs/compare/table1.json                  the variants side by side (Table I, Fig. 4/5)
     outputs/export/model/                        exported subnet: model.pt + config.json
@@ -34,6 +35,8 @@ BASE_MODEL = PRETRAIN_DIR / "model.pt"
 RANK_LAYERS_DIR = OUTPUTS / "rank_layers"
 RANKING = RANK_LAYERS_DIR / "ranking.json"
 CALIBRATION_STATS = OUTPUTS / "calibration" / "wanda_stats.pt"
+FINETUNE_DIR = OUTPUTS / "finetune"   # the plain fine-tuning baseline: `train --set train.mode=finetune`
+FINETUNE_VARIANT = "none"             # it fine-tunes the unreordered supernet (the base model's own order)
 COMPARE_DIR = OUTPUTS / "compare"
 USER_COMPARE_DIR = RUNS / "compare"
 EXPORT_DIR = OUTPUTS / "export" / "model"

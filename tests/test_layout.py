@@ -26,7 +26,7 @@ PKG = REPO / "supersam"
 # stage name in dvc.yaml -> the CLI module that runs it
 STAGE_COMMANDS = {
     "pretrain": "pretrain", "rank-layers": "rank_layers", "calibrate-wanda": "calibrate_wanda",
-    "build-supernet": "build_supernet", "train": "train", "search": "search", "compare": "compare",
+    "build-supernet": "build_supernet", "train": "train", "finetune": "train", "search": "search", "compare": "compare",
     "export": "export", "eval": "eval",
 }
 # the stage modules/packages (one per command); everything else in supersam/ but cli/ is core
@@ -155,10 +155,11 @@ def _layout(variant: str) -> dict[str, list[str]]:
         "calibrate-wanda": [str(paths.CALIBRATION_STATS)],
         "build-supernet": [str(paths.built_supernet(variant)), str(paths.supernet_dir(variant) / paths.SEARCH_SPACE_FILE)],
         "train": [str(paths.trained_supernet(variant)), str(paths.train_dir(variant) / paths.METRICS_FILE)],
+        "finetune": [str(paths.FINETUNE_DIR / paths.SUPERNET_FILE), str(paths.FINETUNE_DIR / paths.METRICS_FILE)],
         "search": [str(paths.best_subnet(variant)), str(paths.search_dir(variant) / paths.METRICS_FILE)],
         "compare": [str(paths.COMPARE_DIR / name) for name in ("table1.json", "metrics.json", "subnets.json")],
         "export": [str(paths.EXPORT_DIR)],
-        "eval": [str(paths.eval_dir(name) / paths.METRICS_FILE) for name in ("subnet", "full", "base")],
+        "eval": [str(paths.eval_dir(name) / paths.METRICS_FILE) for name in ("subnet", "full", "base", "finetuned")],
     }
 
 
@@ -232,11 +233,16 @@ def test_dvc_command_paths_are_the_layout():
     """Paths spelled inside dvc.yaml's commands (hand runs write under runs/, the pipeline under outputs/)."""
     variant = _params()["export"]["variant"]
     evals = {_cmd_option(c, "--name"): c for c in _stage("eval")["cmd"]}
-    assert set(evals) == {"subnet", "full", "base"}
+    assert set(evals) == {"subnet", "full", "base", "finetuned"}
     for name, cmd in evals.items():
         assert _cmd_option(cmd, "--out") == str(paths.eval_dir(name)), cmd
     assert _cmd_option(evals["subnet"], "--model") == str(paths.EXPORT_DIR)
     assert _resolve(_cmd_option(evals["full"], "--supernet")) == str(paths.trained_supernet(variant))
+    assert _cmd_option(evals["finetuned"], "--supernet") == str(paths.FINETUNE_DIR / paths.SUPERNET_FILE)
+    finetune = _stage("finetune")
+    assert _cmd_option(finetune["cmd"], "--out") == str(paths.FINETUNE_DIR)
+    assert _cmd_option(finetune["cmd"], "--variant") == paths.FINETUNE_VARIANT
+    assert str(paths.built_supernet(paths.FINETUNE_VARIANT)) in _entries(finetune, "deps")
     for item in _params()["variants"]:
         search = _resolve(_stage("search")["cmd"], item)
         assert _cmd_option(search, "--out") == str(paths.search_dir(item)) and _cmd_option(search, "--variant") == item

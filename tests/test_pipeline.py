@@ -113,6 +113,12 @@ def test_every_stage_writes_its_artifacts(project):
     full_eval = _json(out / "eval" / "full" / "metrics.json")
     assert subnet_eval["params"] == search_best_params(out) and full_eval["params"] == 712_931
     assert subnet_eval["n_images"] == full_eval["n_images"] == 2
+    # the plain fine-tuning baseline: the max subnet alone, as many optimizer steps as the sandwich training
+    finetune = _json(out / "finetune" / "metrics.json")
+    assert finetune["iterations"] == 4 and [h["iteration"] for h in _json(out / "finetune" / "history.json")] == [0, 4]
+    finetuned_eval = _json(out / "eval" / "finetuned" / "metrics.json")
+    assert finetuned_eval["params"] == 712_931 and finetuned_eval["n_images"] == 2
+    assert finetuned_eval["miou_box"] != _json(out / "eval" / "base" / "metrics.json")["miou_box"]
     assert list((out / "eval" / "subnet" / "overlays").glob("*.png"))
 
 
@@ -187,11 +193,11 @@ def test_mlflow_server_serves_one_train_run_per_variant(project):
     assert all(t["mlflow.parentRunId"] == parents[0] for t in tags if t["stage"] != "pipeline")
     runs, tags = zip(*[(run, t) for run, t in zip(runs, tags) if t["stage"] != "pipeline"])
     for run, t in zip(runs, tags):
-        if t["stage"] in ("pretrain", "rank-layers", "calibrate-wanda", "train", "search", "compare", "eval"):
+        if t["stage"] in ("pretrain", "rank-layers", "calibrate-wanda", "train", "finetune", "search", "compare", "eval"):
             assert run.get("inputs", {}).get("dataset_inputs"), f"{t['stage']} run has no dataset input"
     stages = sorted(t["stage"] for t in tags)
     assert stages.count("train") == stages.count("search") == stages.count("build-supernet") == len(VARIANTS)
-    assert {"pretrain", "rank-layers", "calibrate-wanda", "compare", "eval"} <= set(stages)
+    assert {"pretrain", "rank-layers", "calibrate-wanda", "finetune", "compare", "eval"} <= set(stages)
     assert len({t.get("pipeline_run") for t in tags}) == 1
     train = [run for run, t in zip(runs, tags) if t["stage"] == "train"]
     assert sorted(t["variant"] for t in tags if t["stage"] == "train") == sorted(VARIANTS)

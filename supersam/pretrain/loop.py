@@ -272,6 +272,9 @@ class Pretrainer:
     def finish(self) -> PretrainResult:
         """Write model.pt (official SAM key layout), config.json, metrics.json and history.json."""
         last = self.history[-1]
+        # the resume folder exists after every run, a pass-through's too (empty): dvc.yaml declares
+        # it as a persistent output, so switching between pass-through and training keeps working
+        ckpt.checkpoint_path(self.out).parent.mkdir(parents=True, exist_ok=True)
         path = torch_save({k: v.detach().cpu() for k, v in self.sam.state_dict().items()}, self.out / MODEL_FILE)
         seconds = self.seconds()
         metrics = {
