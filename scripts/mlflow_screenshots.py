@@ -6,8 +6,8 @@ screenshots with headless Chromium (Debian's ``chromium`` package):
 
 - ``docs/img/mlflow-runs.png``: the experiment's runs table (the parent run of the
   latest ``dvc repro`` with its stage runs nested under it);
-- ``docs/img/mlflow-compare-train.png``: the compare view of that execution's three
-  ``train`` runs (one per reordering variant).
+- ``docs/img/mlflow-compare-train.png``: the compare view of that execution's
+  ``train`` runs (one per reordering variant, up to 8).
 
 Run from the project root after ``dvc repro``:
 ``.venv/bin/python scripts/mlflow_screenshots.py [--chromium /usr/bin/chromium]``.
@@ -87,7 +87,7 @@ def main() -> None:
                                      order_by=["attributes.start_time DESC"])
         query = f"tags.stage = 'train' and tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'" if parents \
             else "tags.stage = 'train'"
-        train = client.search_runs([eid], query, max_results=3, order_by=["attributes.start_time DESC"])
+        train = client.search_runs([eid], query, max_results=8, order_by=["attributes.start_time DESC"])
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         shoot(args.chromium, f"{base}/#/experiments/{eid}/runs", out / "mlflow-runs.png")

@@ -30,8 +30,10 @@ SECTIONS = {
     "supernet": SupernetConfig, "train": TrainConfig, "search": SearchConfig,
     "compare": CompareConfig, "export": ExportConfig, "eval": EvalConfig, "bench": BenchConfig,
 }
-STAGES = ["pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "search", "compare", "export",
-          "eval"]
+STAGES = ["pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "finetune", "search", "compare",
+          "export", "eval"]
+# stages that run another stage's command: finetune is `supersam train --set train.mode=finetune`
+STAGE_COMMAND = {"finetune": "train"}
 
 
 def _dvc() -> dict:
@@ -53,7 +55,7 @@ def test_every_params_section_builds_its_config(params_file):
         build_config(cls, params[section], section)  # raises on unknown keys / bad types
 
 
-def test_dvc_stages_are_pretrain_the_seven_commands_and_compare_in_order():
+def test_dvc_stages_are_pretrain_the_seven_commands_finetune_and_compare_in_order():
     stages = _dvc()["stages"]
     assert list(stages) == STAGES
     for name in ("build-supernet", "train", "search"):
@@ -68,12 +70,13 @@ def test_dvc_commands_and_flags_exist_in_the_cli():
     for name, stage in _dvc()["stages"].items():
         for cmd in _commands(stage):
             words = shlex.split(cmd)
-            assert words[:2] == ["supersam", name], cmd
-            command = cli.commands[name]
+            command_name = STAGE_COMMAND.get(name, name)
+            assert words[:2] == ["supersam", command_name], cmd
+            command = cli.commands[command_name]
             options = {opt for p in command.params for opt in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
             for word in words[2:]:
                 if word.startswith("--"):
-                    assert word in options, f"{name}: {word} is not an option of supersam {name}"
+                    assert word in options, f"{name}: {word} is not an option of supersam {command_name}"
 
 
 def test_dvc_params_name_existing_keys():
