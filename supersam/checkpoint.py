@@ -30,7 +30,9 @@ from supersam.artifacts import ExportManifest, SupernetMeta
 from supersam.elastic import EncoderSpec, SuperSam, build_encoder
 from supersam.errors import CheckpointError, ConfigError, SupersamError
 from supersam.io import load_torch, read_json, torch_save
-from supersam.sam import PIXEL_MEAN, PIXEL_STD, LoadedSam, build_sam, build_sam_model, read_state_dict, state_digest
+from supersam.sam import (
+    PIXEL_MEAN, PIXEL_STD, LoadedSam, build_sam, build_sam_model, read_state_dict, set_pixel_stats, state_digest,
+)
 from supersam.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -84,12 +86,6 @@ def assign_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
                 f"{tuple(state[key].shape)}, expected {tuple(value.shape)}; re-create the file"
             )
     model.load_state_dict(state, strict=True, assign=True)
-
-
-def set_pixel_stats(sam: nn.Module, mean: list[float], std: list[float]) -> None:
-    """Set Sam's (non-persistent) pixel_mean/pixel_std buffers (3 x 1 x 1)."""
-    sam.pixel_mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    sam.pixel_std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
 
 def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> SuperSam:
