@@ -172,7 +172,8 @@ def hf_config(sam: nn.Module) -> dict[str, Any]:
     widths = sorted({blk.mlp.lin1.out_features for blk in enc.blocks})
     if len(widths) != 1:
         raise ConfigError(f"export --format hf needs one MLP width in every encoder block (transformers' SamModel "
-                          f"has a single mlp_dim); this subnet has {widths}; export it with --format pt or onnx")
+                          f"has a single mlp_dim); this subnet has {widths}; export it with --format pt or onnx, "
+                          "or find one with search --hf-compatible")
     blk = enc.blocks[0]
     dec = sam.mask_decoder
     return {
@@ -185,14 +186,19 @@ def hf_config(sam: nn.Module) -> dict[str, Any]:
             "global_attn_indexes": [i for i, b in enumerate(enc.blocks) if b.window_size == 0],
             "qkv_bias": blk.attn.qkv.bias is not None, "use_abs_pos": enc.pos_embed is not None,
             "use_rel_pos": blk.attn.use_rel_pos, "layer_norm_eps": blk.norm1.eps,
+            # SamModel's shared positional embedding (2 x num_pos_feats) is built from the vision config
+            "num_pos_feats": sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.shape[1],
         },
         "prompt_encoder_config": {
             "hidden_size": sam.prompt_encoder.embed_dim, "image_size": enc.img_size,
             "patch_size": enc.patch_embed.proj.kernel_size[0],
             "mask_input_channels": sam.prompt_encoder.mask_downscaling[3].out_channels,
             "num_point_embeddings": sam.prompt_encoder.num_point_embeddings,
+            "layer_norm_eps": sam.prompt_encoder.mask_downscaling[1].eps,
         },
         "mask_decoder_config": {
+            # segment_anything's two-way transformer norms use nn.LayerNorm's 1e-5, transformers' default is 1e-6
+            "layer_norm_eps": dec.transformer.layers[0].norm1.eps,
             "hidden_size": dec.transformer_dim, "num_hidden_layers": len(dec.transformer.layers),
             "num_attention_heads": dec.transformer.num_heads, "mlp_dim": dec.transformer.layers[0].mlp.lin1.out_features,
             "iou_head_depth": len(dec.iou_prediction_head.layers),
@@ -202,8 +208,32 @@ def hf_config(sam: nn.Module) -> dict[str, Any]:
     }
 
 
+def hf_preprocessor_config(sam: nn.Module) -> dict[str, Any]:
+    """The ``preprocessor_config.json`` that lets ``SamProcessor.from_pretrained`` prepare inputs for ``sam``.
+
+    Mirrors segment_anything's ``SamPredictor`` preprocessing: resize the longest side to the
+    encoder's input size S (bilinear), normalise with ``sam``'s pixel mean/std (given in 0-255
+    units, written as fractions of 255 after a 1/255 rescale), pad bottom-right to S x S; masks
+    are S/4 x S/4 (the low-res mask size).
+    """
+    size = sam.image_encoder.img_size
+    return {
+        "image_processor_type": "SamImageProcessor", "processor_class": "SamProcessor",
+        "do_convert_rgb": True, "do_resize": True, "size": {"longest_edge": size}, "resample": 2,
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [round(float(v) / 255, 8) for v in sam.pixel_mean.flatten()],
+        "image_std": [round(float(v) / 255, 8) for v in sam.pixel_std.flatten()],
+        "do_pad": True, "pad_size": {"height": size, "width": size},
+        "mask_size": {"longest_edge": size // 4}, "mask_pad_size": {"height": size // 4, "width": size // 4},
+    }
+
+
 def save_hf(sam: nn.Module, out_dir: str | Path) -> Path:
-    """Write ``model.safetensors`` (``SamModel`` keys) and a ``SamConfig``-style ``config.json`` into ``out_dir``.
+    """Write ``model.safetensors`` (``SamModel`` keys), a ``SamConfig`` ``config.json`` and the
+    ``SamProcessor``'s ``preprocessor_config.json`` into ``out_dir``.
+
+    The folder loads with ``transformers.SamModel.from_pretrained`` and
+    ``SamProcessor.from_pretrained`` (checked against transformers itself in the tests).
 
     Each file is written atomically with the usual artifact mode (0666 minus the umask).
 
@@ -223,5 +253,6 @@ def save_hf(sam: nn.Module, out_dir: str | Path) -> Path:
     # safetensors creates its file 0600: written as every artifact is (temporary sibling, umask mode, rename)
     _atomic(out / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     write_json(out / "config.json", config)
+    write_json(out / "preprocessor_config.json", hf_preprocessor_config(sam))
     log.debug("wrote %d tensors in transformers SamModel layout to %s", len(state), out)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,6 +156,96 @@ def test_export_format_hf_round_trips_and_refuses_mixed_widths(tmp_path):
         export(ExportConfig(supernet=str(tmp_path / "supernet.pt"), subnet=json.dumps(mixed.to_dict()),
                             out=str(tmp_path / "mixed"), format="hf"))
     assert not (tmp_path / "mixed").exists()  # refused before anything is written
+
+
+def _predict_sam(sam, image, box):
+    """segment_anything's SamPredictor: (3 x H x W masks, 3 IoU scores, 3 x S/4 x S/4 low-res logits)."""
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)
+    masks, scores, low = predictor.predict(box=np.asarray(box), multimask_output=True)
+    return masks, scores, low
+
+
+def _predict_hf(model, processor, image, box):
+    """transformers' SamModel + SamProcessor on the same image and box: (masks, IoU scores, low-res logits)."""
+    inputs = processor(images=image, input_boxes=[[list(box)]], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs, multimask_output=True)
+    masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
+    return masks[0][0].numpy(), out.iou_scores[0, 0].numpy(), out.pred_masks[0, 0].numpy()
+
+
+def _image(seed=0, shape=(96, 120, 3)):
+    return (np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)
+
+
+def test_a_transformers_sammodel_reads_as_a_base_model_with_the_same_masks(tmp_path):
+    """transformers writes the folder (save_pretrained of a random SamModel shaped like our tiny SAM);
+    supersam reads it bit-equal and SamPredictor's masks equal transformers' own."""
+    from transformers import SamConfig, SamModel
+
+    config = SamConfig(  # the tiny SAM's numbers in transformers' own config fields
+        vision_config=dict(hidden_size=64, num_hidden_layers=12, num_attention_heads=2, mlp_dim=256, image_size=128,
+                           window_size=4, output_channels=32, num_pos_feats=16, global_attn_indexes=[2, 5, 8, 11]),
+        prompt_encoder_config=dict(hidden_size=32, image_size=128, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+    torch.manual_seed(0)
+    model = SamModel(config).eval()
+    with torch.no_grad():  # transformers initialises much of SAM to ~0; give every weight a spread
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(tmp_path / "hf")
+    processor = _processor(128)  # save_pretrained of a model writes no preprocessor config
+    loaded = build_sam("tiny", 128, tmp_path / "hf")
+    ours, theirs = loaded.model.state_dict(), sam_to_hf_names(model)
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    image, box = _image(), (20, 10, 90, 70)
+    masks, scores, low = _predict_sam(loaded.model, image, box)
+    hf_masks, hf_scores, hf_low = _predict_hf(model, processor, image, box)
+    # the one architectural difference: the decoder's LayerNorm eps (transformers 1e-6, segment_anything 1e-5)
+    assert np.abs(low - hf_low).max() < 1e-3 and np.abs(scores - hf_scores).max() < 1e-3
+    assert (masks == hf_masks).mean() > 0.999
+
+
+def _processor(size: int):
+    from transformers import SamImageProcessor, SamProcessor
+
+    return SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": size},
+                                                          pad_size={"height": size, "width": size}))
+
+
+def sam_to_hf_names(model) -> dict[str, torch.Tensor]:
+    """A transformers SamModel's state dict in segment_anything names (the map under test: hf_to_sam)."""
+    return hf_to_sam({k: v for k, v in model.state_dict().items()})
+
+
+def test_an_hf_export_loads_in_transformers_and_gives_the_export_s_masks(tmp_path):
+    """export --format hf of a subnet (3 blocks dropped; block 0 keeps its full MLP, so the others do too) opens with SamModel.from_pretrained and
+    SamProcessor.from_pretrained, and its masks equal the segment_anything export's through SamPredictor."""
+    from transformers import SamModel, SamProcessor
+
+    torch.manual_seed(0)
+    sam = build_sam_model("tiny", 128)
+    with torch.no_grad():
+        for param in sam.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    save_supernet(tmp_path / "supernet.pt", SuperSam(sam, SearchSpace.for_arch("tiny")), SupernetMeta("tiny", 128, False, "none"))
+    subnet = SubnetConfig.from_mlp_dims([256, 256, 0, 256, 256, 0, 256, 256, 256, 0, 256, 256])
+    out = export(ExportConfig(supernet=str(tmp_path / "supernet.pt"), subnet=json.dumps(subnet.to_dict()),
+                              out=str(tmp_path / "model"), format="hf"))
+    model = SamModel.from_pretrained(out / "hf").eval()  # raises on any missing or mismatched tensor
+    processor = SamProcessor.from_pretrained(out / "hf")
+    assert model.config.vision_config.num_hidden_layers == 9 and model.config.vision_config.mlp_dim == 256
+    exported = load_model(out)
+    for seed, box in ((0, (20, 10, 90, 70)), (1, (0, 0, 119, 95)), (2, (50, 40, 60, 52))):
+        image = _image(seed)
+        masks, scores, low = _predict_sam(exported, image, box)
+        hf_masks, hf_scores, hf_low = _predict_hf(model, processor, image, box)
+        assert np.abs(low - hf_low).max() < 1e-4 and np.abs(scores - hf_scores).max() < 1e-5, seed
+        assert (masks == hf_masks).all(), seed
 
 
 def test_bench_measures_a_hugging_face_folder(tmp_path, monkeypatch, capsys):
