@@ -214,3 +214,28 @@ def test_evaluator_gives_identical_miou_on_repeated_calls(evaluator):
     again = evaluator.evaluate(space.max_subnet())
     assert first["miou"] == again["miou"] and first["miou_oracle"] == again["miou_oracle"]
     assert first["params"] == 712_931 and evaluator.supernet.active_subnet == space.max_subnet()
+
+
+def test_cli_hf_compatible_search_finds_only_subnets_transformers_can_hold(supernet_path, shared_data, tmp_path,
+                                                                           monkeypatch, capsys):
+    """--hf-compatible: every candidate keeps full-width MLPs (blocks only dropped), the space is the 2^5
+    keep/drop choices, and the best subnet exports with --format hf."""
+    params = str(write_params(tmp_path, shared_data, supernet=str(supernet_path), budget=6))
+    code, err = run_cli(["search", "--params", params, "--min-miou", "0.0", "--max-params", "60e6", "--hf-compatible",
+                         "--out", str(tmp_path / "hf")], monkeypatch, capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "hf" / "metrics.json").read_text())
+    candidates = json.loads((tmp_path / "hf" / "candidates.json").read_text())
+    assert metrics["hf_compatible"] is True and metrics["space_size"] == 2 ** 5 and len(candidates) == 6
+    for cand in candidates:
+        sub = SubnetConfig.from_dict(cand["subnet"])
+        assert {sub.mlp_dims[b] for b in sub.kept_layers} == {256}, cand["subnet"]
+    from supersam.export import ExportConfig, export
+
+    best = tmp_path / "hf" / "best_subnet.json"
+    out = export(ExportConfig(supernet=str(supernet_path), subnet=str(best), out=str(tmp_path / "model"), format="hf"))
+    assert json.loads((out / "hf" / "config.json").read_text())["vision_config"]["mlp_dim"] == 256
+    # the unrestricted space's smallest subnet (311,139 params) is below the restricted one's
+    code, err = run_cli(["search", "--params", params, "--min-miou", "0.0", "--max-params", "400k", "--hf-compatible",
+                         "--out", str(tmp_path / "small")], monkeypatch, capsys)
+    assert code == 1 and "below the smallest subnet of this space" in err and "Traceback" not in err

@@ -21,6 +21,7 @@ def search_cli(
     min_miou: Optional[str] = typer.Option(None, "--min-miou", help="Smallest acceptable mIoU on the validation sample: absolute (0.8) or relative to the base model (0.95x or 95%: within 5% of its mIoU)."),
     max_macs: Optional[str] = typer.Option(None, "--max-macs", help="Largest subnet in MACs of one image + one prompt at the working size: 2G, 800M, 8e8 (0 = none)."),
     max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Largest predicted image-encoder latency on this device, ms (latency table outputs/latency/<device-key>.json; 0 = none)."),
+    hf_compatible: Optional[bool] = typer.Option(None, "--hf-compatible/--any-widths", help="Search only subnets transformers' SamModel can hold (blocks dropped, MLPs at full width; export --format hf)."),
     pareto_x: Optional[str] = typer.Option(None, "--pareto-x", help="x-axis of the Pareto plot: params, macs or latency."),
     variant: Optional[str] = typer.Option(None, help="Reordering variant: none, magnitude, wanda or taylor (picks the default supernet)."),
     supernet: Optional[str] = typer.Option(None, help="Supernet checkpoint (default outputs/train/<variant>/supernet.pt)."),
@@ -38,7 +39,7 @@ def search_cli(
     if resume and auto_resume:
         raise ConfigError("--resume and --auto-resume exclude each other; pass one")
     values = load_params("search", ("search", "metric", "data", "mlflow"), params, sets, {"search.max_params": max_params, "search.min_miou": min_miou,
-                                        "search.max_macs": max_macs, "search.max_latency_ms": max_latency_ms, "search.pareto_x": pareto_x,
+                                        "search.max_macs": max_macs, "search.max_latency_ms": max_latency_ms, "search.pareto_x": pareto_x, "search.hf_compatible": hf_compatible,
                                         "search.variant": variant, "search.supernet": supernet, "search.out": out})
     cfg = stage_config(SearchConfig, values, "search")
     metrics = search(cfg, stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"),

@@ -90,6 +90,9 @@ class SearchConfig:
         device: ``auto``, ``cpu``, ``cuda``...
         amp: bf16 autocast during evaluation.
         strict: exit code 1 when no feasible subnet was found.
+        hf_compatible: search only subnets transformers' ``SamModel`` can hold (``export --format
+            hf``): blocks dropped, none sliced (its config has one ``mlp_dim``, and block 0 keeps
+            the full width).
     """
 
     variant: str = "wanda"
@@ -117,6 +120,7 @@ class SearchConfig:
     device: str = "auto"
     amp: bool = False
     strict: bool = False
+    hf_compatible: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_miou, str):  # a number given in code: keep the setting as text

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +74,19 @@ def check_reachable(encoding: SubnetEncoding, params_of: Callable[[Any], int], m
 
 
 def _space(cfg: SearchConfig, supernet: Any) -> Any:
-    """The searched space: ``cfg.space`` if given (must fit inside the supernet's), else the supernet's."""
+    """The searched space: ``cfg.space`` if given (must fit inside the supernet's), else the supernet's;
+    with ``cfg.hf_compatible`` only its full-width subnets (blocks kept or dropped, no MLP slicing)."""
     from supersam.space import SearchSpace
 
-    if not cfg.space:
-        return supernet.space
-    space, outer = SearchSpace.load(cfg.space), supernet.space
+    space, outer = (SearchSpace.load(cfg.space), supernet.space) if cfg.space else (supernet.space, supernet.space)
     if (space.depth, space.mlp_dim) != (outer.depth, outer.mlp_dim) or not set(space.prunable) <= set(outer.prunable) \
             or not set(space.mlp_dim_choices) <= set(outer.mlp_dim_choices):
         raise ConfigError(f"search space {cfg.space} is not a sub-space of the supernet's {outer.to_dict()}; "
                           "use the supernet's search_space.json or a narrower one")
+    if cfg.hf_compatible:
+        # transformers' SamVisionConfig has one mlp_dim for every block, and block 0 keeps the full width
+        # (paper Sec. III), so a subnet SamModel can hold drops blocks but slices none
+        space = replace(space, mlp_dim_choices=(space.mlp_dim,))
     return space
 
 
@@ -303,7 +306,7 @@ def _search(cfg: SearchConfig, data: Any, supernet: Any, encoding: SubnetEncodin
         "largest_params": supernet.params(encoding.largest()),
         "model_type": model_type, "img_size": img_size, "n_images": len(inputs),
         "variant": variant, "supernet": str(cfg.supernet_path), **collapse, **min_miou.report("min_miou"),
-        "metric": cfg.metric, "n_objects": sum(inp.n_objects for inp in inputs),
+        "metric": cfg.metric, "n_objects": sum(inp.n_objects for inp in inputs), "hf_compatible": cfg.hf_compatible,
         # params are counted for the model `export` writes: all of SAM at this input size
         "params_input_size": img_size,
     }
