@@ -58,6 +58,8 @@ class BenchConfig:
         threads: torch intra-op threads (0 = leave torch's default).
         device: ``auto``, ``cpu``, ``cuda``...
         out: JSON file for the figures ("" = only the log).
+        everything: also measure everything mode (:func:`everything_cost`) at this grid.
+        points_per_side: everything mode's grid (points_per_side x points_per_side point prompts).
     """
 
     model: str = ""
@@ -67,6 +69,8 @@ class BenchConfig:
     threads: int = 0
     device: str = "cpu"
     out: str = ""
+    everything: bool = False
+    points_per_side: int = 32
 
     def validate(self) -> None:
         """Raises ConfigError on a negative warm-up, fewer than 1 repeat, or threads outside
@@ -79,6 +83,10 @@ class BenchConfig:
         if not 0 <= self.threads <= most:
             raise ConfigError(f"bench.threads is {self.threads}; use 0 (torch's default) to {most} "
                               f"(this machine has {os.cpu_count()} CPUs)")
+        if self.everything:
+            from supersam.everything import EverythingConfig
+
+            EverythingConfig(points_per_side=self.points_per_side).validate()
 
 
 # ---------------------------------------------------------------- inputs
@@ -187,6 +195,48 @@ def model_latency(sam: nn.Module, warmup: int = 5, repeats: int = 30) -> dict[st
     dec = summarise_ms(time_ms(lambda: run_decoder(sam, embedding, box), warmup, repeats, device))
     return {"encoder_median_ms": enc["median_ms"], "encoder_p90_ms": enc["p90_ms"],
             "decoder_median_ms": dec["median_ms"], "decoder_p90_ms": dec["p90_ms"]}
+
+
+def everything_cost(sam: nn.Module, points_per_side: int, warmup: int = 5, repeats: int = 30) -> dict[str, Any]:
+    """Cost of everything mode at a ``points_per_side`` grid: the encoder once plus one pass per point batch.
+
+    On an S x S random image (S = the encoder's input size): the encoder's median latency; the
+    cost of one point batch, as a one-batch generation (an 8 x 8 grid: 64 points, prompt encoder +
+    mask decoder with 3 masks each, upsampling, stability scores, filters and NMS) minus the
+    encoder; the prediction encoder + n_batches x batch for the requested grid; and the
+    generation at that grid measured (:func:`supersam.everything.generate`). Generations are timed
+    min(repeats, 3) times after one warm-up (medians); filtering and NMS cost less on a random image
+    than on a real one, where more masks pass the filters.
+
+    Returns:
+        ``everything_points_per_side``, ``everything_n_points``, ``everything_n_batches``,
+        ``everything_points_per_batch``, ``everything_encoder_ms``, ``everything_batch_ms``, ``everything_predicted_ms``,
+        ``everything_measured_ms`` (ms) and ``everything_prediction_error`` ((predicted - measured) / measured).
+    """
+    import numpy as np
+
+    from supersam.everything import EverythingConfig, generate
+
+    settings = EverythingConfig(points_per_side=points_per_side)
+    one_batch = EverythingConfig(points_per_side=int(settings.points_per_batch ** 0.5))  # 8 x 8 = 64 points
+    device = next(sam.parameters()).device
+    size = sam.image_encoder.img_size
+    image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+    def generation_ms(cfg: EverythingConfig) -> float:
+        generate(sam, image, cfg)  # warm-up
+        return statistics.median(generate(sam, image, cfg).seconds * 1e3 for _ in range(min(repeats, 3)))
+
+    encoder = summarise_ms(time_ms(lambda: sam.image_encoder(example_image(sam)), warmup, repeats, device))
+    batch = max(generation_ms(one_batch) - encoder["median_ms"], 0.0)
+    measured = generation_ms(settings)
+    predicted = encoder["median_ms"] + settings.n_batches * batch
+    return {"everything_points_per_side": points_per_side, "everything_n_points": settings.n_points,
+            "everything_n_batches": settings.n_batches, "everything_points_per_batch": settings.points_per_batch,
+            "everything_encoder_ms": encoder["median_ms"], "everything_batch_ms": round(batch, 3),
+            "everything_predicted_ms": round(predicted, 3),
+            "everything_measured_ms": round(measured, 3),
+            "everything_prediction_error": round((predicted - measured) / measured, 4)}
 
 
 # ---------------------------------------------------------------- device key
@@ -320,6 +370,12 @@ def bench(cfg: BenchConfig, model_cfg: Any, force: bool = False) -> dict[str, An
              "on %s, %d threads", result["source"], f"{result['params']:,}", result["macs"] / 1e9,
              result["encoder_macs"] / 1e9, result["encoder_median_ms"], result["encoder_p90_ms"],
              result["decoder_median_ms"], result["decoder_p90_ms"], result["device_name"], result["threads"])
+    if cfg.everything:
+        result.update(everything_cost(sam, cfg.points_per_side, cfg.warmup, cfg.repeats))
+        log.info("everything mode at %d x %d points: %d decoder passes of %.2f ms after the encoder; predicted "
+                 "%.1f ms, measured %.1f ms", cfg.points_per_side, cfg.points_per_side, result["everything_n_batches"],
+                 result["everything_batch_ms"], result["everything_predicted_ms"],
+                 result["everything_measured_ms"])
     if cfg.out:
         write_json(Path(cfg.out), result)
     return result

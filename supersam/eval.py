@@ -22,7 +22,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from supersam.overlays import overlay_name, save_overlay
 from supersam.sam import build_sam_from_config, count_params, pixel_stats
 from supersam.scoring import run_eval
 from supersam.tracking import start_run
+
+if TYPE_CHECKING:
+    from supersam.everything import EverythingConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,12 @@ class EvalConfig:
         amp: bf16 autocast.
         seed: seed of the image sample and prompt draw (fixed evaluation sample).
         name: label of this evaluation in MLflow (run name suffix / variant tag).
+        everything: also run everything mode (:mod:`supersam.everything`) on each image of the
+            split and report the recall of its ground-truth objects (``everything_recall_50`` /
+            ``_75``: share matched at IoU >= 0.5 / 0.75 by some generated mask), next to the
+            all-foreground mask and the untrained model run the same way.
+        points_per_side: the everything-mode grid (points_per_side x points_per_side points).
+        pred_iou_thresh, stability_score_thresh: everything mode's mask filters (SAM's 0.88 / 0.95).
     """
 
     model: str = ""
@@ -103,6 +112,17 @@ class EvalConfig:
     seed: int = 0
     name: str = ""
     metric: str = "single"
+    everything: bool = False
+    points_per_side: int = 32
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+
+    def everything_config(self) -> "EverythingConfig":
+        """The everything-mode settings of this evaluation (:class:`supersam.everything.EverythingConfig`)."""
+        from supersam.everything import EverythingConfig
+
+        return EverythingConfig(points_per_side=self.points_per_side, pred_iou_thresh=self.pred_iou_thresh,
+                                stability_score_thresh=self.stability_score_thresh)
 
     def validate(self) -> None:
         """Check ranges and option combinations.
@@ -127,6 +147,8 @@ class EvalConfig:
             raise ConfigError("give either --model (an exported subnet) or --supernet, not both")
         if self.subnet and not self.supernet:
             raise ConfigError("--subnet needs --supernet (the supernet to cut it from)")
+        if self.everything:
+            self.everything_config().validate()
 
 
 @dataclass
@@ -361,6 +383,8 @@ def _evaluate(cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, loa
              head, metrics["n_objects"], metrics["n_images"], cfg.split)
     for kind in kinds:
         metrics.update(kind_metrics(kind, by_kind[kind], trivial_baselines(inputs[kind]), untrained[kind]))
+    if cfg.everything:
+        metrics.update(everything_metrics(cfg, model, loaded.info["model_type"], model_cfg.seed, inputs[head], device))
     if loaded.info.get("subnet"):
         metrics["subnet"] = loaded.info["subnet"]
     rows = [row for kind in kinds for row in object_rows(kind, inputs[kind], by_kind[kind]["objects"])]
@@ -378,6 +402,88 @@ def _evaluate(cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, loa
              out / "metrics.json", metrics["n_objects"], len(kinds), paths.OBJECTS_FILE, head,
              ", ".join(predictions.values()), len(collect.saved))
     return metrics, out, collect.saved
+
+
+def everything_metrics(cfg: EvalConfig, model: torch.nn.Module, model_type: str, seed: int,
+                       inputs: list[ModelInput], device: torch.device) -> dict[str, Any]:
+    """Everything-mode recall of the evaluated objects (``eval --everything``), beside two baselines.
+
+    Each image (tile) of ``inputs`` is segmented from a ``cfg.points_per_side`` grid; a ground-truth
+    object counts as found at IoU t when some generated mask reaches t with it (void pixels left out).
+    The all-foreground baseline is one whole-image mask; the components baseline proposes every connected
+    region of the Otsu-thresholded image (:func:`supersam.everything.component_masks`); the untrained
+    baseline is the untrained model of ``model_type`` (seed ``seed``, as in
+    :func:`supersam.baselines.untrained_mious`) run the same way.
+
+    Returns:
+        ``everything_recall_50``, ``everything_recall_75``, ``everything_mean_best_iou`` (in [0, 1]),
+        ``everything_masks_per_image``, ``everything_seconds_per_image`` and
+        ``everything_encoder_seconds_per_image`` (s), ``baseline_components_everything_masks_per_image``,
+        ``everything_points_per_side``,
+        ``everything_pred_iou_thresh``, ``everything_stability_score_thresh``, and
+        ``baseline_all_foreground_everything_recall_50``/``_75``, ``baseline_components_everything_recall_50``/``_75``
+        and ``baseline_untrained_everything_recall_50``/``_75``.
+
+    Raises:
+        DataError: an image smaller than the grid, or no objects.
+    """
+    from supersam.baselines import _quiet_random_init
+    from supersam.everything import best_ious, component_masks, generate, recall
+    from supersam.sam import build_sam
+
+    settings = cfg.everything_config()
+    for inp in inputs:
+        settings.check_image(inp.original_size, f"image {inp.name}")
+
+    def run(sam: torch.nn.Module) -> tuple[dict[str, float], list]:
+        best, results = [], []
+        for inp in inputs:
+            result = generate(sam, inp.raw_image, settings)
+            ignore = None if inp.ignore is None else inp.ignore.cpu().numpy()
+            best.append(best_ious(inp.gt_masks.cpu().numpy(), result.masks, ignore))
+            results.append(result)
+        return recall(np.concatenate(best)), results
+
+    ours, results = run(model)
+    with _quiet_random_init():
+        untrained = build_sam(model_type, model.image_encoder.img_size, None, seed=seed).model.to(device)
+    baseline_untrained, _ = run(untrained)
+    del untrained
+    whole = []
+    for inp in inputs:  # one mask covering the whole image: IoU = object area / image area (void excluded)
+        gt = inp.gt_masks.cpu().numpy().reshape(inp.n_objects, -1)
+        keep = np.ones(gt.shape[1], bool) if inp.ignore is None else ~inp.ignore.cpu().numpy().reshape(-1)
+        whole.append((gt & keep).sum(1) / max(int(keep.sum()), 1))
+    baseline_whole = recall(np.concatenate(whole))
+    components, n_components = [], 0
+    for inp in inputs:  # the classical proposal: connected regions of the Otsu-thresholded image
+        ignore = None if inp.ignore is None else inp.ignore.cpu().numpy()
+        proposals = component_masks(inp.raw_image)
+        n_components += len(proposals)
+        components.append(best_ious(inp.gt_masks.cpu().numpy(), proposals, ignore))
+    baseline_components = recall(np.concatenate(components))
+    n = len(results)
+    metrics = {f"everything_{k}": v for k, v in ours.items()}
+    metrics.update({
+        "everything_masks_per_image": sum(len(r.masks) for r in results) / n,
+        "everything_seconds_per_image": sum(r.seconds for r in results) / n,
+        "everything_encoder_seconds_per_image": sum(r.encoder_seconds for r in results) / n,
+        "baseline_components_everything_masks_per_image": n_components / n,
+        "everything_points_per_side": settings.points_per_side,
+        "everything_pred_iou_thresh": settings.pred_iou_thresh,
+        "everything_stability_score_thresh": settings.stability_score_thresh,
+    })
+    for key in ("recall_50", "recall_75"):
+        metrics[f"baseline_all_foreground_everything_{key}"] = baseline_whole[key]
+        metrics[f"baseline_untrained_everything_{key}"] = baseline_untrained[key]
+        metrics[f"baseline_components_everything_{key}"] = baseline_components[key]
+    log.info("everything mode (%d x %d grid): recall %.3f at IoU 0.5, %.3f at 0.75 (all-foreground %.3f / %.3f, "
+             "Otsu components %.3f / %.3f, untrained %.3f / %.3f); %.1f masks and %.2f s per image",
+             settings.points_per_side, settings.points_per_side, ours["recall_50"], ours["recall_75"],
+             baseline_whole["recall_50"], baseline_whole["recall_75"], baseline_components["recall_50"],
+             baseline_components["recall_75"], baseline_untrained["recall_50"], baseline_untrained["recall_75"],
+             metrics["everything_masks_per_image"], metrics["everything_seconds_per_image"])
+    return metrics
 
 
 def _encoder_params(loaded: LoadedForEval) -> int:

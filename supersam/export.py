@@ -99,7 +99,8 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
     widths = sorted({subnet.mlp_dims[i] for i in subnet.kept_layers})
     if cfg.format == "hf" and len(widths) > 1:  # refuse before writing anything
         raise ConfigError(f"export --format hf needs one MLP width in every kept block (transformers' SamModel has a "
-                          f"single mlp_dim); this subnet has {widths}; export it with --format pt or onnx")
+                          f"single mlp_dim); this subnet has {widths}; export it with --format pt or onnx, "
+                          "or find one with search --hf-compatible")
     claim_out(cfg.out, "export --out")  # held until the run is logged too
     with start_run(tracking or TrackingConfig(enabled=False), "export", cfg.variant,
                    params={"supernet": cfg.supernet, "out": cfg.out, "subnet": json.dumps(subnet.to_dict())}) as run:

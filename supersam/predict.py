@@ -51,6 +51,10 @@ class PredictConfig:
         multimask: take the best (by SAM's predicted IoU) of SAM's 3 masks instead of its single mask.
         overlay: also write ``overlay.png``.
         device: ``auto``, ``cpu``, ``cuda``...
+        everything: segment every object from a point grid instead of prompts
+            (:mod:`supersam.everything`); writes ``masks.json`` (COCO RLE records).
+        points_per_side: the grid of ``everything`` (points_per_side x points_per_side).
+        pred_iou_thresh, stability_score_thresh: everything mode's mask filters (SAM's 0.88 / 0.95).
     """
 
     model: str
@@ -62,6 +66,10 @@ class PredictConfig:
     multimask: bool = False
     overlay: bool = True
     device: str = "auto"
+    everything: bool = False
+    points_per_side: int = 32
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
 
 
 def _numbers(text: str, option: str, form: str, counts: tuple[int, ...]) -> list[float]:
@@ -146,8 +154,13 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
     from supersam.overlays import save_overlay
     from supersam.sam import pixel_stats
 
+    if cfg.everything:
+        if cfg.boxes or cfg.points:
+            raise ConfigError("--everything prompts the whole image with a point grid; leave out --box and --point")
+        return predict_everything(cfg)
     if not cfg.boxes and not cfg.points:
-        raise ConfigError("give at least one prompt: --box x0,y0,x1,y1 (one object each) or --point x,y[,label]")
+        raise ConfigError("give at least one prompt: --box x0,y0,x1,y1 (one object each) or --point x,y[,label], "
+                          "or --everything")
     if len(cfg.boxes) > 1 and cfg.points:
         raise ConfigError("--point prompts one object, with at most one --box; run predict once per boxed object")
     image_path = Path(cfg.image)
@@ -202,4 +215,61 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
     for result in results:
         log.info("%s: %d px, predicted IoU %.3f", result["mask"], result["area"], result["predicted_iou"])
     log.info("wrote %s", out)
+    return report
+
+
+def predict_everything(cfg: PredictConfig) -> dict[str, Any]:
+    """Segment every object of one image from a point grid (``supersam predict --everything``).
+
+    Writes ``masks.json`` (the generator's records: COCO RLE ``segmentation`` at the image's size,
+    counts as text; ``area`` px, ``bbox`` x,y,w,h px, ``predicted_iou``, ``stability_score``,
+    ``point_coords``), ``overlay.png`` (every mask, its grid point marked) and ``prediction.json``
+    (``n_masks``, ``points_per_side``, ``n_points``, ``n_batches``, ``seconds``, ``encoder_seconds``,
+    ``decoder_seconds``; seconds of wall time on ``device``).
+
+    Raises:
+        ConfigError: a bad grid. DataError: a missing or unreadable image, or one smaller than the grid.
+        CheckpointError: MODEL is not an export folder.
+    """
+    from supersam.checkpoint import load_model
+    from supersam.device import resolve_device
+    from supersam.everything import EverythingConfig, generate
+    from supersam.overlays import save_overlay
+    from supersam.sam import pixel_stats
+
+    settings = EverythingConfig(points_per_side=cfg.points_per_side, pred_iou_thresh=cfg.pred_iou_thresh,
+                                stability_score_thresh=cfg.stability_score_thresh)
+    settings.validate()
+    image_path = Path(cfg.image)
+    image = _read_image(image_path)
+    size = (int(image.shape[0]), int(image.shape[1]))
+    settings.check_image(size, f"image {image_path}")
+    model = load_model(cfg.model, resolve_device(cfg.device))
+    result = generate(model, image, settings)
+    out = Path(cfg.out or paths.user_predict_dir(image_path.stem))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "masks.json", result.masks)
+    stats = pixel_stats(model)
+    report = {"model": str(cfg.model), "image": str(image_path), "size": list(size),
+              "pixel_mean": list(stats["pixel_mean"]), "pixel_std": list(stats["pixel_std"]),
+              "everything": True, "points_per_side": settings.points_per_side, "n_points": result.n_points,
+              "pred_iou_thresh": settings.pred_iou_thresh, "stability_score_thresh": settings.stability_score_thresh,
+              "n_batches": result.n_batches, "n_masks": len(result.masks), "masks": "masks.json",
+              "seconds": round(result.seconds, 4), "encoder_seconds": round(result.encoder_seconds, 4),
+              "decoder_seconds": round(result.decoder_seconds, 4)}
+    if cfg.overlay:
+        import pycocotools.mask as mask_utils
+
+        if result.masks:
+            masks = np.moveaxis(mask_utils.decode([m["segmentation"] for m in result.masks]), -1, 0).astype(bool)
+            points = np.array([m["point_coords"][0] for m in result.masks], np.float64)
+        else:
+            masks, points = np.zeros((0, *size), bool), np.zeros((0, 2))
+        save_overlay(image, masks, points, "point", out / "overlay.png",
+                     title=f"everything: {len(result.masks)} masks from a {settings.points_per_side}^2 point grid")
+        report["overlay"] = "overlay.png"
+    write_json(out / "prediction.json", report)
+    log.info("%d masks from %d point prompts in %.2f s (encoder %.2f s, decoder %d passes %.2f s); wrote %s",
+             len(result.masks), result.n_points, result.seconds, result.encoder_seconds, result.n_batches,
+             result.decoder_seconds, out)
     return report

@@ -21,6 +21,8 @@ def bench_cli(
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads, 0 = torch's default (bench.threads)."),
     out: Optional[str] = typer.Option(None, help="Write the figures to this JSON file."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file that is not a bench result."),
+    everything: Optional[bool] = typer.Option(None, "--everything/--no-everything", help="Also measure everything mode: the encoder once plus one decoder pass per point batch, predicted and measured (bench.everything)."),
+    points_per_side: Optional[int] = typer.Option(None, "--points-per-side", help="Everything mode's grid, N x N points (bench.points_per_side, SAM's 32)."),
 ) -> None:
     """Params, MACs (FlopCounterMode, MACs = FLOPs/2) and median/p90 encoder and decoder latency (ms) on this device."""
     from supersam.bench import BenchConfig, bench
@@ -28,5 +30,6 @@ def bench_cli(
 
     values = load_params("bench", ("bench", "model"), params, sets, {
         "bench.model": model, "bench.subnet": subnet, "bench.repeats": repeats, "bench.warmup": warmup,
-        "bench.threads": threads, "bench.out": out})
+        "bench.threads": threads, "bench.out": out, "bench.everything": everything,
+        "bench.points_per_side": points_per_side})
     bench(stage_config(BenchConfig, values, "bench"), stage_config(ModelConfig, values, "model"), force=force)

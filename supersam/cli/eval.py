@@ -34,6 +34,8 @@ def eval_cli(
     name: Optional[str] = typer.Option(None, help="Label of this evaluation (MLflow run; default output folder runs/eval/<name>)."),
     out: Optional[str] = typer.Option(None, help="Output folder for metrics.json, objects.csv, predictions/ and overlays/ (default runs/eval/<name>; the pipeline writes outputs/eval/<name>)."),
     force: bool = typer.Option(False, "--force", help="Write into an OUT that holds files eval did not write."),
+    everything: Optional[bool] = typer.Option(None, "--everything/--no-everything", help="Also segment everything (point grid) on each image and report the recall of its objects at IoU 0.5 and 0.75 (eval.everything)."),
+    points_per_side: Optional[int] = typer.Option(None, "--points-per-side", help="Everything mode's grid: N x N points (eval.points_per_side, SAM's 32)."),
 ) -> None:
     """Evaluate SAM, an exported subnet or a supernet subnet: mIoU next to trivial baselines, per-object CSV, COCO results, overlays, MLflow run.
 
@@ -55,7 +57,7 @@ def eval_cli(
         "data.root": data_root, "data.images": images, "data.labels": labels, "data.label_mode": label_mode,
         "data.ignore_label": ignore_label, "data.max_objects": max_objects, "data.patch": patch,
         "data.box_pad": box_pad, "data.min_area": min_area, "eval.split": split, "eval.overlays": overlays,
-        "eval.name": name, "eval.out": out},
+        "eval.name": name, "eval.out": out, "eval.everything": everything, "eval.points_per_side": points_per_side},
         defaults=USER_FOLDER_DEFAULTS if data_root is not None else None)
     evaluate(stage_config(EvalConfig, values, "eval"), stage_config(ModelConfig, values, "model"),
              stage_config(DataConfig, values, "data"), stage_config(TrackingConfig, values, "mlflow"), force=force)

@@ -18,7 +18,7 @@ def export_cli(
     supernet: Optional[str] = typer.Option(None, help="supernet.pt written by build-supernet or train."),
     subnet: Optional[str] = typer.Option(None, help="Subnet config: a JSON file or an inline JSON object."),
     out: Optional[str] = typer.Option(None, help="Output folder: model.pt + config.json, replaced atomically (default outputs/export/model)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="pt (default: model.pt + config.json), onnx (adds onnx/encoder.onnx, decoder.onnx, onnx.json) or hf (adds hf/model.safetensors, transformers SamModel keys)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="pt (default: model.pt + config.json), onnx (adds onnx/encoder.onnx, decoder.onnx, onnx.json) or hf (adds hf/model.safetensors in transformers SamModel keys, config.json and preprocessor_config.json)."),
 ) -> None:
     """Export a subnet as a standard segment_anything Sam (see supersam.export.export)."""
     from supersam.config import TrackingConfig, stage_config
