@@ -223,4 +223,25 @@ class ExportManifest:
         names = tuple(f.name for f in dataclasses.fields(cls))
         data = _require(data, names, source, fix, CheckpointError)
         _check_format(data, EXPORT_FORMAT, source, fix, CheckpointError)
+        _check_pixel_stats(data, source, fix)
+        from supersam.sam import check_img_size
+
+        try:
+            check_img_size(data["img_size"])
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: {exc}; {fix}") from None
         return cls(**{k: data[k] for k in names})
+
+
+def _check_pixel_stats(data: dict[str, Any], source: str, fix: str) -> None:
+    """``pixel_mean`` and ``pixel_std`` are 3 finite numbers each, every std > 0 (a std of 0
+    would divide the image by zero: NaN masks and NaN predicted IoUs)."""
+    import math
+
+    for key in ("pixel_mean", "pixel_std"):
+        value = data[key]
+        if (not isinstance(value, list) or len(value) != 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+            raise CheckpointError(f"{source}: {key} must be 3 finite numbers (0-255 pixel units), got {value!r:.60}; {fix}")
+    if min(data["pixel_std"]) <= 0:
+        raise CheckpointError(f"{source}: pixel_std {data['pixel_std']} has a value <= 0 (the image is divided by it); {fix}")

@@ -81,7 +81,10 @@ def read_params(path: str | Path | None = DEFAULT_PARAMS) -> dict[str, Any]:
             return {}
         raise ConfigError(f"params file {path} does not exist; pass --params with an existing file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"params file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+                          f"{exc.start}); save it as UTF-8 or pass the YAML file with --params") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"params file {path} is not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
     if not isinstance(data, dict):
@@ -263,6 +266,18 @@ class ModelConfig:
         logging.getLogger(__name__).info("model.img_size is not set: using %d px (%s)", size, source)
         object.__setattr__(self, "img_size", size)
 
+    def validate(self) -> None:
+        """Check the model type and the input size (``supersam validate``; building the model checks both too).
+
+        Raises:
+            ConfigError: an unknown ``model.type``, or an ``img_size`` that is not a multiple of
+                16 up to :data:`supersam.sam.MAX_IMG_SIZE`.
+        """
+        from supersam.sam import check_img_size, get_arch
+
+        get_arch(self.type)
+        check_img_size(self.img_size)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrackingConfig:
@@ -280,3 +295,4 @@ class TrackingConfig:
     experiment: str = "supersam"
     artifact_location: str = ""
     enabled: bool = True
+

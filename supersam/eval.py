@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,8 @@ from supersam.data.config import PROMPTS, SPLITS
 from supersam.device import resolve_device
 from supersam.errors import ConfigError
 from supersam.data.types import ModelInput
-from supersam.io import write_csv, write_json
-from supersam.outdir import prepare_out, releases_claims
+from supersam.io import make_temp_dir, publish, write_csv, write_json
+from supersam.outdir import check_user_out, prepare_out, releases_claims
 from supersam.metrics import object_ious
 from supersam.overlays import overlay_name, save_overlay
 from supersam.sam import build_sam_from_config, count_params, pixel_stats
@@ -149,6 +150,9 @@ class EvalConfig:
             raise ConfigError("--subnet needs --supernet (the supernet to cut it from)")
         if self.everything:
             self.everything_config().validate()
+        if self.name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.name):
+            raise ConfigError(f"eval --name {self.name!r} must be a plain name (letters, digits, '.', '_', '-'; "
+                              "no '/' or '..'): it names runs/eval/<name>; use --out for another folder")
 
 
 @dataclass
@@ -241,25 +245,34 @@ def evaluate(
             output folder holding other files (without ``force``) or not writable.
     """
     cfg.validate()
-    out = prepare_out(cfg.out or paths.user_eval_dir(cfg.name), EVAL_FILES, "eval --out", force)
-    for folder in (paths.OVERLAYS_DIR, paths.PREDICTIONS_DIR):  # the previous evaluation's, replaced
-        shutil.rmtree(out / folder, ignore_errors=True)
+    out = prepare_out(check_user_out(cfg.out or paths.user_eval_dir(cfg.name), "eval --out"), EVAL_FILES,
+                      "eval --out", force)
     device = resolve_device(cfg.device)
     loaded = load_for_eval(cfg, model_cfg)
     tags = {"pretrained": loaded.info["pretrained"], "name": cfg.name or loaded.info["source"]}
-    with start_run(tracking, "eval", loaded.info.get("variant", ""), tags=tags) as run:
-        metrics, out, saved = _evaluate(cfg, model_cfg, data_cfg, loaded, device, run, out)
-        params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source", "metric")}
-        params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp, "prompts": ",".join(metrics["prompts"])})
-        params.update({f"data.{k}": v for k, v in metrics["data"].items()})
-        run.log_params(params)
-        run.log_metrics({k: v for k, v in metrics.items() if k not in params})
-        run.log_artifact(str(out / "metrics.json"))
-        run.log_artifact(str(out / paths.OBJECTS_FILE))
-        run.log_artifact(str(out / paths.PREDICTIONS_DIR), paths.PREDICTIONS_DIR)
-        for path in saved:
-            run.log_artifact(str(path), paths.OVERLAYS_DIR)
+    stage = make_temp_dir(out / "results")  # written whole, then published: a failure keeps the previous eval
+    try:
+        with start_run(tracking, "eval", loaded.info.get("variant", ""), tags=tags) as run:
+            metrics, saved = _evaluate(cfg, model_cfg, data_cfg, loaded, device, run, stage)
+            publish(stage, out, EVAL_FILES)
+            _log_run(run, metrics, cfg, out, [out / p.relative_to(stage) for p in saved])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return metrics
+
+
+def _log_run(run, metrics: dict[str, Any], cfg: EvalConfig, out: Path, saved: list[Path]) -> None:
+    """The evaluation's MLflow params, metrics and artifacts (the published files in ``out``)."""
+    params = {k: metrics[k] for k in ("img_size", "prompt", "split", "model_type", "source", "metric")}
+    params.update({"n_images_requested": cfg.n_images, "amp": cfg.amp, "prompts": ",".join(metrics["prompts"])})
+    params.update({f"data.{k}": v for k, v in metrics["data"].items()})
+    run.log_params(params)
+    run.log_metrics({k: v for k, v in metrics.items() if k not in params})
+    run.log_artifact(str(out / "metrics.json"))
+    run.log_artifact(str(out / paths.OBJECTS_FILE))
+    run.log_artifact(str(out / paths.PREDICTIONS_DIR), paths.PREDICTIONS_DIR)
+    for path in saved:
+        run.log_artifact(str(path), paths.OVERLAYS_DIR)
 
 
 class _Collector:
@@ -342,8 +355,9 @@ def _data_settings(data_cfg: DataConfig) -> dict[str, Any]:
 
 
 def _evaluate(cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, loaded: LoadedForEval,
-              device: torch.device, run, out: Path) -> tuple[dict, Path, list[Path]]:
-    """The evaluation itself: prepare every prompt kind's inputs, score, write metrics, objects, predictions, overlays."""
+              device: torch.device, run, out: Path) -> tuple[dict, list[Path]]:
+    """The evaluation itself: prepare every prompt kind's inputs, score, write metrics, objects, predictions,
+    overlays into ``out`` (the staging folder); returns (metrics, the overlays written)."""
     model = loaded.model.to(device)
     img_size = model.image_encoder.img_size
     kinds = prompt_kinds(cfg, data_cfg)
@@ -401,7 +415,7 @@ def _evaluate(cfg: EvalConfig, model_cfg: ModelConfig, data_cfg: DataConfig, loa
     log.info("wrote %s (%d objects x %d prompt kinds in %s; miou = mean iou of its %s rows), %s, %d overlays",
              out / "metrics.json", metrics["n_objects"], len(kinds), paths.OBJECTS_FILE, head,
              ", ".join(predictions.values()), len(collect.saved))
-    return metrics, out, collect.saved
+    return metrics, collect.saved
 
 
 def everything_metrics(cfg: EvalConfig, model: torch.nn.Module, model_type: str, seed: int,

@@ -33,7 +33,8 @@ from supersam.checkpoint import load_supernet, read_export_manifest
 from supersam.config import TrackingConfig
 from supersam.elastic import EncoderSpec
 from supersam.errors import ConfigError, SupersamError
-from supersam.io import clean_stale_temps, is_temp_name, make_temp_dir, read_json, torch_save, write_json, writer_alive
+from supersam.io import (clean_stale_temps, is_temp_name, make_temp_dir, read_json, replace_dir, torch_save, write_json,
+                         writer_alive)
 from supersam.outdir import TOOL_FILES, check_writable, claim_out, releases_claims
 from supersam.sam import count_params
 from supersam.space import SubnetConfig
@@ -217,7 +218,7 @@ def _check_out(out: Path) -> None:
 def _recover(out: Path) -> None:
     """Undo an export killed between its two renames, then drop temporaries of dead runs.
 
-    :func:`_replace_dir` moves the previous export aside (``.<name>.<pid>.<x>.old/<name>``)
+    :func:`supersam.io.replace_dir` moves the previous export aside (``.<name>.<pid>.<x>.old/<name>``)
     before renaming the new one into place; when the process died in between,
     ``out`` is missing and the previous export is moved back.
     """
@@ -231,27 +232,12 @@ def _recover(out: Path) -> None:
     clean_stale_temps(out.parent)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move finished ``tmp`` to ``out``; an existing export is moved aside, then removed.
-
-    A kill between the two renames leaves the previous export aside, and the next
-    export restores it first (:func:`_recover`); ``out`` never holds a mix.
-    """
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = make_temp_dir(out, "old")
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_export(out: Path, state: dict[str, torch.Tensor], manifest: ExportManifest, fmt: str = "pt") -> list[str]:
     """Build the whole new export in a temporary sibling of ``out``, then swap it into place once.
 
     The temporary folder gets model.pt, config.json, the previous export's format folders
     when its weights are the same (:func:`_carry_formats`) and ``fmt``'s folder
-    (:func:`write_format`); only then does :func:`_replace_dir` swap it with ``out``. An
+    (:func:`write_format`); only then does :func:`supersam.io.replace_dir` swap it with ``out``. An
     interruption before the swap leaves ``out`` as it was (the temporary folder is removed,
     or, after a kill, by the next export). The same subnet of the same supernet gives
     byte-identical files (:func:`supersam.io.torch_save`).
@@ -270,7 +256,7 @@ def _write_export(out: Path, state: dict[str, torch.Tensor], manifest: ExportMan
         written = write_format(tmp, fmt)
         if written is not None:
             formats.append(written.name)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if stale:  # logged once swapped: an interrupted export replaced nothing

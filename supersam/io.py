@@ -13,9 +13,11 @@ The output-folder guard and lock are :mod:`supersam.outdir`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -111,18 +113,45 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts get normal file modes
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
+def _naming(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` with ``path`` as its file name where it has none (a failed ``write`` on an open
+    file, e.g. disk full, names no file): the CLI's one-line report names the file."""
+    if exc.filename is not None:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON ``null``).
+
+    JSON has no NaN: Python's ``json`` would write a bare ``NaN`` that other readers
+    (JavaScript, jq, MLflow's UI) refuse. Containers are copied; other values are kept.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically; NaN and infinities become ``null``."""
+    text = json.dumps(finite_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
     def write(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
 
     return _atomic(path, write)
 
@@ -164,7 +193,13 @@ def torch_save(obj: Any, path: str | Path) -> Path:
     tmp_dir = make_temp_dir(path)
     try:
         tmp = tmp_dir / path.name
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full) as a RuntimeError
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "write failed"
+            raise OSError(errno.EIO, f"writing failed ({reason[:120]}); the disk may be full", str(path)) from None
+        except OSError as exc:
+            raise _naming(exc, path) from None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -172,6 +207,46 @@ def torch_save(obj: Any, path: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
+
+
+def replace_dir(tmp: str | Path, out: str | Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``; an existing ``out`` is moved aside, then removed.
+
+    Two renames: a kill between them leaves the previous folder aside as
+    ``.<name>.<pid>.<x>.old/<name>`` (export restores it on its next run); ``out`` never
+    holds a mix of old and new files.
+    """
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = make_temp_dir(out, "old")
+    os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def publish(stage: str | Path, out: str | Path, names: tuple[str, ...]) -> None:
+    """Move each of ``names`` that the finished staging folder ``stage`` holds into ``out``.
+
+    A command writes its results into a temporary folder and publishes them only once
+    all are written, so a failure (disk full, Ctrl-C, a bug) before this point leaves
+    the previous results in ``out`` as they were. Files are replaced with ``os.replace``;
+    folders with :func:`replace_dir`. Other files in ``out`` are not touched.
+    """
+    stage, out = Path(stage), Path(out)
+    for name in names:
+        src, dst = stage / name, out / name
+        if not src.exists():
+            continue
+        if src.is_dir():
+            if dst.exists() and not dst.is_dir():
+                dst.unlink()
+            replace_dir(src, dst)
+        else:
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            os.replace(src, dst)
 
 
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:

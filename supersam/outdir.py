@@ -142,6 +142,34 @@ def releases_claims(fn: Callable) -> Callable:
     return wrapper
 
 
+def check_user_out(out: str | Path, what: str) -> Path:
+    """Keep a hand-run command's output folder where it belongs (docs/contracts.md, "Failures").
+
+    A relative path must stay inside the working directory (``../x`` is refused: give an
+    absolute path to write elsewhere), and ``outputs/`` belongs to ``dvc repro``: a command
+    run by hand (no ``DVC_STAGE`` in the environment, which DVC sets for every stage
+    command) may not write there, so it never replaces the pipeline's results.
+
+    Raises:
+        ConfigError: a relative path that leaves the working directory, or one inside
+            ``outputs/`` outside ``dvc repro``.
+    """
+    from supersam import paths
+    from supersam.errors import ConfigError
+
+    out = Path(out)
+    cwd = Path(os.path.abspath(os.getcwd()))
+    resolved = Path(os.path.abspath(out))  # ".." by name, as mkdir resolves it
+    if not out.is_absolute() and cwd not in (resolved, *resolved.parents):
+        raise ConfigError(f"{what} {out} leaves the working directory; give an absolute path to write there")
+    pipeline = Path(os.path.realpath(cwd / paths.OUTPUTS))
+    real = Path(os.path.realpath(resolved))
+    if not os.environ.get("DVC_STAGE") and pipeline in (real, *real.parents):
+        raise ConfigError(f"{what} {out} is inside {paths.OUTPUTS}/, which `dvc repro` writes; a command run by hand "
+                          f"writes elsewhere (e.g. {paths.RUNS}/...) so the pipeline's results stay as they are")
+    return out
+
+
 def prepare_out(out: str | Path, owned: tuple[str, ...], what: str, force: bool = False) -> Path:
     """Check an output folder before a stage's work starts; create it.
 
@@ -177,9 +205,11 @@ def prepare_out(out: str | Path, owned: tuple[str, ...], what: str, force: bool 
         foreign = [name for name in entries
                    if name not in owned and name not in TOOL_FILES and not is_temp_name(name)]
         if foreign and not force:
+            at_stake = [name for name in entries if name in owned]
+            replaced = f"; --force would replace its {', '.join(at_stake)}" if at_stake else ""
             raise ConfigError(f"{what} {out} holds files this stage did not write ({', '.join(foreign[:3])}"
                               f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder, "
-                              "or pass --force to write beside them")
+                              f"or pass --force to write beside them{replaced}")
         if entries and not foreign:
             log.info("replacing the previous results in %s", out)
     return check_writable(out, what)

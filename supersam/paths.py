@@ -6,6 +6,7 @@ working directory (the repository root when run by ``dvc repro``).
 
 Per stage (``<variant>`` is the reordering variant, ``<name>`` an eval label)::
 
+    outputs/params/valid.json                    marker: params.yaml passed `supersam validate`
     outputs/pretrain/model.pt                    base model, official SAM key layout
     outputs/rank_layers/ranking.json             prunable blocks + theta_i (LayerRanking)
     outputs/calibration/wanda_stats.pt           calibration stats: Wanda norms, Taylor importance (ActivationStats)
@@ -30,6 +31,7 @@ from pathlib import Path
 OUTPUTS = Path("outputs")
 RUNS = Path("runs")
 
+PARAMS_VALID = OUTPUTS / "params" / "valid.json"  # the validate stage's marker, a dep of every other stage
 PRETRAIN_DIR = OUTPUTS / "pretrain"
 BASE_MODEL = PRETRAIN_DIR / "model.pt"
 RANK_LAYERS_DIR = OUTPUTS / "rank_layers"

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ import numpy as np
 
 from supersam import paths
 from supersam.errors import ConfigError, DataError
-from supersam.io import write_json
+from supersam.io import make_temp_dir, publish, write_json
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,35 @@ def _save_mask(path: Path, mask: np.ndarray) -> Path:
     return _atomic(path, lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG"))
 
 
+def _out_dir(cfg: PredictConfig, image_path: Path) -> Path:
+    """The output folder (``--out`` or ``runs/predict/<image stem>``), checked before any work.
+
+    Raises:
+        ConfigError: a relative path leaving the working directory, a folder inside the
+            pipeline's ``outputs/``, or one that cannot be written.
+    """
+    from supersam.outdir import check_user_out, check_writable
+
+    out = check_user_out(cfg.out or paths.user_predict_dir(image_path.stem), "predict --out")
+    return check_writable(out, "predict --out")
+
+
+def _write_staged(final: Path, write: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """``write(stage)`` into a staging folder inside ``final``, then publish every file it wrote
+    (:func:`supersam.io.publish`): a failure before that keeps the previous prediction as it was.
+
+    Returns:
+        what ``write`` returned (the ``prediction.json`` dict).
+    """
+    stage = make_temp_dir(final / "prediction")
+    try:
+        report = write(stage)
+        publish(stage, final, tuple(sorted(p.name for p in stage.iterdir())))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
 def predict(cfg: PredictConfig) -> dict[str, Any]:
     """Segment the prompted objects of one image with an exported model (``supersam predict``).
 
@@ -170,6 +201,7 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
     points = [parse_point(p, size) for p in cfg.points]
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, device)
+    final = _out_dir(cfg, image_path)
     stats = pixel_stats(model)
     predictor = SamPredictor(model)
     with torch.inference_mode():
@@ -186,32 +218,35 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
             results.append({"box": None if box is None else [float(v) for v in box],
                             "points": [[x, y, lab] for x, y, lab in pts],
                             "predicted_iou": float(scores[best]), "area": int(out_masks[best].sum())})
-    out = Path(cfg.out or paths.user_predict_dir(image_path.stem))
-    out.mkdir(parents=True, exist_ok=True)
-    for k, (mask, result) in enumerate(zip(masks, results)):
-        name = "mask.png" if len(masks) == 1 else f"mask_{k:02d}.png"
-        _save_mask(out / name, mask)
-        result["mask"] = name
-    report = {"model": str(cfg.model), "image": str(image_path), "size": list(size),
-              "pixel_mean": list(stats["pixel_mean"]), "pixel_std": list(stats["pixel_std"]),
-              "multimask": cfg.multimask, "objects": results}
-    if cfg.rle:
-        import pycocotools.mask as mask_utils
+    def write(out: Path) -> dict[str, Any]:
+        for k, (mask, result) in enumerate(zip(masks, results)):
+            name = "mask.png" if len(masks) == 1 else f"mask_{k:02d}.png"
+            _save_mask(out / name, mask)
+            result["mask"] = name
+        report = {"model": str(cfg.model), "image": str(image_path), "size": list(size),
+                  "pixel_mean": list(stats["pixel_mean"]), "pixel_std": list(stats["pixel_std"]),
+                  "multimask": cfg.multimask, "objects": results}
+        if cfg.rle:
+            import pycocotools.mask as mask_utils
 
-        rles = []
-        for mask, result in zip(masks, results):
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii"),
-                         "predicted_iou": result["predicted_iou"], "mask": result["mask"]})
-        write_json(out / "masks_rle.json", rles)
-        report["rle"] = "masks_rle.json"
-    if cfg.overlay:
-        kind = "box" if boxes else "point"
-        anchors = np.array([r["box"] for r in results]) if boxes else np.array([[x, y] for x, y, _ in points[:1]])
-        save_overlay(image, np.stack(masks), anchors, kind, out / "overlay.png",
-                     ious=[r["predicted_iou"] for r in results], title="prediction (predicted IoU beside each prompt)")
-        report["overlay"] = "overlay.png"
-    write_json(out / "prediction.json", report)
+            rles = []
+            for mask, result in zip(masks, results):
+                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii"),
+                             "predicted_iou": result["predicted_iou"], "mask": result["mask"]})
+            write_json(out / "masks_rle.json", rles)
+            report["rle"] = "masks_rle.json"
+        if cfg.overlay:
+            kind = "box" if boxes else "point"
+            anchors = np.array([r["box"] for r in results]) if boxes else np.array([[x, y] for x, y, _ in points[:1]])
+            save_overlay(image, np.stack(masks), anchors, kind, out / "overlay.png",
+                         ious=[r["predicted_iou"] for r in results], title="prediction (predicted IoU beside each prompt)")
+            report["overlay"] = "overlay.png"
+        write_json(out / "prediction.json", report)
+        return report
+
+    report = _write_staged(final, write)
+    out = final
     for result in results:
         log.info("%s: %d px, predicted IoU %.3f", result["mask"], result["area"], result["predicted_iou"])
     log.info("wrote %s", out)
@@ -245,30 +280,34 @@ def predict_everything(cfg: PredictConfig) -> dict[str, Any]:
     size = (int(image.shape[0]), int(image.shape[1]))
     settings.check_image(size, f"image {image_path}")
     model = load_model(cfg.model, resolve_device(cfg.device))
+    final = _out_dir(cfg, image_path)
     result = generate(model, image, settings)
-    out = Path(cfg.out or paths.user_predict_dir(image_path.stem))
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "masks.json", result.masks)
-    stats = pixel_stats(model)
-    report = {"model": str(cfg.model), "image": str(image_path), "size": list(size),
-              "pixel_mean": list(stats["pixel_mean"]), "pixel_std": list(stats["pixel_std"]),
-              "everything": True, "points_per_side": settings.points_per_side, "n_points": result.n_points,
-              "pred_iou_thresh": settings.pred_iou_thresh, "stability_score_thresh": settings.stability_score_thresh,
-              "n_batches": result.n_batches, "n_masks": len(result.masks), "masks": "masks.json",
-              "seconds": round(result.seconds, 4), "encoder_seconds": round(result.encoder_seconds, 4),
-              "decoder_seconds": round(result.decoder_seconds, 4)}
-    if cfg.overlay:
-        import pycocotools.mask as mask_utils
+    def write(out: Path) -> dict[str, Any]:
+        write_json(out / "masks.json", result.masks)
+        stats = pixel_stats(model)
+        report = {"model": str(cfg.model), "image": str(image_path), "size": list(size),
+                  "pixel_mean": list(stats["pixel_mean"]), "pixel_std": list(stats["pixel_std"]),
+                  "everything": True, "points_per_side": settings.points_per_side, "n_points": result.n_points,
+                  "pred_iou_thresh": settings.pred_iou_thresh, "stability_score_thresh": settings.stability_score_thresh,
+                  "n_batches": result.n_batches, "n_masks": len(result.masks), "masks": "masks.json",
+                  "seconds": round(result.seconds, 4), "encoder_seconds": round(result.encoder_seconds, 4),
+                  "decoder_seconds": round(result.decoder_seconds, 4)}
+        if cfg.overlay:
+            import pycocotools.mask as mask_utils
 
-        if result.masks:
-            masks = np.moveaxis(mask_utils.decode([m["segmentation"] for m in result.masks]), -1, 0).astype(bool)
-            points = np.array([m["point_coords"][0] for m in result.masks], np.float64)
-        else:
-            masks, points = np.zeros((0, *size), bool), np.zeros((0, 2))
-        save_overlay(image, masks, points, "point", out / "overlay.png",
-                     title=f"everything: {len(result.masks)} masks from a {settings.points_per_side}^2 point grid")
-        report["overlay"] = "overlay.png"
-    write_json(out / "prediction.json", report)
+            if result.masks:
+                masks = np.moveaxis(mask_utils.decode([m["segmentation"] for m in result.masks]), -1, 0).astype(bool)
+                points = np.array([m["point_coords"][0] for m in result.masks], np.float64)
+            else:
+                masks, points = np.zeros((0, *size), bool), np.zeros((0, 2))
+            save_overlay(image, masks, points, "point", out / "overlay.png",
+                         title=f"everything: {len(result.masks)} masks from a {settings.points_per_side}^2 point grid")
+            report["overlay"] = "overlay.png"
+        write_json(out / "prediction.json", report)
+        return report
+
+    report = _write_staged(final, write)
+    out = final
     log.info("%d masks from %d point prompts in %.2f s (encoder %.2f s, decoder %d passes %.2f s); wrote %s",
              len(result.masks), result.n_points, result.seconds, result.encoder_seconds, result.n_batches,
              result.decoder_seconds, out)

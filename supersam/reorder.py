@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -239,3 +239,22 @@ def reorder_sam(
     moved = sum(int((o != torch.arange(o.numel())).sum()) for o in orders) / max(1, sum(o.numel() for o in orders))
     log.info("reordered %d MLPs by %s (%s): %.1f%% of hidden units moved", len(blocks), variant, combine, 100 * moved)
     return orders
+
+
+def check_variants(values: dict[str, Any]) -> list[str]:
+    """params.yaml ``variants``: a non-empty list of known reordering variants (the criteria of
+    :data:`supersam.reorder.VARIANTS`), without repeats.
+
+    Raises:
+        ConfigError: not a list of names, an unknown or repeated variant.
+    """
+    variants = values.get("variants", ["none", "magnitude", "wanda", "taylor"])
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, str) for v in variants):
+        raise ConfigError(f"variants must be a non-empty list of variant names, got {variants!r}; "
+                          f"use some of {', '.join(VARIANTS)}")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"variants: unknown variant {unknown[0]!r}; use some of {', '.join(VARIANTS)}")
+    if len(set(variants)) != len(variants):
+        raise ConfigError(f"variants lists a variant twice: {variants}")
+    return variants

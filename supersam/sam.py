@@ -125,17 +125,27 @@ def get_arch(model_type: str) -> SamArch:
     return ARCHS[model_type]
 
 
+MAX_IMG_SIZE = 2048
+"""Largest encoder input size in px: twice SAM's 1024. The global-attention blocks hold a
+(S/16)^2 x (S/16)^2 matrix per head (vit_b at 2048 px: 12 heads x 16384^2 floats = 12 GiB);
+beyond it a plausible typo (65536) ends in an out-of-memory kill instead of an error."""
+
+
 def check_img_size(img_size: int) -> int:
-    """Validate an encoder input size in pixels (positive multiple of 16).
+    """Validate an encoder input size in pixels (a multiple of 16 in 16..MAX_IMG_SIZE).
 
     Raises:
-        ConfigError: not a positive multiple of 16.
+        ConfigError: not a whole number, not a positive multiple of 16, or above :data:`MAX_IMG_SIZE`.
     """
-    if int(img_size) != img_size or img_size <= 0 or img_size % PATCH_SIZE:
+    if isinstance(img_size, bool) or not isinstance(img_size, (int, float)) or int(img_size) != img_size \
+            or img_size <= 0 or img_size % PATCH_SIZE:
         raise ConfigError(
             f"img_size {img_size} is not a positive multiple of {PATCH_SIZE}; "
             "use e.g. 256, 512 or 1024"
         )
+    if img_size > MAX_IMG_SIZE:
+        raise ConfigError(f"img_size {img_size} is above the limit of {MAX_IMG_SIZE} px (MAX_IMG_SIZE: global "
+                          f"attention's memory grows with img_size^4); use {MAX_IMG_SIZE} or less (SAM uses 1024)")
     return int(img_size)
 
 

@@ -117,8 +117,9 @@ def project(tmp_path_factory) -> Path:
     """outputs/ of a pipeline with two variants of one tiny supernet (identical weights)."""
     root = tmp_path_factory.mktemp("project")
     space = SearchSpace.for_arch("tiny", mlp_dim_choices=(64, 128, 256))
-    for variant, its in (("none", 6), ("wanda", 3), ("copy", 6)):
-        torch.manual_seed({"none": 0, "wanda": 1, "copy": 0}[variant])  # `copy` has none's weights
+    for variant, its in (("none", 6), ("wanda", 3), ("magnitude", 6)):
+        # `magnitude` here is a copy of none's weights (variants must be registered names; the test needs a twin)
+        torch.manual_seed({"none": 0, "wanda": 1, "magnitude": 0}[variant])
         supernet = SuperSam(build_sam_model("tiny"), space)
         save_supernet(root / f"outputs/train/{variant}/supernet.pt", supernet, SupernetMeta("tiny", 128, False, variant))
         (root / f"outputs/train/{variant}/table1.json").write_text(json.dumps(
@@ -133,7 +134,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_compare_cli_writes_table1_fig4_fig5(project, shared_data, monkeypatch, capsys):
     monkeypatch.chdir(project)
-    params = {"variants": ["none", "wanda", "copy"], "data": {"root": str(shared_data / "isbi2012_em"), "patch": 256},
+    params = {"variants": ["none", "wanda", "magnitude"], "data": {"root": str(shared_data / "isbi2012_em"), "patch": 256},
               "compare": {"n_subnets": 4, "n_images": 1, "device": "cpu"}, "mlflow": {"enabled": False}}
     Path("params.yaml").write_text(yaml.safe_dump(params))
     code, err = run_cli(["compare"], monkeypatch, capsys)
@@ -143,10 +144,10 @@ def test_compare_cli_writes_table1_fig4_fig5(project, shared_data, monkeypatch, 
     assert table["variants"]["wanda"]["ratio_to_none"]["iterations_to_target"] == pytest.approx(0.5)
     subnets = json.loads((out / "subnets.json").read_text())
     assert set(subnets) >= {"subnets", "miou", "params"} and len(subnets["subnets"]) == 4
-    assert set(subnets["miou"]) == {"none", "wanda", "copy"} and len(subnets["params"]) == 4
+    assert set(subnets["miou"]) == {"none", "wanda", "magnitude"} and len(subnets["params"]) == 4
     # each variant's own supernet: other weights, other mIoUs; the same weights, the same mIoUs
-    assert subnets["miou"]["none"] == subnets["miou"]["copy"] != subnets["miou"]["wanda"]
-    assert subnets["summary"]["copy"]["mean_diff_to_none"] == 0 and subnets["n_objects"] > 0
+    assert subnets["miou"]["none"] == subnets["miou"]["magnitude"] != subnets["miou"]["wanda"]
+    assert subnets["summary"]["magnitude"]["mean_diff_to_none"] == 0 and subnets["n_objects"] > 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations_to_target_wanda"] == 3 and metrics["n_subnets"] == 4
     assert "| wanda | 3 |" in (out / "table1.md").read_text()
@@ -156,7 +157,7 @@ def test_compare_cli_writes_table1_fig4_fig5(project, shared_data, monkeypatch, 
     code, err = run_cli(["compare", "--set", "metric=oracle", "--out", "o"], monkeypatch, capsys)
     assert code == 1 and "outputs/train/none was trained with metric 'single', compare runs with 'oracle'" in err
     # a variant that was never trained: one line naming the missing file, nothing written
-    Path("params.yaml").write_text(yaml.safe_dump({**params, "variants": ["none", "magnitude"]}))
+    Path("params.yaml").write_text(yaml.safe_dump({**params, "variants": ["none", "taylor"]}))
     code, err = run_cli(["compare", "--out", "elsewhere"], monkeypatch, capsys)
-    assert code == 1 and "outputs/train/magnitude/table1.json is missing" in err and "Traceback" not in err
+    assert code == 1 and "outputs/train/taylor/table1.json is missing" in err and "Traceback" not in err
     assert not Path("elsewhere").exists()

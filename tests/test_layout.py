@@ -25,7 +25,7 @@ PKG = REPO / "supersam"
 
 # stage name in dvc.yaml -> the CLI module that runs it
 STAGE_COMMANDS = {
-    "pretrain": "pretrain", "rank-layers": "rank_layers", "calibrate-wanda": "calibrate_wanda",
+    "validate": "validate", "pretrain": "pretrain", "rank-layers": "rank_layers", "calibrate-wanda": "calibrate_wanda",
     "build-supernet": "build_supernet", "train": "train", "finetune": "train", "search": "search", "compare": "compare",
     "export": "export", "eval": "eval",
 }
@@ -150,6 +150,7 @@ def test_deps_check_fails_when_an_import_escapes():
 def _layout(variant: str) -> dict[str, list[str]]:
     """What each stage must read and write, by paths.py."""
     return {
+        "validate": [str(paths.PARAMS_VALID)],
         "pretrain": [str(paths.BASE_MODEL)],
         "rank-layers": [str(paths.RANKING)],
         "calibrate-wanda": [str(paths.CALIBRATION_STATS)],
@@ -179,6 +180,9 @@ def test_dvc_outputs_are_the_layout():
 
 def test_dvc_inputs_are_the_layout():
     params = _params()
+    for name, stage in _dvc()["stages"].items():  # every stage waits for params.yaml to be validated
+        if name != "validate":
+            assert str(paths.PARAMS_VALID) in _entries(stage.get("do", stage), "deps"), name
     assert params["model"]["checkpoint"] == str(paths.BASE_MODEL)
     for variant in params["variants"]:
         assert str(paths.RANKING) in [_resolve(d) for d in _entries(_stage("build-supernet"), "deps")]

@@ -153,9 +153,33 @@ def test_changing_one_param_reruns_only_that_stage_and_dependents(project):
     params["eval"]["overlays"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = json.loads(_run([str(BIN / "dvc"), "status", "--json"], project).stdout)
-    assert set(changed) == {"eval"}
+    assert set(changed) == {"validate", "eval"}  # validate reads every key; its marker's bytes stay the same
     params["eval"]["overlays"] = 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_bad_param_is_refused_before_dvc_deletes_any_output(project):
+    """DVC removes a stage's outputs before running its command; the validate stage runs first and
+    stops `dvc repro` on a bad value, so the previous search results survive (issue 29)."""
+    outputs = project / "outputs"
+    before = {str(p.relative_to(outputs)): p.read_bytes() for p in sorted(outputs.rglob("*"))
+              if p.is_file() and p.name != "valid.json"}
+    text = (project / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params["search"]["budget"] = -1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([str(BIN / "dvc"), "repro"], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "search.budget and search.time_limit must be >= 0" in proc.stdout + proc.stderr
+    after = {str(p.relative_to(outputs)): p.read_bytes() for p in sorted(outputs.rglob("*"))
+             if p.is_file() and p.name != "valid.json"}
+    assert after == before  # nothing deleted, nothing rewritten
+    (project / "params.yaml").write_text(text)
+    proc = _run([str(BIN / "dvc"), "repro"], project)
+    ran = [line for line in proc.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'validate':"], proc.stdout  # the same marker: nothing downstream re-runs
 
 
 def _free_port() -> int:

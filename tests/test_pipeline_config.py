@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
 import typer.main
 import yaml
 
-from supersam.bench import BenchConfig
-from supersam.build_supernet import SpaceConfig, SupernetConfig
-from supersam.calibrate import CalibrateConfig
-from supersam.compare import CompareConfig
 from supersam.cli.main import app
-from supersam.config import ModelConfig, TrackingConfig, build_config
-from supersam.data import DataConfig
-from supersam.eval import EvalConfig
-from supersam.export import ExportConfig
-from supersam.pretrain import PretrainConfig
-from supersam.rank_layers import RankLayersConfig
-from supersam.search.config import SearchConfig
-from supersam.train.config import TrainConfig
+from supersam.cli.validate import section_classes
+from supersam.config import build_config
 
 from conftest import ROOT
 
-SECTIONS = {
-    "model": ModelConfig, "data": DataConfig, "mlflow": TrackingConfig, "pretrain": PretrainConfig,
-    "rank_layers": RankLayersConfig, "calibrate": CalibrateConfig, "space": SpaceConfig,
-    "supernet": SupernetConfig, "train": TrainConfig, "search": SearchConfig,
-    "compare": CompareConfig, "export": ExportConfig, "eval": EvalConfig, "bench": BenchConfig,
-}
-STAGES = ["pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "finetune", "search", "compare",
+SECTIONS = section_classes()  # the one map from section to config class
+STAGES = ["validate", "pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "finetune", "search", "compare",
           "export", "eval"]
 # stages that run another stage's command: finetune is `supersam train --set train.mode=finetune`
 STAGE_COMMAND = {"finetune": "train"}
@@ -55,7 +41,7 @@ def test_every_params_section_builds_its_config(params_file):
         build_config(cls, params[section], section)  # raises on unknown keys / bad types
 
 
-def test_dvc_stages_are_pretrain_the_seven_commands_finetune_and_compare_in_order():
+def test_dvc_stages_are_validate_pretrain_the_seven_commands_finetune_and_compare_in_order():
     stages = _dvc()["stages"]
     assert list(stages) == STAGES
     for name in ("build-supernet", "train", "search"):
@@ -83,7 +69,38 @@ def test_dvc_params_name_existing_keys():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, stage in _dvc()["stages"].items():
         for key in stage.get("do", stage)["params"]:
+            if isinstance(key, dict):  # `- params.yaml:`: every key of the file (the validate stage)
+                assert list(key) == ["params.yaml"] and name == "validate", (name, key)
+                continue
             node = params
             for part in key.split("."):
                 assert part in node, f"stage {name}: params key {key} not in params.yaml"
                 node = node[part]
+
+
+def test_validate_checks_every_section_and_writes_a_marker_that_never_changes(tmp_path, monkeypatch, capsys):
+    from conftest import run_cli
+
+    monkeypatch.chdir(ROOT)
+    for params_file in ("params.yaml", "profiles/paper.yaml"):
+        marker = tmp_path / params_file.replace("/", "_") / "valid.json"
+        code, err = run_cli(["validate", "-p", params_file, "--out", str(marker)], monkeypatch, capsys)
+        assert code == 0, err
+        assert json.loads(marker.read_text()) == {"format": "supersam-params/1"}
+    first = marker.read_bytes()
+    code, err = run_cli(["validate", "--set", "eval.overlays=2", "--out", str(marker)], monkeypatch, capsys)
+    assert code == 0 and marker.read_bytes() == first, err  # a valid change leaves the marker's bytes alone
+    refused = {  # a bad value of any section, read by any stage, is refused by the one command
+        "search.budget=-1": "search.budget", "search.budget=abc": "search.budget", "train.lr=0": "train.lr",
+        "data.patch=1": "data.patch", "eval.split=tset": "eval.split", "bench.repeats=0": "bench",
+        "compare.no_such_key=1": "compare.no_such_key", "model.img_size=65536": "above the limit",
+    }
+    for item, needle in refused.items():
+        code, err = run_cli(["validate", "--set", item, "--out", str(tmp_path / "new" / "valid.json")],
+                            monkeypatch, capsys)
+        assert code == 1 and needle in err and "Traceback" not in err, (item, err)
+    assert not (tmp_path / "new" / "valid.json").exists()
+    bad = tmp_path / "variants.yaml"
+    bad.write_text("variants: [none, wandaa]\n")
+    code, err = run_cli(["validate", "-p", str(bad)], monkeypatch, capsys)
+    assert code == 1 and "unknown variant 'wandaa'" in err, err

@@ -27,14 +27,11 @@ def compare_cli(
 
 
 def variants_of(values: dict) -> list[str]:
-    """params.yaml ``variants`` (default the paper's three).
+    """params.yaml ``variants`` (:func:`supersam.reorder.check_variants`; default all four).
 
     Raises:
-        ConfigError: not a list of names.
+        ConfigError: not a list of known variant names.
     """
-    from supersam.errors import ConfigError
+    from supersam.reorder import check_variants
 
-    variants = values.get("variants") or ["none", "magnitude", "wanda"]
-    if not isinstance(variants, list) or not all(isinstance(v, str) for v in variants):
-        raise ConfigError(f"variants must be a list of variant names, got {variants!r}")
-    return variants
+    return check_variants(values)

@@ -29,8 +29,8 @@ def compare_seeds_cli(
     values = load_params("compare-seeds", ("variants",), params, sets)
     if exp_json is not None:
         try:
-            exp_show = json.loads(exp_json.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            exp_show = json.loads(exp_json.read_bytes())  # bytes: json detects UTF-8/16/32
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ConfigError(f"--from {exp_json} is not readable `dvc exp show --json` output ({exc})") from None
     else:
         beside = Path(sys.executable).parent / "dvc"  # the environment supersam runs in

@@ -3,13 +3,14 @@
 A :class:`~supersam.errors.SupersamError` (bad input) becomes one red line and exit
 code 1; a usage error (unknown flag or command, a flag's value of the wrong type)
 one line naming the problem and the help command, exit 2; a file-system error (disk full, permission denied) one line naming the
-file, exit 1; Ctrl-C and SIGTERM one line saying how to continue, exit 130 / 143,
+file where it is known, exit 1; running out of memory and text that is not UTF-8 one line each, exit 1; Ctrl-C and SIGTERM one line saying how to continue, exit 130 / 143,
 after every ``finally`` has run (temporary files removed, the MLflow run marked
 KILLED). Anything else is a bug and keeps its traceback. docs/contracts.md, "Failures".
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ import typer
 
 from supersam.cli import (  # noqa: F401  (imports register the commands)
     bench, build_supernet, calibrate_wanda, compare, compare_seeds, eval, export, predict, pretrain, rank_layers, search, train,
+    validate,
 )
 from supersam.cli.app import app, console
 from supersam.errors import Interrupted, SupersamError
@@ -98,9 +100,15 @@ def main(restore_signals: bool = False) -> None:
     except OSError as exc:
         if _interruption(exc) is not None:
             _interrupted(_interruption(exc))
-        if exc.filename is None:
-            raise
-        _error(f"cannot use {exc.filename}: {exc.strerror or exc}; free space or fix the path and its permissions")
+        _error(_os_error_line(exc))
+        sys.exit(1)
+    except MemoryError as exc:  # numpy's _ArrayMemoryError too
+        _error(f"out of memory ({str(exc).splitlines()[0][:160] if str(exc) else 'an allocation failed'}); "
+               "earlier results are kept: use smaller inputs (data.patch, fewer images, a smaller img_size) "
+               "or a machine with more memory")
+        sys.exit(1)
+    except UnicodeError as exc:  # bytes that are not text where text is read, or a name that is not UTF-8
+        _error(f"{_unicode_line(exc)}; earlier results are kept")
         sys.exit(1)
     except Exception as exc:
         if _interruption(exc) is None:
@@ -115,6 +123,28 @@ def main(restore_signals: bool = False) -> None:
             else:  # SIG_IGN survives the interpreter's finalisation, which resets Python-level handlers
                 signal.signal(sig, signal.SIG_IGN)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(N) and --help return their code
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for a file-system or device error: the file when known, and what to do."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space (or write elsewhere with --out) and rerun; earlier results are kept"
+    else:
+        fix = "free space or fix the path and its permissions"
+    if exc.filename is None:
+        return f"{reason}; {fix}"
+    return f"cannot use {exc.filename}: {reason}; {fix}"
+
+
+def _unicode_line(exc: UnicodeError) -> str:
+    """One line for a text that is not UTF-8 (decoding) or a name that cannot be written (encoding)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"a file holds bytes that are not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+                f"{exc.start}); pass the text file the command expects, saved as UTF-8")
+    if isinstance(exc, UnicodeEncodeError):
+        return (f"a name is not valid UTF-8 ({exc.object[exc.start:exc.end]!a}); rename the file or folder")
+    return f"text cannot be read or written ({exc})"
 
 
 def _usage_line(exc: Exception) -> str:

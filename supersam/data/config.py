@@ -20,6 +20,7 @@ TRAIN_PROMPTS = PROMPTS + ("mixed",)
 POINT_PLACEMENTS = ("random", "center")
 SPLITS = ("train", "val", "test", "all")
 SPLIT_MODES = ("ordered", "random")
+MIN_PATCH = 32  # smallest tile side in px (data.patch): smaller tiles hold no object worth a SAM pass
 BOX_PAD_FORMS = "N (fixed N px per side, 0 = tight boxes) or LO-HI (a seeded random LO..HI px per side, e.g. 0-20)"
 
 
@@ -90,6 +91,10 @@ class DataConfig:
         patch: > 0 cuts every image into patch x patch px tiles (paper, EM:
             512x512 -> four 256x256); 0 = whole images.
         min_area: objects smaller than this many px are dropped.
+        max_label_values: image_label only: most distinct label values (binary:
+            regions; semantic: classes) one page or tile may hold; more is refused
+            as a photo or noise given as a label, whose N x H x W object masks would
+            not fit in memory (4096 masks of 512 x 512 px are 1 GiB).
         max_objects: objects per image (paper: 64 SA-1B, 8 COCO); a random
             subset when more, random repetition when fewer; 0 = all, no repeat.
         prompt: evaluation prompt (ranking, calibration, validation probe,
@@ -129,6 +134,7 @@ class DataConfig:
     ignore_label: int = -1
     patch: int = 0
     min_area: int = 100
+    max_label_values: int = 4096
     max_objects: int = 8
     prompt: str = "box"
     point: str = "random"
@@ -174,6 +180,11 @@ class DataConfig:
         for key in ("patch", "min_area", "max_objects", "max_images", "box_jitter"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} is {getattr(self, key)}; use a value >= 0")
+        if self.max_label_values < 1:
+            raise ConfigError(f"data.max_label_values is {self.max_label_values}; use a value >= 1")
+        if 0 < self.patch < MIN_PATCH:
+            raise ConfigError(f"data.patch is {self.patch}; use 0 (whole images) or tiles of at least {MIN_PATCH} px "
+                              "(SAM sees each tile as one image)")
         for key in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"data.{key} is {getattr(self, key)}; use a value in [0, 1]")

@@ -83,7 +83,7 @@ def make_reader(cfg: DataConfig, images: str, labels: str) -> Reader:
     if cfg.kind == "sa1b":
         return Sa1bReader(cfg.path(images), cfg.min_area, cfg.patch)
     return ImageLabelReader(cfg.path(images), cfg.path(labels), cfg.label_mode, cfg.min_area, cfg.patch,
-                            cfg.ignore_label)
+                            cfg.ignore_label, cfg.max_label_values)
 
 
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:

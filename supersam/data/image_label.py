@@ -26,17 +26,37 @@ from supersam.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+class LabelValueError(ValueError):
+    """A label page whose values cannot be object ids (not whole numbers, or NaN)."""
+
+
 def _label_plane(label: np.ndarray) -> np.ndarray:
-    """H x W ids from a label page (RGB(A) colour-coded labels packed into one int)."""
+    """H x W ids from a label page (RGB(A) colour-coded labels packed into one int).
+
+    Raises:
+        LabelValueError: a floating-point label with a NaN, infinite or fractional value.
+        ValueError: a page that is neither 2-D nor RGB(A).
+    """
     if label.ndim == 3 and label.shape[-1] in (3, 4):
         rgb = label[..., :3].astype(np.int64)
         return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     if label.ndim != 2:
         raise ValueError(f"label page of shape {label.shape} is not 2-D")
+    if np.issubdtype(label.dtype, np.floating):
+        if not np.isfinite(label).all():
+            raise LabelValueError("holds NaN or infinite values")
+        if (label != np.round(label)).any():
+            raise LabelValueError("holds fractional values")
+        return label.astype(np.int64)
     return label
 
 
-def object_ids(label: np.ndarray, mode: str, min_px: int, ignore: int = -1) -> tuple[np.ndarray, np.ndarray]:
+class TooManyLabelValues(ValueError):
+    """A label page (tile) with more distinct values or regions than ``data.max_label_values``."""
+
+
+def object_ids(label: np.ndarray, mode: str, min_px: int, ignore: int = -1,
+               max_values: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(H x W int id map, ids of objects >= min_px px) of one label page.
 
     ``instance``: ids are the label values other than 0 and ``ignore``.
@@ -45,6 +65,11 @@ def object_ids(label: np.ndarray, mode: str, min_px: int, ignore: int = -1) -> t
     value's connected components, numbered 1..K over all classes in class
     order (:func:`object_classes` gives each id's class). ``ignore`` (-1 =
     none) is never an object.
+
+    Raises:
+        TooManyLabelValues: ``max_values`` > 0 and the page holds more distinct values
+            (semantic: classes) or regions than that, before the ``min_px`` filter.
+        LabelValueError: a float label that is not whole numbers (:func:`_label_plane`).
     """
     plane = _label_plane(label)
     void = plane == ignore if ignore >= 0 else None
@@ -52,12 +77,19 @@ def object_ids(label: np.ndarray, mode: str, min_px: int, ignore: int = -1) -> t
         fg = plane > 0 if void is None else (plane > 0) & ~void
         plane, _ = ndimage.label(fg)
     elif mode == "semantic":
+        _check_count(len(np.unique(plane)), max_values, "class values")  # before a labelling pass per class
         plane = _semantic_components(plane, ignore)
     elif void is not None:
         plane = np.where(void, 0, plane)
     ids, counts = np.unique(plane, return_counts=True)
+    _check_count(len(ids) - 1, max_values, "values" if mode == "instance" else "regions")
     keep = (ids != 0) & (counts >= min_px)
     return plane, ids[keep]
+
+
+def _check_count(n: int, max_values: int, what: str) -> None:
+    if max_values > 0 and n > max_values:
+        raise TooManyLabelValues(f"holds {n} distinct {what}, more than data.max_label_values={max_values}")
 
 
 def _semantic_components(plane: np.ndarray, ignore: int) -> np.ndarray:
@@ -143,10 +175,10 @@ class ImageLabelReader:
     """
 
     def __init__(self, images: Path, labels: Path, label_mode: str, min_area: int, patch: int,
-                 ignore_label: int = -1):
+                 ignore_label: int = -1, max_values: int = 0):
         self.images, self.labels = images, labels
         self.mode, self.min_px, self.patch = label_mode, max(min_area, 1), patch
-        self.ignore = ignore_label
+        self.ignore, self.max_values = ignore_label, max_values
         self.description = f"image_label {images}"
 
     def _pages(self, image: Path, label: Path, skips: SkipLog) -> int:
@@ -184,14 +216,23 @@ class ImageLabelReader:
                     if image_shape(image, page) != plane.shape:
                         skips.add("whose label has another size", base)
                         continue
+                except LabelValueError as exc:
+                    raise DataError(f"label {label} (page {page}) {exc}: object ids must be whole numbers; "
+                                    "save the label with an integer type (8/16-bit PNG or TIFF)") from None
                 except (DataError, ValueError):
                     skips.add("whose label cannot be used", base)
                     continue
                 if self.mode == "binary" and merged_instances(plane, self.ignore):
                     merged.add("", base)
                 for tile in tiles(plane.shape[0], plane.shape[1], self.patch):
-                    n = len(object_ids(crop(plane, tile), self.mode, self.min_px, self.ignore)[1])
                     name = base if tile is None else f"{base}@{tile[0]},{tile[1]}"
+                    try:
+                        n = len(object_ids(crop(plane, tile), self.mode, self.min_px, self.ignore,
+                                           self.max_values)[1])
+                    except TooManyLabelValues as exc:
+                        raise DataError(f"label {label} ({name}) {exc}: it looks like a photo or noise, not a "
+                                        "label; point data.labels at the label files, or raise the limit if "
+                                        "it is right") from None
                     items.append(Item((image, label, page), tile, name, base, n))
         for _, names in merged.reasons.items():
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")

@@ -8,6 +8,7 @@ min-max.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -30,8 +31,20 @@ def natural_key(name: str) -> list:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files in ``folder`` (by suffix), naturally sorted."""
+    """Image files in ``folder`` (by suffix), naturally sorted.
+
+    Raises:
+        DataError: a file name that is not valid UTF-8 (it could not be written to JSON or CSV
+            after the work is done, so it is refused before).
+    """
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    for p in files:
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(p.name).decode("utf-8", "backslashreplace")
+            raise DataError(f"file name {shown!r} in {folder} is not valid UTF-8; rename it "
+                            "(the results name every image)") from None
     return sorted(files, key=lambda p: natural_key(p.name))
 
 

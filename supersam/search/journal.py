@@ -89,7 +89,11 @@ class SearchJournal:
         self._fh = open(self.path, "a")
 
     def _read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        lines = self.path.read_text().splitlines()
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{self.path} holds bytes that are not UTF-8 text, so it is not a supersam search "
+                              "journal; remove it or search without --resume") from None
         try:
             header = json.loads(lines[0]) if lines else {}
         except json.JSONDecodeError:

@@ -17,7 +17,7 @@ from supersam.search.config import SearchConfig
 from supersam.search.encoding import SubnetEncoding
 from supersam.search.objective import Constraints, SearchState
 from supersam.io import file_digest
-from supersam.outdir import prepare_out, releases_claims
+from supersam.outdir import check_user_out, prepare_out, releases_claims
 from supersam.search.journal import SearchJournal
 from supersam.search.report import SEARCH_FILES, baseline_report, log_outcome, summarise, write_artifacts
 from supersam.thresholds import base_checkpoint, resolve_threshold
@@ -138,7 +138,8 @@ def search(cfg: SearchConfig, data: Any, tracking: TrackingConfig, resume: bool 
     device = resolve_device(cfg.device)
     supernet = load_supernet(cfg.supernet_path, device)
     meta = supernet.meta
-    prepare_out(cfg.out_dir(meta.variant), SEARCH_FILES, "search --out", force)  # claimed before any work
+    prepare_out(check_user_out(cfg.out_dir(meta.variant), "search --out"), SEARCH_FILES, "search --out",
+                force)  # claimed before any work
     model_type, img_size, pretrained = meta.model_type, meta.img_size, meta.pretrained
     variant = meta.variant  # the supernet's own reordering variant
     encoding = SubnetEncoding.from_space(_space(cfg, supernet))
