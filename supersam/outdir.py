@@ -64,18 +64,18 @@ def check_writable(folder: str | Path, what: str) -> Path:
     return folder
 
 
+LOCK_ROOT = Path("/tmp") if os.name == "posix" and Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+"""Where output-folder locks live: one fixed place per machine, never taken from the environment
+(``XDG_CACHE_HOME``, ``HOME`` or ``TMPDIR``), so two processes of one user see each other's claim
+whatever their environments say."""
+
+
 def _lock_file(folder: Path) -> Path:
-    """The lock of ``folder``: outside it (no stray file among a stage's outputs), in a per-user
-    folder that does not depend on ``TMPDIR`` (``$XDG_CACHE_HOME`` or ``~/.cache``, then
-    ``supersam/locks``), named after the folder's resolved, case-normalised path."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    locks = Path(cache) / "supersam" / "locks"
-    try:
-        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:  # no writable home (some containers): the temporary folder, per user
-        user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-        locks = Path(tempfile.gettempdir()) / f"supersam-locks-{user}"
-        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The lock of ``folder``: outside it (no stray file among a stage's outputs), in the per-user
+    folder ``LOCK_ROOT/supersam-locks-<uid>``, named after the folder's resolved, case-normalised path."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    locks = LOCK_ROOT / f"supersam-locks-{user}"
+    locks.mkdir(parents=True, exist_ok=True, mode=0o700)
     return locks / f"{hashlib.sha1(os.path.normcase(str(folder)).encode()).hexdigest()}.lock"
 
 
@@ -83,7 +83,7 @@ def claim_out(folder: str | Path, what: str) -> None:
     """Hold ``folder`` for this stage: another supersam process claiming it is refused until
     the stage returns (:func:`releases_claims`) or this process ends (also by ``kill -9``).
 
-    An advisory lock (``filelock``) on a file in the temporary folder named after the
+    An advisory lock (``filelock``) on a file in :data:`LOCK_ROOT` named after the
     folder's resolved path; a claim this process already holds is kept.
 
     Raises:

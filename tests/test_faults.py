@@ -505,11 +505,12 @@ def test_a_signal_after_the_command_finished_is_ignored(project, monkeypatch):
 
 # --- one writer per output folder -----------------------------------------------------------------------------------
 
-def _holder(folder: Path) -> subprocess.Popen:
+def _holder(folder: Path, env: dict | None = None) -> subprocess.Popen:
     """Another process that claims ``folder`` (as a running stage does) and keeps it."""
     code = ("import sys, time; from supersam.outdir import claim_out; claim_out(sys.argv[1], 'test'); "
             "print('held', flush=True); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
+                            env=None if env is None else {**os.environ, **env})
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -537,6 +538,22 @@ def test_a_folder_another_process_writes_is_refused_until_it_ends(command, proje
     holder = _holder(out)  # and the finished command released the folder
     holder.kill()
     holder.wait()
+
+
+def test_the_claim_does_not_depend_on_the_environment(project, tmp_path, monkeypatch, capsys):
+    """Two searches into one folder from shells with other XDG_CACHE_HOME, HOME and TMPDIR: the second is refused."""
+    monkeypatch.chdir(project)
+    out = tmp_path / "out"
+    other = {"XDG_CACHE_HOME": str(tmp_path / "cache-a"), "HOME": str(tmp_path / "home-a"), "TMPDIR": str(tmp_path)}
+    holder = _holder(out, other)
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-b"))
+        monkeypatch.setenv("HOME", str(tmp_path / "home-b"))
+        code, err = run_cli(["search", "--out", str(out)], monkeypatch, capsys)
+        assert_one_line(code, err, "is being written by another supersam process")
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # --- identity of resumed runs ---------------------------------------------------------------------------------------
