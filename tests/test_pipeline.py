@@ -247,6 +247,16 @@ def test_mlflow_server_serves_one_train_run_per_variant(project):
         assert run_tags["supernet_out"].endswith(f"outputs/train/{run_tags['variant']}/supernet.pt")
 
 
+def test_a_search_rerun_with_the_same_result_leaves_compare_alone(project):
+    """Deleting a plot re-runs the search; its wall-clock figures live in timing.json, which no stage
+    depends on, so compare (which reads metrics.json and pareto.json) stays up to date (issue 29)."""
+    (project / "outputs" / "search" / "wanda" / "pareto.png").unlink()
+    proc = _run([str(BIN / "dvc"), "repro"], project)
+    ran = [line for line in proc.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'search@wanda':"], proc.stdout
+    assert (project / "outputs" / "search" / "wanda" / "pareto.png").is_file()
+
+
 def test_seed_experiments_are_summarised_by_compare_seeds(project):
     """README's seeds one-liner on the tiny pipeline: one `dvc exp run -S train.seed=1`, then compare-seeds."""
     env_git = ["-c", "user.name=ci", "-c", "user.email=ci@localhost"]

@@ -1,4 +1,4 @@
-"""Search artifacts: best_subnet.json, candidates.json, pareto.json/.png, metrics.json, and the log summary."""
+"""Search artifacts: best_subnet.json, candidates.json, pareto.json/.png, metrics.json, timing.json, and the log summary."""
 
 from __future__ import annotations
 
@@ -16,8 +16,16 @@ from supersam.plots import plot_pareto
 log = logging.getLogger(__name__)
 
 # What a search writes into its folder (anything else there is the user's: outdir.prepare_out)
-SEARCH_FILES = ("best_subnet.json", "candidates.json", "pareto.json", "pareto.png", "metrics.json",
+SEARCH_FILES = ("best_subnet.json", "candidates.json", "pareto.json", "pareto.png", "metrics.json", "timing.json",
                 "opentuner.log", "opentuner.db", "candidates.partial.jsonl")
+# Wall-clock figures of a run: they differ between two runs with the same result, so they go to
+# timing.json, not to metrics.json / pareto.json, which `compare` depends on (a re-run search with
+# the same result then leaves compare up to date). candidates.json keeps each evaluation's seconds.
+TIMING_KEYS = ("seconds", "evaluations_per_minute")
+
+def _without_timing(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in TIMING_KEYS}
+
 
 def _describe(c: Candidate, metric: str) -> str:
     return f"{c.params / 1e6:.3f}M params, {metric} {c.value(metric):.4f}"
@@ -115,8 +123,9 @@ def write_artifacts(out: Path, state: SearchState, metrics: dict[str, Any], titl
         paths.append(write_json(out / "best_subnet.json", best.subnet.to_dict()
                                 if hasattr(best.subnet, "to_dict") else best.subnet))
     paths.append(write_json(out / "candidates.json", [c.to_dict() for c in state.candidates]))
-    paths.append(write_json(out / "pareto.json", [c.to_dict() for c in front]))
+    paths.append(write_json(out / "pareto.json", [_without_timing(c.to_dict()) for c in front]))
     paths.append(plot_pareto(out / "pareto.png", state.candidates, front, best, cons.max_params,
                              cons.min_miou, cons.metric, title, x=pareto_x, x_limit=x_limit))
-    paths.append(write_json(out / "metrics.json", metrics))
+    paths.append(write_json(out / "metrics.json", _without_timing(metrics)))
+    paths.append(write_json(out / "timing.json", {k: metrics[k] for k in TIMING_KEYS if k in metrics}))
     return paths
