@@ -38,3 +38,16 @@ class Interrupted(BaseException):
     def __init__(self, signal_name: str = "SIGINT") -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
+
+
+def interruption_of(exc: BaseException | None) -> "Interrupted | KeyboardInterrupt | None":
+    """The interruption behind ``exc``, or None: Ctrl-C or SIGTERM raised inside native code
+    (torch's tracer, sqlite, say) surfaces as another exception (a ``SystemError``) whose
+    ``__context__`` or ``__cause__`` is our :class:`Interrupted` or a ``KeyboardInterrupt``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from supersam.config import TrackingConfig
-from supersam.errors import Interrupted, TrackingError
+from supersam.errors import TrackingError, interruption_of
 from supersam.io import process_alive
 
 log = logging.getLogger(__name__)
@@ -322,8 +322,9 @@ def start_run(
         run.log_params(params or {})
         yield run
         status = "FINISHED"
-    except (KeyboardInterrupt, Interrupted):  # Ctrl-C / SIGTERM (the CLI raises Interrupted)
-        status = "KILLED"
+    except BaseException as exc:  # Ctrl-C / SIGTERM (the CLI raises Interrupted), also when it surfaces
+        if interruption_of(exc) is not None:  # through native code as another exception
+            status = "KILLED"
         raise
     finally:
         run._call(f"end_run({status})", mlflow.end_run, status)

@@ -469,6 +469,27 @@ def test_a_signal_surfacing_inside_native_code_is_an_interruption(project, monke
     assert_one_line(code, err, "interrupted")
 
 
+def test_an_interruption_surfacing_inside_native_code_marks_the_run_killed(project, tmp_path, monkeypatch, capsys):
+    """The MLflow run of an eval interrupted inside native code (a SystemError whose context is the
+    SIGTERM) is KILLED, as the CLI's one line says, not FAILED."""
+    import supersam.eval as eval_module
+    from supersam.errors import Interrupted
+
+    def interrupted_in_native_code(*args, **kwargs):
+        try:
+            raise Interrupted("SIGTERM")
+        except Interrupted:
+            raise SystemError("<built-in method run_backward> returned a result with an exception set")
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setattr(eval_module, "_evaluate", interrupted_in_native_code)
+    monkeypatch.chdir(project)
+    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "e"),
+                         "--set", "mlflow.enabled=true", "--set", f"mlflow.tracking_uri={uri}"], monkeypatch, capsys)
+    assert code == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    assert [r.info.status for r in _runs(uri)] == ["KILLED"]
+
+
 def test_an_export_folder_with_a_users_file_is_not_replaced(project, tmp_path, monkeypatch, capsys):
     import shutil
 

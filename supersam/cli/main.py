@@ -22,7 +22,7 @@ from supersam.cli import (  # noqa: F401  (imports register the commands)
     validate,
 )
 from supersam.cli.app import app, console
-from supersam.errors import Interrupted, SupersamError
+from supersam.errors import Interrupted, SupersamError, interruption_of
 
 try:  # typer < 0.29 raises click's own exceptions; newer typer vendors click under TyperException
     from click.exceptions import ClickException as _ClickException
@@ -43,18 +43,6 @@ def _raise_interrupted(signum, frame) -> None:  # noqa: ARG001
     if not _STATE["finished"]:
         _STATE["finished"] = True
         raise Interrupted(signal.Signals(signum).name)
-
-
-def _interruption(exc: BaseException) -> Interrupted | KeyboardInterrupt | None:
-    """The interruption behind ``exc``: a signal raised inside C++ code (torch's tracer, say)
-    surfaces as e.g. a ``SystemError`` whose context is our :class:`Interrupted`."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _interrupted(exc: BaseException) -> None:
@@ -98,8 +86,8 @@ def main(restore_signals: bool = False) -> None:
     except (Interrupted, KeyboardInterrupt) as exc:
         _interrupted(exc)
     except OSError as exc:
-        if _interruption(exc) is not None:
-            _interrupted(_interruption(exc))
+        if interruption_of(exc) is not None:
+            _interrupted(interruption_of(exc))
         _error(_os_error_line(exc))
         sys.exit(1)
     except MemoryError as exc:  # numpy's _ArrayMemoryError too
@@ -111,10 +99,10 @@ def main(restore_signals: bool = False) -> None:
         _error(f"{_unicode_line(exc)}; earlier results are kept")
         sys.exit(1)
     except Exception as exc:
-        if _interruption(exc) is None:
+        if interruption_of(exc) is None:
             raise  # a bug: keep its traceback
         logging.getLogger(__name__).debug("interrupted inside native code", exc_info=exc)
-        _interrupted(_interruption(exc))
+        _interrupted(interruption_of(exc))
     finally:
         _STATE["finished"] = True
         for sig, handler in saved.items():
