@@ -209,6 +209,7 @@ def prompt_kinds(cfg: EvalConfig, data_cfg: DataConfig) -> list[str]:
 
 # What an evaluation writes into its folder (anything else there is the user's: outdir.prepare_out)
 EVAL_FILES = ("metrics.json", paths.OBJECTS_FILE, paths.PREDICTIONS_DIR, paths.OVERLAYS_DIR)
+PUBLISH_ORDER = (paths.OVERLAYS_DIR, paths.PREDICTIONS_DIR, paths.OBJECTS_FILE, "metrics.json")
 
 
 @releases_claims
@@ -254,7 +255,7 @@ def evaluate(
     try:
         with start_run(tracking, "eval", loaded.info.get("variant", ""), tags=tags) as run:
             metrics, saved = _evaluate(cfg, model_cfg, data_cfg, loaded, device, run, stage)
-            publish(stage, out, EVAL_FILES)
+            publish(stage, out, PUBLISH_ORDER)  # metrics.json last: it says the rest is complete
             _log_run(run, metrics, cfg, out, [out / p.relative_to(stage) for p in saved])
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -182,6 +182,10 @@ def write_csv(path: str | Path, fieldnames: list[str], rows: list[dict[str, Any]
     return _atomic(path, write)
 
 
+# What torch's zip writer (caffe2 PyTorchStreamWriter) says when a write fails, e.g. on a full disk.
+_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
 def torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically; the same ``obj`` gives the same bytes.
 
@@ -196,7 +200,10 @@ def torch_save(obj: Any, path: str | Path) -> Path:
         try:
             torch.save(obj, tmp)
         except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full) as a RuntimeError
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "write failed"
+            message = str(exc)
+            if not any(mark in message for mark in _TORCH_WRITE_FAILURES):
+                raise  # not a write failure: a bug keeps its traceback
+            reason = message.strip().splitlines()[0]
             raise OSError(errno.EIO, f"writing failed ({reason[:120]}); the disk may be full", str(path)) from None
         except OSError as exc:
             raise _naming(exc, path) from None

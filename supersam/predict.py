@@ -35,6 +35,7 @@ import numpy as np
 from supersam import paths
 from supersam.errors import ConfigError, DataError
 from supersam.io import make_temp_dir, publish, write_json
+from supersam.outdir import releases_claims
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,13 @@ def _out_dir(cfg: PredictConfig, image_path: Path) -> Path:
         ConfigError: a relative path leaving the working directory, a folder inside the
             pipeline's ``outputs/``, or one that cannot be written.
     """
+    from supersam.io import clean_stale_temps
     from supersam.outdir import check_user_out, check_writable
 
-    out = check_user_out(cfg.out or paths.user_predict_dir(image_path.stem), "predict --out")
-    return check_writable(out, "predict --out")
+    out = check_writable(check_user_out(cfg.out or paths.user_predict_dir(image_path.stem), "predict --out"),
+                         "predict --out")
+    clean_stale_temps(out)  # staging folders of a killed predict
+    return out
 
 
 def _write_staged(final: Path, write: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -162,6 +166,7 @@ def _write_staged(final: Path, write: Callable[[Path], dict[str, Any]]) -> dict[
     return report
 
 
+@releases_claims  # a failed predict removes the output folders it created and left empty
 def predict(cfg: PredictConfig) -> dict[str, Any]:
     """Segment the prompted objects of one image with an exported model (``supersam predict``).
 

@@ -21,6 +21,8 @@ the global-attention blocks ((2*S/16-1) x head_dim) linearly.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -137,8 +139,8 @@ def check_img_size(img_size: int) -> int:
     Raises:
         ConfigError: not a whole number, not a positive multiple of 16, or above :data:`MAX_IMG_SIZE`.
     """
-    if isinstance(img_size, bool) or not isinstance(img_size, (int, float)) or int(img_size) != img_size \
-            or img_size <= 0 or img_size % PATCH_SIZE:
+    if isinstance(img_size, bool) or not isinstance(img_size, (numbers.Integral, float)) \
+            or not math.isfinite(img_size) or int(img_size) != img_size or img_size <= 0 or img_size % PATCH_SIZE:
         raise ConfigError(
             f"img_size {img_size} is not a positive multiple of {PATCH_SIZE}; "
             "use e.g. 256, 512 or 1024"

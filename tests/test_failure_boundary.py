@@ -264,6 +264,7 @@ def test_a_float_label_with_nan_is_refused_not_read_as_an_object(project, tmp_pa
     (lambda c: c.update(img_size=100000), "above the limit of 2048"),
     (lambda c: c.update(pixel_std=[58.4, 0.0, 57.4]), "pixel_std"),
     (lambda c: c.update(pixel_mean=[123.7, "x", 103.5]), "pixel_mean"),
+    (lambda c: c.update(img_size=float("inf")), "img_size inf is not a positive multiple of 16"),
 ])
 def test_an_impossible_export_config_is_refused(change, needle, project, tmp_path, shared_data, monkeypatch, capsys):
     model = tmp_path / "model"
@@ -295,6 +296,13 @@ def test_out_of_memory_is_one_line(project, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(project)
     code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
     assert_one_line(code, err, "out of memory")
+
+    def gpu_full(*args, **kwargs):  # what torch raises when CUDA memory runs out (a RuntimeError subclass)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+
+    monkeypatch.setattr(eval_module, "prepare_split", gpu_full)
+    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    assert_one_line(code, err, "out of memory (CUDA out of memory")
 
 
 # --- names and paths from the user --------------------------------------------------------------------------------
@@ -351,4 +359,12 @@ def test_torch_save_failures_name_the_file(tmp_path, monkeypatch):
     with pytest.raises(OSError) as info:
         torch_save({"w": torch.zeros(2)}, tmp_path / "model.pt")
     assert info.value.filename == str(tmp_path / "model.pt") and "disk may be full" in info.value.strerror
+    assert list(tmp_path.iterdir()) == []
+
+    def bug(obj, path):
+        raise RuntimeError("Can't pickle local object")
+
+    monkeypatch.setattr(torch, "save", bug)  # anything else is a bug and keeps its traceback
+    with pytest.raises(RuntimeError, match="pickle"):
+        torch_save({"w": torch.zeros(2)}, tmp_path / "model.pt")
     assert list(tmp_path.iterdir()) == []

@@ -30,6 +30,11 @@ except ImportError:  # pragma: no cover
     _ClickException = typer.TyperException
 USAGE_ERRORS = (typer.TyperException, _ClickException) if hasattr(typer, "TyperException") else (_ClickException,)
 
+try:  # a RuntimeError subclass: CUDA (or MPS) memory exhausted
+    from torch import OutOfMemoryError as _TorchOOM
+except ImportError:  # pragma: no cover  (torch < 2.5)
+    from torch.cuda import OutOfMemoryError as _TorchOOM
+
 RESUMABLE = {"train": "--resume", "search": "--resume", "pretrain": "--resume"}
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -90,7 +95,7 @@ def main(restore_signals: bool = False) -> None:
             _interrupted(interruption_of(exc))
         _error(_os_error_line(exc))
         sys.exit(1)
-    except MemoryError as exc:  # numpy's _ArrayMemoryError too
+    except (MemoryError, _TorchOOM) as exc:  # numpy's _ArrayMemoryError and torch's CUDA out-of-memory too
         _error(f"out of memory ({str(exc).splitlines()[0][:160] if str(exc) else 'an allocation failed'}); "
                "earlier results are kept: use smaller inputs (data.patch, fewer images, a smaller img_size) "
                "or a machine with more memory")
@@ -118,8 +123,10 @@ def _os_error_line(exc: OSError) -> str:
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free space (or write elsewhere with --out) and rerun; earlier results are kept"
-    else:
+    elif exc.filename is not None or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):
         fix = "free space or fix the path and its permissions"
+    else:  # a network or system error (a tracking server, say)
+        fix = "check the connection or the system named, then rerun"
     if exc.filename is None:
         return f"{reason}; {fix}"
     return f"cannot use {exc.filename}: {reason}; {fix}"

@@ -1,6 +1,6 @@
 """``supersam validate``: a whole params file against the schema, before any stage runs.
 
-The pipeline's first stage, ``params``, runs it: DVC removes a stage's outputs before it
+The pipeline's first stage, ``validate``, runs it: DVC removes a stage's outputs before it
 runs the stage's command, so without it ``dvc exp run -S search.budget=abc`` would delete
 the previous search's results before the search could refuse the value
 (docs/contracts.md, "Failures"). The map from section to config class lives here, in the

@@ -77,7 +77,9 @@ def object_ids(label: np.ndarray, mode: str, min_px: int, ignore: int = -1,
         fg = plane > 0 if void is None else (plane > 0) & ~void
         plane, _ = ndimage.label(fg)
     elif mode == "semantic":
-        _check_count(len(np.unique(plane)), max_values, "class values")  # before a labelling pass per class
+        values = np.unique(plane)
+        n_classes = int(((values != 0) & ((values != ignore) if ignore >= 0 else True)).sum())
+        _check_count(n_classes, max_values, "class values")  # before a labelling pass per class
         plane = _semantic_components(plane, ignore)
     elif void is not None:
         plane = np.where(void, 0, plane)
