@@ -5,7 +5,7 @@ Prints both wall times (min and median of interleaved repeats, order alternating
 their ratio; target <= 1.15. On a shared, busy machine the min is the robust figure; the
 hook work alone (the accumulators on activations of the same shapes) is printed too.
 The Taylor pass (SlimSAM's disturbed Taylor importance, one forward + backward per
-image, ``supersam.taylor``) has no target; its ratio to the plain pass is printed.
+image, ``supersam.model.taylor``) has no target; its ratio to the plain pass is printed.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from supersam.activation_stats import SquaredNormAccumulator, collect_mlp_sq_norms
-from supersam.sam import build_sam_model
-from supersam.taylor import disturbed_taylor_importance
+from supersam.model.activation_stats import SquaredNormAccumulator, collect_mlp_sq_norms
+from supersam.model.sam import build_sam_model
+from supersam.model.taylor import disturbed_taylor_importance
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_coco" / "val2017"
 
@@ -81,23 +81,32 @@ def main() -> None:
     plain_forward(sam, images[: args.batch_size], args.batch_size)  # warm-up
     plain, hooked, taylor = [], [], []
     for i in range(args.repeats):  # interleaved, order alternating, so load drift hits all alike
-        runs = [(plain, lambda: plain_forward(sam, images, args.batch_size)),
-                (hooked, lambda: collect_mlp_sq_norms(sam, images, args.batch_size)),
-                (taylor, lambda: disturbed_taylor_importance(sam, images))]
+        runs = [
+            (plain, lambda: plain_forward(sam, images, args.batch_size)),
+            (hooked, lambda: collect_mlp_sq_norms(sam, images, args.batch_size)),
+            (taylor, lambda: disturbed_taylor_importance(sam, images)),
+        ]
         for times, fn in runs if i % 2 == 0 else runs[::-1]:
             times.append(timed(fn))
     hooks = min(hook_work(sam, len(images), args.batch_size) for _ in range(3))
-    print(f"{args.model} @ {args.img_size}px, {len(images)} images, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, {args.repeats} interleaved repeats")
+    print(
+        f"{args.model} @ {args.img_size}px, {len(images)} images, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, {args.repeats} interleaved repeats"
+    )
     print(f"{'':18s} {'min s':>8s} {'median s':>9s}")
     print(f"{'plain forward':18s} {min(plain):8.3f} {statistics.median(plain):9.3f}")
     print(f"{'calibrate (hooks)':18s} {min(hooked):8.3f} {statistics.median(hooked):9.3f}")
     print(f"{'taylor (backward)':18s} {min(taylor):8.3f} {statistics.median(taylor):9.3f}")
     print(f"hook work alone: {hooks:.3f} s ({100 * hooks / min(plain):.1f}% of the plain pass)")
-    print(f"ratio calibrate / plain: min {min(hooked) / min(plain):.3f}, "
-          f"median {statistics.median(hooked) / statistics.median(plain):.3f}  (target <= 1.15)")
-    print(f"ratio taylor / plain: min {min(taylor) / min(plain):.3f}, "
-          f"median {statistics.median(taylor) / statistics.median(plain):.3f}")
+    print(
+        f"ratio calibrate / plain: min {min(hooked) / min(plain):.3f}, "
+        f"median {statistics.median(hooked) / statistics.median(plain):.3f}  (target <= 1.15)"
+    )
+    print(
+        f"ratio taylor / plain: min {min(taylor) / min(plain):.3f}, "
+        f"median {statistics.median(taylor) / statistics.median(plain):.3f}"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -33,11 +33,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from supersam import paths  # noqa: E402
-from supersam.bench import device_name, example_box, example_image, model_macs, run_decoder  # noqa: E402
-from supersam.checkpoint import load_model  # noqa: E402
-from supersam.onnx_export import box_prompt, export_onnx  # noqa: E402
-from supersam.sam import build_sam, count_params  # noqa: E402
+from supersam.artifacts import paths  # noqa: E402
+from supersam.measure.timing import (
+    device_name,
+    example_box,
+    example_image,
+    model_macs,
+    run_decoder,  # noqa: E402
+)
+from supersam.model.checkpoint import load_model  # noqa: E402
+from supersam.model.onnx import box_prompt, export_onnx  # noqa: E402
+from supersam.model.sam import build_sam, count_params  # noqa: E402
 
 
 def _runners(sam: torch.nn.Module, onnx_dir: Path, threads: int) -> dict:
@@ -100,8 +106,10 @@ def main() -> None:
         "base": build_sam(manifest["model_type"], manifest["img_size"], str(base_path)).model.eval(),
         "subnet": load_model(export_path),
     }
-    miou = {"base": _miou(root / paths.eval_dir("base") / paths.METRICS_FILE),
-            "subnet": _miou(root / paths.eval_dir("subnet") / paths.METRICS_FILE)}
+    miou = {
+        "base": _miou(root / paths.eval_dir("base") / paths.METRICS_FILE),
+        "subnet": _miou(root / paths.eval_dir("subnet") / paths.METRICS_FILE),
+    }
     rows: dict[str, dict] = {}
     runners = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,18 +130,37 @@ def main() -> None:
         for part, values in times[name].items():
             rows[name][f"{part}_ms"] = round(statistics.median(values), 3)
             rows[name][f"{part}_p90_ms"] = round(float(np.percentile(values, 90)), 3)
-    ratio = {k: rows["subnet"][k] / rows["base"][k] for k in
-             ("params", "macs", "encoder_macs", "torch_encoder_ms", "ort_encoder_ms", "torch_decoder_ms", "ort_decoder_ms")}
-    result = {"device": device_name(torch.device("cpu")), "threads": threads, "img_size": manifest["img_size"],
-              "model_type": manifest["model_type"], "subnet": manifest["subnet"], "repeats": args.repeats,
-              "rounds": args.rounds, "rows": rows, "ratio_subnet_to_base": ratio,
-              "load_average": os.getloadavg()}
+    ratio = {
+        k: rows["subnet"][k] / rows["base"][k]
+        for k in (
+            "params",
+            "macs",
+            "encoder_macs",
+            "torch_encoder_ms",
+            "ort_encoder_ms",
+            "torch_decoder_ms",
+            "ort_decoder_ms",
+        )
+    }
+    result = {
+        "device": device_name(torch.device("cpu")),
+        "threads": threads,
+        "img_size": manifest["img_size"],
+        "model_type": manifest["model_type"],
+        "subnet": manifest["subnet"],
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "rows": rows,
+        "ratio_subnet_to_base": ratio,
+        "load_average": os.getloadavg(),
+    }
     b, s = rows["base"], rows["subnet"]
     lines = [
         f"{manifest['model_type']} at {manifest['img_size']} px on {result['device']}, {threads} threads, float32, "
         f"median of {args.rounds} x {args.repeats} runs (load average {result['load_average'][0]:.2f})",
         "",
-        "| | params | MACs (encoder + decoder) | encoder, torch (ms) | encoder, onnxruntime (ms) | decoder, torch (ms) | decoder, onnxruntime (ms) | test box mIoU |",
+        "| | params | MACs (encoder + decoder) | encoder, torch (ms) | encoder, onnxruntime (ms) | decoder, torch "
+        "(ms) | decoder, onnxruntime (ms) | test box mIoU |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
@@ -141,13 +168,17 @@ def main() -> None:
         return "n/a (run dvc repro)" if value is None else f"{value:.4f}"
 
     for name, row in (("base model", b), ("exported subnet", s)):
-        lines.append(f"| {name} | {row['params'] / 1e6:.3f}M | {row['macs'] / 1e9:.3f}G | {row['torch_encoder_ms']:.2f} | "
-                     f"{row['ort_encoder_ms']:.2f} | {row['torch_decoder_ms']:.2f} | {row['ort_decoder_ms']:.2f} | "
-                     f"{miou(row['miou_test'])} |")
+        lines.append(
+            f"| {name} | {row['params'] / 1e6:.3f}M | {row['macs'] / 1e9:.3f}G | {row['torch_encoder_ms']:.2f} | "
+            f"{row['ort_encoder_ms']:.2f} | {row['torch_decoder_ms']:.2f} | {row['ort_decoder_ms']:.2f} | "
+            f"{miou(row['miou_test'])} |"
+        )
     gain = "n/a" if b["miou_test"] is None or s["miou_test"] is None else f"{s['miou_test'] - b['miou_test']:+.4f}"
-    lines.append(f"| subnet / base | {ratio['params']:.3f} | {ratio['macs']:.3f} (encoder {ratio['encoder_macs']:.3f}) | "
-                 f"{ratio['torch_encoder_ms']:.3f} | {ratio['ort_encoder_ms']:.3f} | {ratio['torch_decoder_ms']:.3f} | "
-                 f"{ratio['ort_decoder_ms']:.3f} | {gain} |")
+    lines.append(
+        f"| subnet / base | {ratio['params']:.3f} | {ratio['macs']:.3f} (encoder {ratio['encoder_macs']:.3f}) | "
+        f"{ratio['torch_encoder_ms']:.3f} | {ratio['ort_encoder_ms']:.3f} | {ratio['torch_decoder_ms']:.3f} | "
+        f"{ratio['ort_decoder_ms']:.3f} | {gain} |"
+    )
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

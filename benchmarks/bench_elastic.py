@@ -37,12 +37,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
-from supersam.artifacts import SupernetMeta  # noqa: E402
-from supersam.checkpoint import load_model, load_supernet, save_supernet  # noqa: E402
-from supersam.elastic import SuperSam  # noqa: E402
-from supersam.export import export_subnet  # noqa: E402
-from supersam.sam import build_sam_model, count_params  # noqa: E402
-from supersam.space import SearchSpace, SubnetConfig  # noqa: E402
+from supersam.artifacts.records import SupernetMeta  # noqa: E402
+from supersam.model.checkpoint import load_model, load_supernet, save_supernet  # noqa: E402
+from supersam.model.elastic import SuperSam  # noqa: E402
+from supersam.model.sam import build_sam_model, count_params  # noqa: E402
+from supersam.model.space import SearchSpace, SubnetConfig  # noqa: E402
+from supersam.stages.export import export_subnet  # noqa: E402
 
 COCO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tiny_coco" / "val2017"
 SUBNETS = {  # the docs/contracts.md example (mixed widths, 5 blocks dropped) and the paper's smallest subnet
@@ -94,8 +94,22 @@ def child(kind: str, path: str, subnet: str, size: int, n_images: int) -> None:
 
 
 def measure_memory(kind: str, path: Path, subnet: SubnetConfig, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--path", str(path), "--subnet", json.dumps(subnet.to_dict()),
-           "--img-size", str(args.img_size), "--images", str(args.images), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--path",
+        str(path),
+        "--subnet",
+        json.dumps(subnet.to_dict()),
+        "--img-size",
+        str(args.img_size),
+        "--images",
+        str(args.images),
+        "--threads",
+        str(args.threads),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -109,7 +123,7 @@ def time_pair(model_a, model_b, images, repeats: int) -> tuple[float, float, flo
         for r in range(repeats):
             for x in images:
                 pair = {}
-                for idx in ((0, 1) if r % 2 == 0 else (1, 0)):
+                for idx in (0, 1) if r % 2 == 0 else (1, 0):
                     start = time.perf_counter()
                     (model_a, model_b)[idx](x)
                     pair[idx] = time.perf_counter() - start
@@ -140,12 +154,16 @@ def main() -> None:
     space = SearchSpace.for_arch("vit_b")
     supernet = SuperSam(build_sam_model("vit_b", args.img_size), space)
     supernet.sam.load_state_dict(plain.state_dict())
-    print(f"vit_b @ {args.img_size}px, CPU, {args.threads} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), "
-          f"{len(images)} tiny_coco images x "
-          f"{args.repeats} repeats, random weights; median s/image of the image encoder")
+    print(
+        f"vit_b @ {args.img_size}px, CPU, {args.threads} threads (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), "
+        f"{len(images)} tiny_coco images x "
+        f"{args.repeats} repeats, random weights; median s/image of the image encoder"
+    )
     print(f"{'comparison':<34}{'model':>9}{'reference':>11}{'ratio':>8}{'target':>8}")
-    rows = [("plain SAM vs plain SAM (noise)", plain.image_encoder, plain.image_encoder, "~1.00"),
-            ("max subnet vs plain SAM", supernet.sam.image_encoder, plain.image_encoder, "<=1.02")]
+    rows = [
+        ("plain SAM vs plain SAM (noise)", plain.image_encoder, plain.image_encoder, "~1.00"),
+        ("max subnet vs plain SAM", supernet.sam.image_encoder, plain.image_encoder, "<=1.02"),
+    ]
     for label, model, reference, target in rows:
         t_a, t_b, ratio = time_pair(model, reference, images, args.repeats)
         print(f"{label:<34}{t_a:9.4f}{t_b:11.4f}{ratio:8.3f}{target:>8}")
@@ -167,12 +185,16 @@ def main() -> None:
             "elastic, design subnet": measure_memory("elastic", Path(tmp) / "supernet.pt", cfg, args),
             "exported design subnet": measure_memory("exported", Path(tmp) / "export", cfg, args),
         }
-    print("\nRSS per fresh process (MiB): after imports+images, after loading the model, peak (VmHWM);\n"
-          "forward = peak - loaded (activations + allocator); weights = encoder params x 4 B")
+    print(
+        "\nRSS per fresh process (MiB): after imports+images, after loading the model, peak (VmHWM);\n"
+        "forward = peak - loaded (activations + allocator); weights = encoder params x 4 B"
+    )
     print(f"{'model':<26}{'imports':>9}{'loaded':>9}{'peak':>9}{'forward':>9}{'weights':>9}")
     for name, r in runs.items():
-        print(f"{name:<26}{r['start']:9.0f}{r['loaded']:9.0f}{r['peak']:9.0f}"
-              f"{r['peak'] - r['loaded']:9.0f}{r['params'] * 4 / 2**20:9.0f}")
+        print(
+            f"{name:<26}{r['start']:9.0f}{r['loaded']:9.0f}{r['peak']:9.0f}"
+            f"{r['peak'] - r['loaded']:9.0f}{r['params'] * 4 / 2**20:9.0f}"
+        )
 
 
 if __name__ == "__main__":

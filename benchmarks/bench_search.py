@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
+from supersam.artifacts.records import SupernetMeta
 from supersam.data import DataConfig, prepare_split
-from supersam.artifacts import SupernetMeta
-from supersam.elastic import SuperSam
-from supersam.scoring import SubnetEvaluator
-from supersam.sam import build_sam_model
-from supersam.search import Constraints, SubnetEncoding, run_search
-from supersam.space import SearchSpace, SubnetConfig, subnet_params
+from supersam.measure.scoring import SubnetEvaluator
+from supersam.model.elastic import SuperSam
+from supersam.model.sam import build_sam_model
+from supersam.model.space import SearchSpace, SubnetConfig, subnet_params
+from supersam.stages.search import Constraints, SubnetEncoding, run_search
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 IMPORTANCE = [0.6, 0.004, 0.006, 0.05, 0.04, 0.008, 0.007, 0.06, 0.045, 0.009, 0.035, 0.05]
@@ -115,8 +115,10 @@ def compare(name, enc, evaluate, seeds, budget, workdir, optimum=None):
     evaluate = memo(evaluate)
     cons = constraints_from_sample(enc, evaluate)
     known = f"; exact optimum {optimum(enc, cons) / 1e6:.3f}M params" if optimum else ""
-    print(f"\n[{name}] space {enc.size():,} subnets; params <= {cons.max_params:,}, miou >= {cons.min_miou:.4f}; "
-          f"budget {budget}, seeds {seeds}{known}")
+    print(
+        f"\n[{name}] space {enc.size():,} subnets; params <= {cons.max_params:,}, miou >= {cons.min_miou:.4f}; "
+        f"budget {budget}, seeds {seeds}{known}"
+    )
     summary = {}
     for technique in ("opentuner", "random"):
         firsts, bests, seconds = [], [], []
@@ -129,17 +131,21 @@ def compare(name, enc, evaluate, seeds, budget, workdir, optimum=None):
             bests.append(best.params if best.feasible else float("inf"))
         summary[technique] = (firsts, bests)
         ok = [b for b in bests if b != float("inf")]
-        print(f"  {technique:9s} first feasible at eval {firsts} (median {statistics.median(firsts)}); "
-              f"best params {[f'{b / 1e6:.3f}M' if b != float('inf') else 'none' for b in bests]} "
-              f"(median {statistics.median(ok) / 1e6 if ok else float('nan'):.3f}M, found {len(ok)}/{seeds}); "
-              f"search overhead+eval {statistics.median(seconds):.2f} s/run")
+        print(
+            f"  {technique:9s} first feasible at eval {firsts} (median {statistics.median(firsts)}); "
+            f"best params {[f'{b / 1e6:.3f}M' if b != float('inf') else 'none' for b in bests]} "
+            f"(median {statistics.median(ok) / 1e6 if ok else float('nan'):.3f}M, found {len(ok)}/{seeds}); "
+            f"search overhead+eval {statistics.median(seconds):.2f} s/run"
+        )
     (f_ot, b_ot), (f_rs, b_rs) = summary["opentuner"], summary["random"]
     ratio_first = statistics.median(f_ot) / statistics.median(f_rs)
     both = [(a, b) for a, b in zip(b_ot, b_rs) if a != float("inf") and b != float("inf")]
     ratio_best = statistics.median(a / b for a, b in both) if both else float("nan")
     wins = sum(a < b for a, b in zip(b_ot, b_rs))
-    print(f"  ratio opentuner/random: evaluations to first feasible {ratio_first:.2f}, "
-          f"best params {ratio_best:.3f} (opentuner strictly smaller in {wins}/{seeds} seeds)")
+    print(
+        f"  ratio opentuner/random: evaluations to first feasible {ratio_first:.2f}, "
+        f"best params {ratio_best:.3f} (opentuner strictly smaller in {wins}/{seeds} seeds)"
+    )
 
 
 def throughput(label, supernet, inputs, amp, n_subnets, passes=2):
@@ -155,8 +161,10 @@ def throughput(label, supernet, inputs, amp, n_subnets, passes=2):
             evaluator.evaluate(s)
             best[i] = min(best[i], time.perf_counter() - t0)
     per = statistics.mean(best)
-    print(f"  {label:28s} {len(inputs)} images: {per:6.2f} s/subnet = {60 / per:7.1f} subnets/min "
-          f"({per / len(inputs):.3f} s/image)")
+    print(
+        f"  {label:28s} {len(inputs)} images: {per:6.2f} s/subnet = {60 / per:7.1f} subnets/min "
+        f"({per / len(inputs):.3f} s/image)"
+    )
 
 
 def main() -> None:
@@ -177,7 +185,9 @@ def main() -> None:
     tiny = SuperSam(build_sam_model("tiny"), SearchSpace.for_arch("tiny"), SupernetMeta("tiny", 128, False, "none"))
     throughput("tiny 128 px fp32", tiny, em_inputs(128, args.n_images), False, args.subnets * 4)
     if not args.skip_vit_b:
-        vit_b = SuperSam(build_sam_model("vit_b", 256), SearchSpace.for_arch("vit_b"), SupernetMeta("vit_b", 256, False, "none"))
+        vit_b = SuperSam(
+            build_sam_model("vit_b", 256), SearchSpace.for_arch("vit_b"), SupernetMeta("vit_b", 256, False, "none")
+        )
         inputs = em_inputs(256, args.n_images)
         throughput("vit_b 256 px fp32", vit_b, inputs, False, args.subnets)
         throughput("vit_b 256 px bf16 autocast", vit_b, inputs, True, args.subnets)

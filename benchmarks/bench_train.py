@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from supersam.data import DataConfig, load_split, prepare_sample
-from supersam.elastic import SuperSam
-from supersam.sam import build_sam_model
-from supersam.space import SearchSpace
-from supersam.train.config import TrainConfig
-from supersam.train.distributed import DistContext
-from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
-from supersam.train.sandwich import batch_loss, draw_subnets, frozen_prompts, train_step
+from supersam.model.elastic import SuperSam
+from supersam.model.sam import build_sam_model
+from supersam.model.space import SearchSpace
+from supersam.stages.train.config import TrainConfig
+from supersam.stages.train.distributed import DistContext
+from supersam.stages.train.optim import build_optimizer, build_scheduler, set_trainable
+from supersam.stages.train.sandwich import batch_loss, draw_subnets, frozen_prompts, train_step
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em"
 CPU = DistContext(device=torch.device("cpu"))
@@ -94,9 +94,22 @@ def memory_child(model: str, img_size: int, n: int, steps: int) -> None:
 
 def measure_memory(args) -> float:
     """Peak RSS (GB) of a fresh process running 3 sandwich steps."""
-    child = subprocess.run([sys.executable, __file__, "--memory-child", "--model", args.model,
-                            "--img-size", str(args.img_size), "--batch", str(args.batch)],
-                           capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            "--model",
+            args.model,
+            "--img-size",
+            str(args.img_size),
+            "--batch",
+            str(args.batch),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(child.stdout.strip().splitlines()[-1])["max_rss_gb"]
 
 
@@ -138,13 +151,22 @@ def main() -> None:
                     t_sa[kind].append(timed(lambda: standalone_step(sam, sopt, inputs)))
     sums = [sum(t_sa[k][r] for k in t_sa) for r in range(args.repeats)]
     med = statistics.median
-    print(f"{args.model} @ {args.img_size} px, batch {args.batch}, CPU threads {torch.get_num_threads()}, repeats {args.repeats}")
+    print(
+        f"{args.model} @ {args.img_size} px, batch {args.batch}, CPU threads {torch.get_num_threads()}, repeats "
+        f"{args.repeats}"
+    )
     for kind in t_sa:
         print(f"  standalone {kind:7s} step: median {med(t_sa[kind]):.3f} s")
     print(f"  sum of standalone steps:     median {med(sums):.3f} s  (min {min(sums):.3f})")
     print(f"  sandwich step (max+min+rnd): median {med(t_sw):.3f} s  (min {min(t_sw):.3f})")
-    print(f"  ratio sandwich / sum:        median {med(t_sw) / med(sums):.3f}  min-based {min(t_sw) / min(sums):.3f}  (target <= 1.10)")
-    print(f"  training images/s:           {args.batch / med(t_sw):.3f}  ({3 * args.batch / med(t_sw):.3f} subnet-images/s)")
+    print(
+        f"  ratio sandwich / sum:        median {med(t_sw) / med(sums):.3f}  min-based {min(t_sw) / min(sums):.3f}  "
+        "(target <= 1.10)"
+    )
+    print(
+        f"  training images/s:           {args.batch / med(t_sw):.3f}  ({3 * args.batch / med(t_sw):.3f} "
+        "subnet-images/s)"
+    )
     print(f"  peak RSS, sandwich only:     {rss:.2f} GB  (target <= 4 GB)")
 
 

@@ -46,19 +46,43 @@ REQUIRED_MODULES = ("supersam", "torch", "yaml", "dvc", "mlflow", "segment_anyth
 # Settings changed from profiles/paper.yaml: counts only (model.img_size is set apart). On a GPU the
 # paper's batch sizes, 64 objects per image and timing repeats stay.
 CPU_COUNTS: dict[str, dict[str, int]] = {
-    "data": {"max_objects": 4}, "pretrain": {"val_images": 2}, "rank_layers": {"n_images": 1, "batch_size": 1},
-    "calibrate": {"n_images": 2, "batch_size": 2}, "train": {"iterations": 2, "batch_size": 1, "val_images": 2},
-    "search": {"budget": 4, "n_images": 2}, "compare": {"n_subnets": 2, "n_images": 2},
-    "eval": {"n_images": 2, "overlays": 1}, "bench": {"warmup": 1, "repeats": 3}}
+    "data": {"max_objects": 4},
+    "pretrain": {"val_images": 2},
+    "rank_layers": {"n_images": 1, "batch_size": 1},
+    "calibrate": {"n_images": 2, "batch_size": 2},
+    "train": {"iterations": 2, "batch_size": 1, "val_images": 2},
+    "search": {"budget": 4, "n_images": 2},
+    "compare": {"n_subnets": 2, "n_images": 2},
+    "eval": {"n_images": 2, "overlays": 1},
+    "bench": {"warmup": 1, "repeats": 3},
+}
 GPU_COUNTS: dict[str, dict[str, int]] = {
-    "pretrain": {"val_images": 2}, "rank_layers": {"n_images": 4}, "calibrate": {"n_images": 4},
-    "train": {"iterations": 2, "val_images": 4}, "search": {"budget": 4, "n_images": 4},
-    "compare": {"n_subnets": 2, "n_images": 4}, "eval": {"n_images": 4, "overlays": 1}}
+    "pretrain": {"val_images": 2},
+    "rank_layers": {"n_images": 4},
+    "calibrate": {"n_images": 4},
+    "train": {"iterations": 2, "val_images": 4},
+    "search": {"budget": 4, "n_images": 4},
+    "compare": {"n_subnets": 2, "n_images": 4},
+    "eval": {"n_images": 4, "overlays": 1},
+}
 CPU_SPLITS = {"train": 3, "val": 2, "test": 2}  # SA-1B images per split built from tiny COCO
 GPU_SPLITS = {"train": 8, "val": 4, "test": 4}
 # the settings a shrunk profile may change (anything else would change the method)
-COUNT_NAMES = frozenset({"img_size", "max_objects", "val_images", "n_images", "batch_size", "iterations",
-                         "budget", "n_subnets", "overlays", "warmup", "repeats"})
+COUNT_NAMES = frozenset(
+    {
+        "img_size",
+        "max_objects",
+        "val_images",
+        "n_images",
+        "batch_size",
+        "iterations",
+        "budget",
+        "n_subnets",
+        "overlays",
+        "warmup",
+        "repeats",
+    }
+)
 
 
 def changed_keys(before: Any, after: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
@@ -74,8 +98,20 @@ def changed_keys(before: Any, after: Any, prefix: str = "") -> dict[str, tuple[A
 # ---------------------------------------------------------------- the project copy
 
 # not copied where the project is no git checkout (relative to its root)
-_SKIP = {".git", ".venv", "outputs", "runs", "data", "mlruns", "mlartifacts", "mlflow.db", "dvc.lock", ".dvc/cache",
-         ".dvc/tmp", ".pytest_cache"}
+_SKIP = {
+    ".git",
+    ".venv",
+    "outputs",
+    "runs",
+    "data",
+    "mlruns",
+    "mlartifacts",
+    "mlflow.db",
+    "dvc.lock",
+    ".dvc/cache",
+    ".dvc/tmp",
+    ".pytest_cache",
+}
 
 
 def copy_project(dest: Path, root: Path = ROOT) -> Path:
@@ -83,13 +119,23 @@ def copy_project(dest: Path, root: Path = ROOT) -> Path:
     ignore; else a walk that skips environments, caches and outputs) without ``dvc.lock`` (a copy
     records its own run)."""
     try:
-        names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
-                               capture_output=True, check=True).stdout.decode().split("\0")
+        names = (
+            subprocess.run(
+                ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                cwd=root,
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .split("\0")
+        )
     except (OSError, subprocess.CalledProcessError):
         names = []
         for folder, dirs, files in os.walk(root):
             rel = Path(folder).relative_to(root)
-            dirs[:] = [d for d in dirs if str(rel / d) not in _SKIP and d != "__pycache__" and not d.endswith(".egg-info")]
+            dirs[:] = [
+                d for d in dirs if str(rel / d) not in _SKIP and d != "__pycache__" and not d.endswith(".egg-info")
+            ]
             names += [str(rel / f) for f in files if str(rel / f) not in _SKIP]
     for name in (n for n in names if n and n != "dvc.lock" and (root / n).is_file()):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +155,7 @@ def write_official_checkpoint(path: Path, model_type: str = "vit_b", seed: int =
     ``state_dict()``: the key layout of Meta's ``sam_vit_*.pth`` files (about 375 MB for ViT-B)."""
     import torch
 
-    from supersam.sam import build_sam_model
+    from supersam.model.sam import build_sam_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -142,10 +188,18 @@ def build_sa1b(coco_root: Path, dest: Path, sizes: dict[str, int]) -> dict[str, 
             ys, xs = np.nonzero(mask_utils.decode(rle))
             if len(ys):
                 counts = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
-                found.append({"id": ann["id"], "segmentation": {"size": [h, w], "counts": counts},
-                              "area": int(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                              "predicted_iou": 1.0, "stability_score": 1.0, "crop_box": [0.0, 0.0, float(w), float(h)],
-                              "point_coords": [[float(xs[len(xs) // 2]), float(ys[len(ys) // 2])]]})
+                found.append(
+                    {
+                        "id": ann["id"],
+                        "segmentation": {"size": [h, w], "counts": counts},
+                        "area": int(mask_utils.area(rle)),
+                        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                        "predicted_iou": 1.0,
+                        "stability_score": 1.0,
+                        "crop_box": [0.0, 0.0, float(w), float(h)],
+                        "point_coords": [[float(xs[len(xs) // 2]), float(ys[len(ys) // 2])]],
+                    }
+                )
         return found
 
     written: dict[str, list[str]] = {}
@@ -172,8 +226,15 @@ def build_sa1b(coco_root: Path, dest: Path, sizes: dict[str, int]) -> dict[str, 
     return written
 
 
-def prepare_paper_project(dest: Path, coco_root: Path, img_size: int, counts: dict[str, dict[str, int]],
-                          splits: dict[str, int], root: Path = ROOT, extra: dict | None = None) -> dict:
+def prepare_paper_project(
+    dest: Path,
+    coco_root: Path,
+    img_size: int,
+    counts: dict[str, dict[str, int]],
+    splits: dict[str, int],
+    root: Path = ROOT,
+    extra: dict | None = None,
+) -> dict:
     """Copy the project to ``dest``; write ``params.yaml`` = the paper profile with ``model.img_size``,
     the ``counts`` and then ``extra`` (``{section: {key: value}}``) replaced, the random official
     checkpoint at ``pretrain.init`` and the SA-1B folder at ``data.root``. Returns the params written."""
@@ -192,15 +253,22 @@ def prepare_paper_project(dest: Path, coco_root: Path, img_size: int, counts: di
 
 # ---------------------------------------------------------------- dvc repro
 
+
 def init_dvc(project: Path) -> dict[str, str]:
     """Make ``project`` a git + DVC repository (a copy holds .dvc/config already; the cache links
     where it can: ViT-B checkpoints are ~375 MB each). Returns the environment of the stage
     commands: this interpreter's bin folder (``dvc``, ``supersam``) first on PATH."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PATH=os.pathsep.join([str(Path(sys.executable).parent),
-                                                                        os.environ.get("PATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
     cmds = [["git", "init", "-q"]] if not (project / ".git").exists() else []
     cmds += [["dvc", "init", "-q"]] if not (project / ".dvc" / "config").is_file() else []
-    for cmd in cmds + [["dvc", "config", "core.analytics", "false"], ["dvc", "config", "cache.type", "reflink,hardlink,copy"]]:
+    for cmd in cmds + [
+        ["dvc", "config", "core.analytics", "false"],
+        ["dvc", "config", "cache.type", "reflink,hardlink,copy"],
+    ]:
         subprocess.run(cmd, cwd=project, env=env, check=True, capture_output=True)
     return env
 
@@ -224,8 +292,15 @@ def run_dvc(project: Path, env: dict[str, str], log_file: Path, on_stage=None) -
                 on_stage(times)
 
     with log_file.open("a") as log:
-        proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        proc = subprocess.Popen(
+            ["dvc", "repro"],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
         for line in proc.stdout:
             log.write(line)
             match = re.search(r"Running stage '([^']+)'", line)
@@ -250,12 +325,16 @@ def pipeline_train_figures(project: Path) -> dict:
         metrics = [o["path"] for o in stage.get("outs", []) if o["path"].endswith("metrics.json")]
         if metrics and any(c.startswith("supersam train ") for c in cmds):
             m = json.loads((project / metrics[0]).read_text())
-            out[name] = {"iterations": m["iterations"], "seconds": m["seconds"],
-                         "s_per_iteration": m["seconds"] / m["iterations"] if m["iterations"] else None}
+            out[name] = {
+                "iterations": m["iterations"],
+                "seconds": m["seconds"],
+                "s_per_iteration": m["seconds"] / m["iterations"] if m["iterations"] else None,
+            }
     return out
 
 
 # ---------------------------------------------------------------- measurements
+
 
 def cli(project: Path, args: list[str]) -> None:
     """``supersam ARGS`` in this process (its own CUDA peak memory), in ``project``.
@@ -283,18 +362,30 @@ def timed_train(project: Path, variant: str, iterations: int) -> dict:
     import torch
 
     out = Path("runs") / "gpu_check" / "train"
-    sets = [f"train.iterations={iterations}", "train.eval_every=1", "train.target_every=1", "train.save_every=0",
-            "mlflow.enabled=false"]
+    sets = [
+        f"train.iterations={iterations}",
+        "train.eval_every=1",
+        "train.target_every=1",
+        "train.save_every=0",
+        "mlflow.enabled=false",
+    ]
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    cli(project, ["train", "--variant", variant, "--out", str(out), "--no-progress",
-                  *[x for s in sets for x in ("--set", s)]])
+    cli(
+        project,
+        ["train", "--variant", variant, "--out", str(out), "--no-progress", *[x for s in sets for x in ("--set", s)]],
+    )
     metrics = json.loads((project / out / "metrics.json").read_text())
-    seconds = {int(h["iteration"]): float(h["seconds"]) for h in json.loads((project / out / "history.json").read_text())}
+    seconds = {
+        int(h["iteration"]): float(h["seconds"]) for h in json.loads((project / out / "history.json").read_text())
+    }
     n = int(metrics["iterations"])
     result: dict[str, Any] = {
-        "variant": variant, "iterations": n, "seconds": metrics["seconds"], "s_per_iteration": metrics["seconds"] / n,
+        "variant": variant,
+        "iterations": n,
+        "seconds": metrics["seconds"],
+        "s_per_iteration": metrics["seconds"] / n,
         "s_per_iteration_steady": (seconds[n] - seconds[1]) / (n - 1) if n >= 2 and {1, n} <= set(seconds) else None,
     }
     if cuda:
@@ -306,9 +397,9 @@ def timed_train(project: Path, variant: str, iterations: int) -> dict:
 
 def encoder_latency(sam, warmup: int, repeats: int) -> dict:
     """Median / p90 ms of ``sam.image_encoder`` on one image, float32 and bf16 autocast
-    (:func:`supersam.device.autocast`: float32 where the device has no native bf16)."""
-    from supersam.bench import example_image, summarise_ms, time_ms
-    from supersam.device import autocast, native_bf16
+    (:func:`supersam.runtime.device.autocast`: float32 where the device has no native bf16)."""
+    from supersam.measure.timing import example_image, summarise_ms, time_ms
+    from supersam.runtime.device import autocast, native_bf16
 
     device = next(sam.parameters()).device
     image = example_image(sam)
@@ -317,9 +408,12 @@ def encoder_latency(sam, warmup: int, repeats: int) -> dict:
         with autocast(device, True):
             sam.image_encoder(image)
 
-    return {"img_size": sam.image_encoder.img_size, "bf16_native": native_bf16(device),
-            "fp32": summarise_ms(time_ms(lambda: sam.image_encoder(image), warmup, repeats, device)),
-            "bf16": summarise_ms(time_ms(bf16, warmup, repeats, device))}
+    return {
+        "img_size": sam.image_encoder.img_size,
+        "bf16_native": native_bf16(device),
+        "fp32": summarise_ms(time_ms(lambda: sam.image_encoder(image), warmup, repeats, device)),
+        "bf16": summarise_ms(time_ms(bf16, warmup, repeats, device)),
+    }
 
 
 def parity(project: Path, params: dict, device, tolerance: float = 1e-3) -> dict:
@@ -331,8 +425,8 @@ def parity(project: Path, params: dict, device, tolerance: float = 1e-3) -> dict
     from PIL import Image
     from segment_anything import SamPredictor
 
-    from supersam.checkpoint import load_model, load_supernet
-    from supersam.space import SubnetConfig
+    from supersam.model.checkpoint import load_model, load_supernet
+    from supersam.model.space import SubnetConfig
 
     variant = params["export"]["variant"]
     supernet = load_supernet(project / "outputs" / "train" / variant / "supernet.pt", device).eval()
@@ -349,53 +443,95 @@ def parity(project: Path, params: dict, device, tolerance: float = 1e-3) -> dict
         for model in (supernet.sam, exported):
             predictor = SamPredictor(model)
             predictor.set_image(image)
-            outs.append(predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True,
-                                          return_logits=True))
+            outs.append(
+                predictor.predict(
+                    point_coords=point, point_labels=np.array([1]), multimask_output=True, return_logits=True
+                )
+            )
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-    diff = {f"max_abs_diff_{k}": float(np.abs(a - b).max())
-            for k, a, b in zip(("mask_logits", "iou", "low_res_logits"), *outs)}
+    diff = {
+        f"max_abs_diff_{k}": float(np.abs(a - b).max())
+        for k, a, b in zip(("mask_logits", "iou", "low_res_logits"), *outs)
+    }
     ok = max(diff["max_abs_diff_mask_logits"], diff["max_abs_diff_low_res_logits"]) <= tolerance
-    return {"device": str(device), "variant": variant, "subnet": subnet.to_dict(), "dtype": "float32", "tf32": False,
-            "tolerance": tolerance, **diff, "ok": bool(ok)}
+    return {
+        "device": str(device),
+        "variant": variant,
+        "subnet": subnet.to_dict(),
+        "dtype": "float32",
+        "tf32": False,
+        "tolerance": tolerance,
+        **diff,
+        "ok": bool(ok),
+    }
 
 
 # ---------------------------------------------------------------- the check
 
+
 def markdown(data: dict) -> str:
     """A human-readable page of the summary."""
     steps, result = data["steps"], {True: "ok", False: "FAILED"}.get(data.get("ok"), "running")
-    lines = [f"# supersam GPU check ({data['mode']})", "",
-             f"- device: {data['device']} ({data['device_name']}), torch {data['torch']}, CUDA {data['cuda']}",
-             f"- model: {data['model_type']} at {data['img_size']} px; project {data['project']}",
-             f"- total: {data['seconds_total']:.0f} s; result: {result}", ""]
+    lines = [
+        f"# supersam GPU check ({data['mode']})",
+        "",
+        f"- device: {data['device']} ({data['device_name']}), torch {data['torch']}, CUDA {data['cuda']}",
+        f"- model: {data['model_type']} at {data['img_size']} px; project {data['project']}",
+        f"- total: {data['seconds_total']:.0f} s; result: {result}",
+        "",
+    ]
     pipe = steps.get("pipeline", {})
     if "reused" in pipe:
         lines += ["- pipeline: reused (no dvc repro in this run)", ""]
     elif "stages" in pipe:
         lines += [f"## dvc repro: {pipe['seconds']:.0f} s", "", "| stage | s |", "|---|---|"]
         lines += [f"| {s['stage']} | {s['seconds']:.1f} |" for s in pipe["stages"]] + [""]
-    lines += [f"- pipeline {k}: {v['iterations']} iterations, {v['s_per_iteration']} s/iteration"
-              for k, v in steps.get("pipeline_train", {}).items()]
+    lines += [
+        f"- pipeline {k}: {v['iterations']} iterations, {v['s_per_iteration']} s/iteration"
+        for k, v in steps.get("pipeline_train", {}).items()
+    ]
     if "train" in steps:
         t = steps["train"]
-        lines += ["", f"## train ({t['variant']}, {t['iterations']} iterations)", "",
-                  f"- {t['s_per_iteration']:.3f} s/iteration, steady {t['s_per_iteration_steady']}",
-                  f"- peak GPU memory (max_memory_allocated, GiB): {t.get('peak_memory_allocated_gib', t.get('peak_memory'))}", ""]
+        lines += [
+            "",
+            f"## train ({t['variant']}, {t['iterations']} iterations)",
+            "",
+            f"- {t['s_per_iteration']:.3f} s/iteration, steady {t['s_per_iteration_steady']}",
+            "- peak GPU memory (max_memory_allocated, GiB): "
+            f"{t.get('peak_memory_allocated_gib', t.get('peak_memory'))}",
+            "",
+        ]
     if "encoder_latency" in steps:
-        lines += ["## Image encoder latency (ms, median / p90)", "", "| model | fp32 | bf16 autocast |", "|---|---|---|"]
+        lines += [
+            "## Image encoder latency (ms, median / p90)",
+            "",
+            "| model | fp32 | bf16 autocast |",
+            "|---|---|---|",
+        ]
         for name, v in steps["encoder_latency"].items():
             cell = {k: f"{v[k]['median_ms']:.2f} / {v[k]['p90_ms']:.2f}" for k in ("fp32", "bf16")}
-            lines.append(f"| {name} | {cell['fp32']} | {cell['bf16']}{'' if v['bf16_native'] else ' (no native bf16)'} |")
+            lines.append(
+                f"| {name} | {cell['fp32']} | {cell['bf16']}{'' if v['bf16_native'] else ' (no native bf16)'} |"
+            )
         lines.append("")
     if "parity" in steps:
         par = steps["parity"]
-        lines += ["## Elastic vs export parity", "", f"- {par['device']}, float32, TF32 off; subnet {par['subnet']}",
-                  f"- max |diff|: mask logits {par['max_abs_diff_mask_logits']:.3g}, low-res logits "
-                  f"{par['max_abs_diff_low_res_logits']:.3g}, IoU {par['max_abs_diff_iou']:.3g}: "
-                  f"{'ok' if par['ok'] else 'FAILED'} (tolerance {par['tolerance']})", ""]
+        lines += [
+            "## Elastic vs export parity",
+            "",
+            f"- {par['device']}, float32, TF32 off; subnet {par['subnet']}",
+            f"- max |diff|: mask logits {par['max_abs_diff_mask_logits']:.3g}, low-res logits "
+            f"{par['max_abs_diff_low_res_logits']:.3g}, IoU {par['max_abs_diff_iou']:.3g}: "
+            f"{'ok' if par['ok'] else 'FAILED'} (tolerance {par['tolerance']})",
+            "",
+        ]
     for title in ("skipped", "errors"):
-        lines += [f"## {title.capitalize()}", ""] + [f"- {e.splitlines()[0]}" for e in data[title]] + [""] if data[title] else []
+        lines += (
+            [f"## {title.capitalize()}", ""] + [f"- {e.splitlines()[0]}" for e in data[title]] + [""]
+            if data[title]
+            else []
+        )
     return "\n".join(lines)
 
 
@@ -404,15 +540,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path, help="folder for gpu_check.json, gpu_check.md, pipeline.log")
     p.add_argument("--dry", action="store_true", help="CPU (CUDA hidden), 128 px, tiny counts: checks the script")
-    p.add_argument("--project", type=Path, help="a folder where the paper profile's dvc repro already ran: "
-                   "measure only (with its params.yaml)")
-    p.add_argument("--coco", type=Path, default=coco if coco.is_dir() else ROOT / "shared" / "data" / "tiny_coco",
-                   help="tiny_coco folder (default %(default)s)")
+    p.add_argument(
+        "--project",
+        type=Path,
+        help="a folder where the paper profile's dvc repro already ran: measure only (with its params.yaml)",
+    )
+    p.add_argument(
+        "--coco",
+        type=Path,
+        default=coco if coco.is_dir() else ROOT / "shared" / "data" / "tiny_coco",
+        help="tiny_coco folder (default %(default)s)",
+    )
     p.add_argument("--workdir", type=Path, help="where the project copy goes (default a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (measure it again with --project)")
     p.add_argument("--train-iterations", type=int, help="timed train run (default 6; --dry 2)")
-    p.add_argument("--budget-s", type=float, help="skip the measurements left this many seconds after the "
-                   "start (default 450; --dry none)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="skip the measurements left this many seconds after the start (default 450; --dry none)",
+    )
     return p.parse_args(argv)
 
 
@@ -435,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
-    from supersam.bench import device_name
+    from supersam.measure.timing import device_name
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.dry:
@@ -447,12 +593,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     project = project or workdir / "project"
     paper = yaml.safe_load((ROOT / "profiles" / "paper.yaml").read_text())
-    img_size = yaml.safe_load((project / "params.yaml").read_text())["model"]["img_size"] if args.project else (
-        128 if args.dry else paper["model"]["img_size"])
-    data: dict[str, Any] = {"format": SUMMARY_FORMAT, "mode": "dry" if args.dry else "gpu", "device": str(device),
-                            "device_name": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-                            "model_type": paper["model"]["type"], "img_size": img_size, "project": str(project),
-                            "steps": {}, "skipped": [], "errors": []}
+    img_size = (
+        yaml.safe_load((project / "params.yaml").read_text())["model"]["img_size"]
+        if args.project
+        else (128 if args.dry else paper["model"]["img_size"])
+    )
+    data: dict[str, Any] = {
+        "format": SUMMARY_FORMAT,
+        "mode": "dry" if args.dry else "gpu",
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "model_type": paper["model"]["type"],
+        "img_size": img_size,
+        "project": str(project),
+        "steps": {},
+        "skipped": [],
+        "errors": [],
+    }
     out, t_start = args.out.resolve(), time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.log").write_text("")
@@ -498,8 +657,14 @@ def _run_steps(args, project: Path, paper: dict, device, img_size: int, log_file
             counts, splits = (CPU_COUNTS, CPU_SPLITS) if args.dry else (GPU_COUNTS, GPU_SPLITS)
             prepare_paper_project(project, args.coco.resolve(), img_size, counts, splits)
             env, t0 = init_dvc(project), time.perf_counter()
-            stages = run_dvc(project, env, log_file, on_stage=lambda times: step(
-                "pipeline", {"seconds": round(time.perf_counter() - t0, 1), "stages": times, "complete": False}))
+            stages = run_dvc(
+                project,
+                env,
+                log_file,
+                on_stage=lambda times: step(
+                    "pipeline", {"seconds": round(time.perf_counter() - t0, 1), "stages": times, "complete": False}
+                ),
+            )
             step("pipeline", {"seconds": round(time.perf_counter() - t0, 1), "stages": stages, "complete": True})
         except Exception as exc:  # noqa: BLE001 - in the summary; the measurements need the pipeline
             note("errors", f"pipeline: {type(exc).__name__}: {exc}")
@@ -518,13 +683,15 @@ def _run_steps(args, project: Path, paper: dict, device, img_size: int, log_file
         return result
 
     def latency() -> dict:
-        from supersam.checkpoint import load_model
-        from supersam.sam import build_sam
+        from supersam.model.checkpoint import load_model
+        from supersam.model.sam import build_sam
 
         base = build_sam(params["model"]["type"], img_size, str(project / params["model"]["checkpoint"])).model
         result = {"base": encoder_latency(base.to(device).eval(), warmup, repeats)}
         del base
-        result["export"] = encoder_latency(load_model(project / "outputs" / "export" / "model", device), warmup, repeats)
+        result["export"] = encoder_latency(
+            load_model(project / "outputs" / "export" / "model", device), warmup, repeats
+        )
         return result
 
     def check_parity() -> dict:
@@ -541,8 +708,13 @@ def _run_steps(args, project: Path, paper: dict, device, img_size: int, log_file
         return result
 
     ok, results = True, {}
-    for name, measure in (("pipeline_train", lambda: pipeline_train_figures(project)), ("train", train),
-                          ("encoder_latency", latency), ("parity", check_parity), ("bench", bench)):
+    for name, measure in (
+        ("pipeline_train", lambda: pipeline_train_figures(project)),
+        ("train", train),
+        ("encoder_latency", latency),
+        ("parity", check_parity),
+        ("bench", bench),
+    ):
         if deadline is not None and time.monotonic() > deadline:
             note("skipped", f"{name}: skipped: time budget of {budget:.0f} s spent")
             ok = False

@@ -43,12 +43,18 @@ def main() -> None:
         "img_size": config["img_size"],
         "params": metrics["params"],
         "encoder_params": metrics["encoder_params"],
-        "recipe": {"profile": args.profile, "command": "bash scripts/make_base_model.sh",
-                   "iterations": config["iterations"], "seed": config["seed"], "init": config["init"] or "random"},
+        "recipe": {
+            "profile": args.profile,
+            "command": "bash scripts/make_base_model.sh",
+            "iterations": config["iterations"],
+            "seed": config["seed"],
+            "init": config["init"] or "random",
+        },
         "data": "scripts/make_base_data.py data/base --scenes 1200 --seed 0: 1200 procedural scenes, "
-                "the 100 tiny-COCO train+val images, 4 DSB 2018 nuclei tiles; no ISBI EM section",
+        "the 100 tiny-COCO train+val images, 4 DSB 2018 nuclei tiles; no ISBI EM section",
         "wall_seconds": metrics["seconds"],
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
         "val": {k: metrics[k] for k in sorted(metrics) if k.startswith(("miou_", "baseline_"))},
         "val_objects": metrics["val_objects"],
     }

@@ -87,6 +87,7 @@ def shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:
         poly = [(cx + r * np.cos(a), cy + r * np.sin(a)) for a, r in zip(angles, radii)]
         img = Image.new("1", (size, size))
         from PIL import ImageDraw
+
         ImageDraw.Draw(img).polygon(poly, fill=1)
         return np.array(img, bool)
     if kind == 2:  # blob: thresholded smooth noise inside a disk
@@ -190,8 +191,11 @@ def coco_pairs(root: Path):
             ids = np.zeros((h, w), np.int64)
             for k, ann in enumerate(sorted(anns.get(info["id"], []), key=lambda a: -a["area"]), start=1):
                 seg = ann["segmentation"]
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list) \
+                rle = (
+                    mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+                    if isinstance(seg, list)
                     else mask_utils.frPyObjects(seg, h, w)
+                )
                 ids[mask_utils.decode(rle).astype(bool)] = k
             image, ids = resize_pair(image, ids, SIZE)
             yield f"coco_{split}_{info['id']}", image, ids
@@ -205,8 +209,8 @@ def dsb_pairs(root: Path):
     ids = tifffile.imread(root / "mask2d.tif").astype(np.int64)
     for y in range(0, image.shape[0], SIZE):
         for x in range(0, image.shape[1], SIZE):
-            tile = np.repeat(image[y:y + SIZE, x:x + SIZE, None], 3, -1)
-            yield f"dsb_{y}_{x}", tile, ids[y:y + SIZE, x:x + SIZE]
+            tile = np.repeat(image[y : y + SIZE, x : x + SIZE, None], 3, -1)
+            yield f"dsb_{y}_{x}", tile, ids[y : y + SIZE, x : x + SIZE]
 
 
 def write_pair(out: Path, name: str, image: np.ndarray, ids: np.ndarray) -> None:
@@ -223,7 +227,9 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="output folder (image/ and label/ are created)")
     parser.add_argument("--scenes", type=int, default=1200, help="procedural scenes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shared", type=Path, default=Path("../shared/data"), help="folder holding tiny_coco/ and dsb2018_nuclei/")
+    parser.add_argument(
+        "--shared", type=Path, default=Path("../shared/data"), help="folder holding tiny_coco/ and dsb2018_nuclei/"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for sub in ("image", "label"):

@@ -28,9 +28,18 @@ import time
 import urllib.parse
 from pathlib import Path
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--virtual-time-budget=20000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=20000",
+]
 
 
 def free_port() -> int:
@@ -47,14 +56,20 @@ def wait_for(client, proc: subprocess.Popen, timeout: float = 120) -> None:
             return
         except Exception:  # noqa: BLE001 - the server is not up yet
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("mlflow ui did not start; is mlflow installed in this environment?")
+                raise SystemExit("mlflow ui did not start; is mlflow installed in this environment?") from None
             time.sleep(1)
 
 
 def shoot(chromium: str, url: str, path: Path, size: str = "1600,1000") -> None:
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [chromium, *CHROMIUM_FLAGS, f"--window-size={size}", f"--user-data-dir={profile}",
-               f"--screenshot={path}", url]
+        cmd = [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--window-size={size}",
+            f"--user-data-dir={profile}",
+            f"--screenshot={path}",
+            url,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     if proc.returncode != 0 or not path.is_file():
         raise SystemExit(f"chromium failed on {url}: {proc.stderr[-500:]}")
@@ -72,9 +87,21 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{Path(args.db).resolve()}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{Path(args.db).resolve()}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         client = mlflow.MlflowClient(base)
@@ -83,17 +110,25 @@ def main() -> None:
         if experiment is None:
             raise SystemExit("no 'supersam' experiment in the database; run `dvc repro` first")
         eid = experiment.experiment_id
-        parents = client.search_runs([eid], "tags.stage = 'pipeline'", max_results=1,
-                                     order_by=["attributes.start_time DESC"])
-        query = f"tags.stage = 'train' and tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'" if parents \
+        parents = client.search_runs(
+            [eid], "tags.stage = 'pipeline'", max_results=1, order_by=["attributes.start_time DESC"]
+        )
+        query = (
+            f"tags.stage = 'train' and tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
+            if parents
             else "tags.stage = 'train'"
+        )
         train = client.search_runs([eid], query, max_results=8, order_by=["attributes.start_time DESC"])
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         shoot(args.chromium, f"{base}/#/experiments/{eid}/runs", out / "mlflow-runs.png")
         ids = urllib.parse.quote(json.dumps([r.info.run_id for r in train]))
-        shoot(args.chromium, f"{base}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([eid]))}",
-              out / "mlflow-compare-train.png", size="1600,1900")
+        shoot(
+            args.chromium,
+            f"{base}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([eid]))}",
+            out / "mlflow-compare-train.png",
+            size="1600,1900",
+        )
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)

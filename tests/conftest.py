@@ -120,7 +120,8 @@ def make_voc_folder(shared_data: Path, dest: Path, n_images: int = 3, border: in
         ids = [int(i) for i in np.unique(label) if i not in (0, 255)]
         stem = Path(info["file_name"]).stem
         Image.open(shared_data / "tiny_coco" / "val2017" / info["file_name"]).convert("RGB").save(
-            dest / "image" / f"{stem}.jpg", quality=95)
+            dest / "image" / f"{stem}.jpg", quality=95
+        )
         png = Image.fromarray(label, mode="P")
         png.putpalette([int(v) for v in palette])
         png.save(dest / "label" / f"{stem}.png")
@@ -140,12 +141,12 @@ def tiny_export(tmp_path_factory) -> Path:
     statistics other than SAM's (CUSTOM_PIXEL_MEAN / CUSTOM_PIXEL_STD), so a test sees whether they are used."""
     import json
 
-    from supersam.artifacts import SupernetMeta
-    from supersam.checkpoint import save_supernet
-    from supersam.elastic import SuperSam
-    from supersam.export import export_subnet
-    from supersam.sam import build_sam_model
-    from supersam.space import SearchSpace
+    from supersam.artifacts.records import SupernetMeta
+    from supersam.model.checkpoint import save_supernet
+    from supersam.model.elastic import SuperSam
+    from supersam.model.sam import build_sam_model
+    from supersam.model.space import SearchSpace
+    from supersam.stages.export import export_subnet
 
     root = tmp_path_factory.mktemp("tiny_export")
     torch.manual_seed(0)

@@ -49,8 +49,17 @@ def test_scenes_are_deterministic_and_round_trip_through_the_reader(gen, tmp_pat
     assert len(np.unique(ids)) == len(np.unique(want)) and np.array_equal(ids == 0, want == 0)
     pairs = np.unique(np.stack([ids.ravel(), want.ravel()]), axis=1)
     assert pairs.shape[1] == len(np.unique(want))  # one generator id per written id
-    cfg = DataConfig(kind="image_label", root=str(tmp_path), label_mode="instance", patch=0, min_area=100,
-                     max_objects=0, split_mode="random", val_fraction=0.0, test_fraction=0.0)
+    cfg = DataConfig(
+        kind="image_label",
+        root=str(tmp_path),
+        label_mode="instance",
+        patch=0,
+        min_area=100,
+        max_objects=0,
+        split_mode="random",
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )
     dataset = load_split(cfg, "train")
     sample = next(s for s in dataset if s.name.startswith("scene_0"))
     counts = np.bincount(want.ravel())

@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from supersam.baselines import (
-    box_fill_masks, collapse_check, disk_masks, foreground_fraction, input_to_original,
-    median_equivalent_radius, trivial_baselines,
-)
 from supersam.data.prepare import prepare_sample
 from supersam.data.types import ModelInput, Sample
+from supersam.measure.baselines import (
+    box_fill_masks,
+    collapse_check,
+    disk_masks,
+    input_to_original,
+    median_equivalent_radius,
+    trivial_baselines,
+)
+from supersam.measure.metrics import object_foreground_fractions
 
 
 def square(h: int = 10, w: int = 10, y0: int = 3, x0: int = 3, size: int = 4) -> torch.Tensor:
@@ -109,12 +114,13 @@ def test_mixed_prompt_kinds_are_refused():
         trivial_baselines([box, point])
 
 
-def test_foreground_fraction_is_the_mean_over_objects():
+def test_foreground_fractions_are_per_object_shares_of_the_image():
     preds = torch.stack([torch.ones(10, 10, dtype=torch.bool), square()])  # 100 % and 16 %
-    assert foreground_fraction(preds) == pytest.approx(0.58, abs=1e-12)
-    # a sequence of images of different sizes: every object counts once
-    assert foreground_fraction([preds, torch.zeros(1, 5, 8, dtype=torch.bool)]) == pytest.approx(1.16 / 3, abs=1e-12)
-    assert math.isnan(foreground_fraction(torch.zeros(0, 4, 4, dtype=torch.bool)))
+    fractions = object_foreground_fractions(preds)
+    assert fractions.dtype == torch.float64 and fractions.tolist() == pytest.approx([1.0, 0.16], abs=1e-12)
+    assert float(fractions.mean()) == pytest.approx(0.58, abs=1e-12)
+    assert object_foreground_fractions(torch.zeros(1, 5, 8, dtype=torch.bool)).tolist() == [0.0]
+    assert object_foreground_fractions(torch.zeros(0, 4, 4, dtype=torch.bool)).numel() == 0
 
 
 def test_collapse_check_both_ways():

@@ -12,15 +12,15 @@ import pytest
 import torch
 import yaml
 
-from supersam.artifacts import LayerRanking
-from supersam.build_supernet import SpaceConfig, SupernetConfig, build_supernet
-from supersam.calibrate import CalibrateConfig, calibrate_wanda
-from supersam.sam import build_sam_from_config as build_model
-from supersam.checkpoint import load_supernet
-from supersam.config import ModelConfig, TrackingConfig
+from supersam.artifacts.records import LayerRanking
 from supersam.data import DataConfig, prepare_split
-from supersam.errors import ConfigError
-from supersam.reorder import reorder_sam
+from supersam.model.checkpoint import load_supernet
+from supersam.model.reorder import reorder_sam
+from supersam.model.sam import build_sam_from_config as build_model
+from supersam.runtime.errors import ConfigError
+from supersam.schema import ModelConfig, TrackingConfig
+from supersam.stages.build_supernet import SpaceConfig, SupernetConfig, build_supernet
+from supersam.stages.calibrate import CalibrateConfig, calibrate
 
 ROOT = Path(__file__).resolve().parents[1]
 OFF = TrackingConfig(enabled=False)
@@ -28,20 +28,28 @@ TINY = ModelConfig("tiny", 128, "")
 
 
 def em_data(shared_data: Path) -> DataConfig:
-    return DataConfig(kind="image_label", root=str(shared_data / "isbi2012_em"), images="image",
-                      labels="label", patch=256, max_images=4)
+    return DataConfig(
+        kind="image_label",
+        root=str(shared_data / "isbi2012_em"),
+        images="image",
+        labels="label",
+        patch=256,
+        max_images=4,
+    )
 
 
 @pytest.fixture(scope="module")
 def stats_path(shared_data, tmp_path_factory) -> Path:
     """Wanda stats of the tiny model at 128 px on 3 real EM patches."""
-    out = tmp_path_factory.mktemp("calib") / "wanda_stats.pt"
-    calibrate_wanda(TINY, em_data(shared_data), CalibrateConfig(n_images=3, batch_size=2, out=str(out), device="cpu"), OFF)
+    out = tmp_path_factory.mktemp("calib") / "calibration_stats.pt"
+    calibrate(TINY, em_data(shared_data), CalibrateConfig(n_images=3, batch_size=2, out=str(out), device="cpu"), OFF)
     return out
 
 
 @pytest.mark.parametrize("variant", ["wanda", "taylor"])
-def test_calibrated_supernet_is_reordered_and_function_preserving(shared_data, stats_path, tmp_path, monkeypatch, variant):
+def test_calibrated_supernet_is_reordered_and_function_preserving(
+    shared_data, stats_path, tmp_path, monkeypatch, variant
+):
     monkeypatch.chdir(tmp_path)  # MLflow puts run artifacts under ./mlruns
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     cfg = SupernetConfig(variant=variant, stats=str(stats_path), out=str(tmp_path / "supernet" / variant))
@@ -49,16 +57,28 @@ def test_calibrated_supernet_is_reordered_and_function_preserving(shared_data, s
     assert out == tmp_path / "supernet" / variant
     supernet = load_supernet(out / "supernet.pt")
     meta = supernet.meta
-    assert (meta.model_type, meta.img_size, meta.pretrained, meta.variant, meta.combine) == ("tiny", 128, False, variant, "rank")
+    assert (meta.model_type, meta.img_size, meta.pretrained, meta.variant, meta.combine) == (
+        "tiny",
+        128,
+        False,
+        variant,
+        "rank",
+    )
     assert meta.stats_n_images == 3 and meta.stats == str(stats_path)
     space = json.loads((out / "search_space.json").read_text())
-    assert space == {"depth": 12, "mlp_dim": 256, "prunable": [1, 2, 5, 6, 9], "drop_probs": [0.5] * 5,
-                     "mlp_dim_choices": [64, 85, 128, 192, 256]}
+    assert space == {
+        "depth": 12,
+        "mlp_dim": 256,
+        "prunable": [1, 2, 5, 6, 9],
+        "drop_probs": [0.5] * 5,
+        "mlp_dim_choices": [64, 85, 128, 192, 256],
+    }
 
-    from supersam.activation_stats import ActivationStats
+    from supersam.model.activation_stats import CalibrationStats
+
     original = build_model(TINY).model
     expected = build_model(TINY).model
-    orders = reorder_sam(expected, variant, ActivationStats.load(stats_path), "rank")
+    orders = reorder_sam(expected, variant, CalibrationStats.load(stats_path), "rank")
     saved = supernet.sam.image_encoder.blocks
     for i, block in enumerate(expected.image_encoder.blocks):
         assert torch.equal(saved[i].mlp.lin1.weight, block.mlp.lin1.weight)
@@ -77,37 +97,55 @@ def test_calibrated_supernet_is_reordered_and_function_preserving(shared_data, s
 
 def test_none_and_magnitude_variants_with_ranking(tmp_path):
     ranking = tmp_path / "ranking.json"
-    LayerRanking("tiny", 128, False, 2, 9, "single", "count", 0.5, {}, [0.0] * 12, [], [], [3, 4, 10], [0.2, 0.7, 0.4], 79).save(ranking)
+    LayerRanking(
+        "tiny", 128, False, 2, 9, "single", "count", 0.5, {}, [0.0] * 12, [], [], [3, 4, 10], [0.2, 0.7, 0.4], 79
+    ).save(ranking)
     space_cfg = SpaceConfig(prunable=(1,), drop_probs=(0.9,), mlp_dim_choices=(128, 256), ranking=str(ranking))
     out = build_supernet(TINY, space_cfg, SupernetConfig(variant="none", stats="", out=str(tmp_path / "none")), OFF)
     assert json.loads((out / "search_space.json").read_text()) == {
-        "depth": 12, "mlp_dim": 256, "prunable": [3, 4, 10], "drop_probs": [0.2, 0.7, 0.4], "mlp_dim_choices": [128, 256]}
+        "depth": 12,
+        "mlp_dim": 256,
+        "prunable": [3, 4, 10],
+        "drop_probs": [0.2, 0.7, 0.4],
+        "mlp_dim_choices": [128, 256],
+    }
     supernet = load_supernet(out / "supernet.pt")
     meta = supernet.meta
     reference = build_model(TINY).model.state_dict()
     assert meta.variant == "none" and meta.stats == "" and meta.ranking == str(ranking)
     assert all(torch.equal(v, reference[k]) for k, v in supernet.sam.state_dict().items())
 
-    out = build_supernet(TINY, SpaceConfig(ranking=""), SupernetConfig(variant="magnitude", combine="score", stats="", out=str(tmp_path / "magnitude")), OFF)
+    out = build_supernet(
+        TINY,
+        SpaceConfig(ranking=""),
+        SupernetConfig(variant="magnitude", combine="score", stats="", out=str(tmp_path / "magnitude")),
+        OFF,
+    )
     assert out.name == "magnitude"
     mlp = load_supernet(out / "supernet.pt").sam.image_encoder.blocks[4].mlp
     combined = (mlp.lin1.weight.abs().double().sum(1) + mlp.lin2.weight.abs().double().sum(0)) / 2
     assert torch.all(combined[:-1] >= combined[1:])
 
-    LayerRanking("vit_b", 1024, True, 2, 9, "single", "count", 0.5, {}, [0.0] * 12, [], [], [1], [0.5], 79).save(ranking)
+    LayerRanking("vit_b", 1024, True, 2, 9, "single", "count", 0.5, {}, [0.0] * 12, [], [], [1], [0.5], 79).save(
+        ranking
+    )
     with pytest.raises(ConfigError, match="layer ranking .* is for vit_b, the model is tiny"):
-        build_supernet(TINY, SpaceConfig(ranking=str(ranking)), SupernetConfig(variant="none", out=str(tmp_path / "x")), OFF)
+        build_supernet(
+            TINY, SpaceConfig(ranking=str(ranking)), SupernetConfig(variant="none", out=str(tmp_path / "x")), OFF
+        )
 
 
 def test_the_supernet_records_its_base_models_weights(tmp_path):
     """``meta.base_digest`` is the state digest of the base model as loaded (before the reordering),
     "" for a random init: what train's teacher and relative thresholds are checked against."""
-    from supersam.sam import build_sam, state_digest
+    from supersam.model.sam import build_sam, state_digest
 
     torch.manual_seed(3)
     torch.save(build_model(TINY).model.state_dict(), tmp_path / "base.pth")
     based = ModelConfig("tiny", 128, str(tmp_path / "base.pth"))
-    out = build_supernet(based, SpaceConfig(ranking=""), SupernetConfig(variant="magnitude", out=str(tmp_path / "m")), OFF)
+    out = build_supernet(
+        based, SpaceConfig(ranking=""), SupernetConfig(variant="magnitude", out=str(tmp_path / "m")), OFF
+    )
     meta = load_supernet(out / "supernet.pt").meta
     assert meta.base_digest == state_digest(build_sam("tiny", 128, str(tmp_path / "base.pth")).model)
     assert meta.base_digest != state_digest(load_supernet(out / "supernet.pt").sam)  # reordered after the digest
@@ -142,7 +180,7 @@ def test_cli_bad_input_is_one_line_exit_1(stats_path, tmp_path, monkeypatch, cap
     base = ["build-supernet", "--params", str(params)]
     cases = {
         ("--variant", "slimsam"): "unknown reordering variant 'slimsam'; use one of none, magnitude, wanda, taylor",
-        ("--set", "supernet.stats=" + str(tmp_path / "nope.pt")): "does not exist; run `supersam calibrate-wanda`",
+        ("--set", "supernet.stats=" + str(tmp_path / "nope.pt")): "does not exist; run `supersam calibrate`",
         ("--set", "model.img_size=64"): "are for img_size 128, but the model has 64",
         ("--set", "supernet.combine=median"): "unknown supernet.combine 'median'",
         ("--set", "supernet.combne=rank"): "unknown key supernet.combne; known keys: variant, combine, stats, out",
@@ -156,8 +194,11 @@ def test_cli_bad_input_is_one_line_exit_1(stats_path, tmp_path, monkeypatch, cap
         error_lines = [line for line in err.splitlines() if "error:" in line]
         assert len(error_lines) == 1 and message in error_lines[0]
     assert not (tmp_path / "out").exists()
-    code, err = run_cli([*base, "--variant", "magnitude", "--set", f"supernet.out={tmp_path / 'out' / 'magnitude'}"],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        [*base, "--variant", "magnitude", "--set", f"supernet.out={tmp_path / 'out' / 'magnitude'}"],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0 and (tmp_path / "out" / "magnitude" / "supernet.pt").is_file()
 
 
@@ -166,7 +207,18 @@ def test_installed_entry_point_refuses_other_checkpoint_stats(stats_path, tmp_pa
     params = write_params(tmp_path, stats_path)
     fake = tmp_path / "sam_tiny.pth"
     torch.save(build_model(TINY).model.state_dict(), fake)
-    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "supersam"), "build-supernet", "--params", str(params),
-                           "--set", f"model.checkpoint={fake}"], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "supersam"),
+            "build-supernet",
+            "--params",
+            str(params),
+            "--set",
+            f"model.checkpoint={fake}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "are for checkpoint <random init>, but the model has" in proc.stderr and "Traceback" not in proc.stderr

@@ -25,12 +25,18 @@ from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
 from supersam.data.imaging import to_uint8
 from supersam.data.prepare import preprocess_image
 from supersam.data.types import Sample
-from supersam.errors import DataError
+from supersam.runtime.errors import DataError
 
 
 def coco_cfg(shared: Path, **kw) -> DataConfig:
-    base = DataConfig(kind="coco", root=str(shared / "tiny_coco"), images="val2017",
-                      labels="annotations/instances_val2017.json", prompt="point", min_area=0)
+    base = DataConfig(
+        kind="coco",
+        root=str(shared / "tiny_coco"),
+        images="val2017",
+        labels="annotations/instances_val2017.json",
+        prompt="point",
+        min_area=0,
+    )
     return replace(base, **kw)
 
 
@@ -39,8 +45,9 @@ def isbi_cfg(shared: Path, **kw) -> DataConfig:
 
 
 def dsb_cfg(shared: Path, **kw) -> DataConfig:
-    base = DataConfig(root=str(shared / "dsb2018_nuclei"), images="img2d.tif", labels="mask2d.tif",
-                      label_mode="instance", min_area=0)
+    base = DataConfig(
+        root=str(shared / "dsb2018_nuclei"), images="img2d.tif", labels="mask2d.tif", label_mode="instance", min_area=0
+    )
     return replace(base, **kw)
 
 
@@ -137,8 +144,13 @@ def test_split_deterministic_and_disjoint(shared_data):
 
 
 def test_separate_val_source(shared_data):
-    cfg = coco_cfg(shared_data, images="train2017", labels="annotations/instances_train2017.json",
-                   val_images="val2017", val_labels="annotations/instances_val2017.json")
+    cfg = coco_cfg(
+        shared_data,
+        images="train2017",
+        labels="annotations/instances_train2017.json",
+        val_images="val2017",
+        val_labels="annotations/instances_val2017.json",
+    )
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
     assert len(val) == 48 and len(train) == 49 and len(load_split(cfg, "all")) == 97
 
@@ -188,7 +200,7 @@ def test_box_prompts_contain_masks_with_bounded_padding(shared_data):
 def test_object_cap_repeats_and_subsets():
     masks = np.zeros((3, 10, 12), bool)
     for i in range(3):
-        masks[i, i * 3:i * 3 + 2, i:i + 4] = True
+        masks[i, i * 3 : i * 3 + 2, i : i + 4] = True
     few = Sample(np.zeros((10, 12, 3), np.uint8), masks, "few")
     inp = prepare_sample(few, 32, "point", 8, 0, np.random.default_rng(0))
     got = inp.gt_masks.numpy()
@@ -222,11 +234,12 @@ def test_multipage_tiff_stack(tmp_path):
     labels = np.zeros((4, 40, 60), np.uint8)
     for page in range(4):
         for k in range(page + 1):  # page p holds p + 1 separate blobs
-            labels[page, 5:15, 2 + 12 * k:10 + 12 * k] = 255
+            labels[page, 5:15, 2 + 12 * k : 10 + 12 * k] = 255
     tifffile.imwrite(tmp_path / "training.tif", images, photometric="minisblack")
     tifffile.imwrite(tmp_path / "training_groundtruth.tif", labels, photometric="minisblack")
-    cfg = DataConfig(root=str(tmp_path), images="training.tif", labels="training_groundtruth.tif",
-                     label_mode="binary", min_area=50)
+    cfg = DataConfig(
+        root=str(tmp_path), images="training.tif", labels="training_groundtruth.tif", label_mode="binary", min_area=50
+    )
     ds = load_split(cfg, "all")
     assert ds.names == [f"training.tif:p{p}" for p in range(4)] and ds.object_counts == [1, 2, 3, 4]
     sample = ds[2]
@@ -241,8 +254,10 @@ def test_sa1b_reader(shared_data, tmp_path, caplog):
     masks = np.stack([comp == k for k in range(1, n + 1)])
     big = masks[masks.sum((1, 2)) >= 100]
     rles = mask_utils.encode(np.asfortranarray(np.moveaxis(masks, 0, -1).astype(np.uint8)))
-    anns = [{"id": i, "segmentation": {"size": r["size"], "counts": r["counts"].decode()},
-             "area": int(mask_utils.area(r))} for i, r in enumerate(rles)]
+    anns = [
+        {"id": i, "segmentation": {"size": r["size"], "counts": r["counts"].decode()}, "area": int(mask_utils.area(r))}
+        for i, r in enumerate(rles)
+    ]
     Image.fromarray(image).convert("RGB").save(tmp_path / "sa_1.jpg", quality=95)
     (tmp_path / "sa_1.json").write_text(json.dumps({"image": {"file_name": "sa_1.jpg"}, "annotations": anns}))
     Image.fromarray(image).convert("RGB").save(tmp_path / "sa_2.jpg")  # no json: skipped, logged
@@ -289,7 +304,9 @@ def test_coco_missing_image_file_skipped_and_logged(shared_data, tmp_path, caplo
     src = json.loads((shared_data / "tiny_coco/annotations/instances_val2017.json").read_text())
     first, second = src["images"][:2]
     (tmp_path / "img").mkdir()
-    (tmp_path / "img" / first["file_name"]).write_bytes((shared_data / "tiny_coco/val2017" / first["file_name"]).read_bytes())
+    (tmp_path / "img" / first["file_name"]).write_bytes(
+        (shared_data / "tiny_coco/val2017" / first["file_name"]).read_bytes()
+    )
     anns = [a for a in src["annotations"] if a["image_id"] in (first["id"], second["id"])]
     orphan = dict(anns[0], id=-1, image_id=-5)
     sub = {"images": [first, second], "annotations": anns + [orphan], "categories": src["categories"]}
@@ -297,7 +314,10 @@ def test_coco_missing_image_file_skipped_and_logged(shared_data, tmp_path, caplo
     with caplog.at_level(logging.WARNING):
         ds = load_split(DataConfig(kind="coco", root=str(tmp_path), images="img", labels="ann.json", min_area=0), "all")
     assert ds.names == [first["file_name"]]
-    assert f"skipped 1 image whose file is missing (annotated but not in the image folder): {second['file_name']}" in caplog.text
+    assert (
+        f"skipped 1 image whose file is missing (annotated but not in the image folder): {second['file_name']}"
+        in caplog.text
+    )
     assert "ignored 1 annotations whose image_id is not in the JSON's images (ids -1)" in caplog.text
 
 
@@ -324,7 +344,7 @@ def _tight(masks: np.ndarray) -> np.ndarray:
 
 def test_box_pad_fixed_random_and_invalid(shared_data):
     from supersam.data.config import parse_box_pad
-    from supersam.errors import ConfigError
+    from supersam.runtime.errors import ConfigError
 
     assert parse_box_pad(0) == (0, 0) and parse_box_pad("5") == (5, 5) and parse_box_pad("0-20") == (0, 20)
     for bad in ("-3", "20-0", "a", "1-2-3", "0.5", True):
@@ -355,12 +375,14 @@ def _voc_fixture(root: Path) -> dict:
     (root / "label").mkdir()
     rng = np.random.default_rng(0)
     truth = {}
-    for name, boxes in (("a", {1: (10, 30, 10, 40), 2: (10, 30, 40, 70), 7: (50, 70, 15, 35)}),
-                        ("b", {3: (5, 60, 5, 25)})):
+    for name, boxes in (
+        ("a", {1: (10, 30, 10, 40), 2: (10, 30, 40, 70), 7: (50, 70, 15, 35)}),
+        ("b", {3: (5, 60, 5, 25)}),
+    ):
         label = np.zeros((80, 90), np.uint8)
         masks = {}
-        for k, (y0, y1, x0, x1) in boxes.items():
-            label[y0 - 2:y1 + 2, x0 - 2:x1 + 2] = 255  # void band around every object
+        for y0, y1, x0, x1 in boxes.values():
+            label[y0 - 2 : y1 + 2, x0 - 2 : x1 + 2] = 255  # void band around every object
         for k, (y0, y1, x0, x1) in boxes.items():
             label[y0:y1, x0:x1] = k
             masks[k] = label == k
@@ -387,8 +409,11 @@ def test_instance_labels_with_void_border(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         binary = load_split(replace(cfg, label_mode="binary"), "all")
     assert binary.object_counts == [2, 1]
-    assert "label_mode binary merged touching regions of different label values into one object in 1 image (a.jpg)" \
-        in caplog.text and "--label-mode instance" in caplog.text
+    assert (
+        "label_mode binary merged touching regions of different label values into one object in 1 image (a.jpg)"
+        in caplog.text
+        and "--label-mode instance" in caplog.text
+    )
     # semantic: each class value's components; the classes are the values
     sem = load_split(replace(cfg, label_mode="semantic"), "all")[0]
     assert sem.categories.tolist() == [1, 2, 7] and len(sem.masks) == 3
@@ -398,7 +423,7 @@ def test_semantic_components_of_each_class(tmp_path):
     (tmp_path / "image").mkdir()
     (tmp_path / "label").mkdir()
     label = np.zeros((40, 40), np.uint8)
-    label[2:10, 2:10] = 5   # class 5, component 1
+    label[2:10, 2:10] = 5  # class 5, component 1
     label[20:30, 2:10] = 5  # class 5, component 2
     label[2:10, 10:20] = 9  # class 9 touching class 5's first component
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "image" / "s.png")

@@ -18,15 +18,15 @@ from PIL import Image
 from segment_anything.modeling import ImageEncoderViT, Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from supersam.data.types import ModelInput
-from supersam.device import autocast
-from supersam.elastic import ElasticMLP, SuperSam
-from supersam.errors import ConfigError
 from supersam.data.prepare import preprocess_image
-from supersam.metrics import dice_loss
-from supersam.inference import decode_masks, embed_prompts, encode_images, segment
-from supersam.sam import build_sam_model, count_params
-from supersam.space import SearchSpace, SubnetConfig
+from supersam.data.types import ModelInput
+from supersam.measure.inference import decode_masks, embed_prompts, encode_images, segment
+from supersam.measure.metrics import dice_loss
+from supersam.model.elastic import ElasticMLP, SuperSam
+from supersam.model.sam import build_sam_model, count_params
+from supersam.model.space import SearchSpace, SubnetConfig
+from supersam.runtime.device import autocast
+from supersam.runtime.errors import ConfigError
 
 TINY = SearchSpace.for_arch("tiny")
 MIXED = SubnetConfig.from_mlp_dims([256, 0, 128, 64, 256, 0, 85, 192, 64, 0, 128, 256])
@@ -61,8 +61,10 @@ def real_inputs(shared_data, size: int) -> list[ModelInput]:
     bboxes = [a["bbox"] for a in ann["annotations"] if a["image_id"] == image_info["id"]][:2]
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in bboxes])
     coco_masks = np.zeros((2, *coco.shape[:2]), bool)
-    return [_to_input(nuclei, size, masks, points=points, name="nuclei"),
-            _to_input(coco, size, coco_masks, boxes=boxes, name=image_info["file_name"])]
+    return [
+        _to_input(nuclei, size, masks, points=points, name="nuclei"),
+        _to_input(coco, size, coco_masks, boxes=boxes, name=image_info["file_name"]),
+    ]
 
 
 def tiny_sam(device: torch.device) -> Sam:
@@ -84,8 +86,9 @@ def _outputs(model, inputs, device):
     moved = [inp.to(device) for inp in inputs]
     with torch.no_grad():
         emb = encode_images(model, moved)
-        return emb, [decode_masks(model, emb[i : i + 1], embed_prompts(model, inp), inp, True)
-                     for i, inp in enumerate(moved)]
+        return emb, [
+            decode_masks(model, emb[i : i + 1], embed_prompts(model, inp), inp, True) for i, inp in enumerate(moved)
+        ]
 
 
 def _assert_same(a, b, atol):
@@ -127,7 +130,8 @@ def test_elastic_matches_exported_for_min_max_and_20_random(device, inputs):
         assert type(sub) is Sam and type(sub.image_encoder) is ImageEncoderViT
         assert [blk.mlp.lin1.out_features for blk in blocks] == [cfg.mlp_dims[i] for i in cfg.kept_layers]
         assert [j for j, blk in enumerate(blocks) if blk.window_size == 0] == [
-            j for j, i in enumerate(cfg.kept_layers) if i in (2, 5, 8, 11)]
+            j for j, i in enumerate(cfg.kept_layers) if i in (2, 5, 8, 11)
+        ]
         _assert_same(_outputs(supernet.sam, inputs, device), _outputs(sub, inputs, device), atol=1e-5)
 
 
@@ -166,7 +170,7 @@ def test_gradients_land_in_shared_weights_only_inside_the_active_mlp_dims(device
 
 
 def test_bf16_autocast_forward_and_backward(device, inputs, monkeypatch):
-    monkeypatch.setattr("supersam.device.native_bf16", lambda device: True)  # the bf16 path on any CPU
+    monkeypatch.setattr("supersam.runtime.device.native_bf16", lambda device: True)  # the bf16 path on any CPU
     supernet = SuperSam(tiny_sam(device), TINY)
     supernet.set_active_subnet(MIXED)
     images = torch.stack([inp.image for inp in inputs]).to(device)
@@ -219,10 +223,12 @@ def test_active_subnet_is_an_independent_copy(device):
 
 
 def test_autocast_runs_float32_where_bf16_is_emulated(tmp_path, monkeypatch):
-    from supersam import device as dev
+    from supersam.runtime import device as dev
 
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu sse avx2 avx512f\n")
+    info.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu sse avx2 avx512f\n"
+    )
     assert dev.cpu_flags(str(info)) == {"fpu", "sse", "avx2", "avx512f"}
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
     assert dev.cpu_flags.__wrapped__(str(info)) >= {"avx512_bf16"}

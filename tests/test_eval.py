@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from supersam.baselines import collapse_check
 from supersam.cli.main import app
+from supersam.measure.baselines import collapse_check
 
 KINDS = ("box", "point")
 
@@ -25,8 +25,14 @@ def _check_kind_metrics(metrics: dict, kinds) -> None:
     """The per-prompt-kind keys: mIoUs and fractions in [0, 1], baselines, collapse flag consistent."""
     shaped = {"box": "box_fill", "point": "disk"}
     for kind in kinds:
-        for key in ("miou", "miou_oracle", "fg_fraction", "baseline_all_foreground", "baseline_untrained",
-                    f"baseline_{shaped[kind]}"):
+        for key in (
+            "miou",
+            "miou_oracle",
+            "fg_fraction",
+            "baseline_all_foreground",
+            "baseline_untrained",
+            f"baseline_{shaped[kind]}",
+        ):
             assert 0.0 <= metrics[f"{key}_{kind}"] <= 1.0, key
         trivial = {name: metrics[f"baseline_{name}_{kind}"] for name in ("all_foreground", shaped[kind])}
         expected, _ = collapse_check(metrics[f"miou_{kind}"], metrics[f"fg_fraction_{kind}"], trivial)
@@ -39,11 +45,39 @@ def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, s
     out = tmp_path / "eval"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = [
-        "eval", "--params", _empty_params(tmp_path), "--set", "model.type=tiny", "--set", "model.img_size=128",
-        "--set", "data.kind=image_label", "--data-root", str(shared_data / "dsb2018_nuclei"),
-        "--set", "data.images=img2d.tif", "--set", "data.labels=mask2d.tif", "--set", "data.label_mode=instance",
-        "--set", "data.min_area=0", "--set", "data.max_objects=0", "--split", "all", "--set", "eval.prompt=box",
-        "--out", str(out), "--set", "eval.overlays=1", "--set", f"mlflow.tracking_uri={uri}", "--set", "eval.device=cpu",
+        "eval",
+        "--params",
+        _empty_params(tmp_path),
+        "--set",
+        "model.type=tiny",
+        "--set",
+        "model.img_size=128",
+        "--set",
+        "data.kind=image_label",
+        "--data-root",
+        str(shared_data / "dsb2018_nuclei"),
+        "--set",
+        "data.images=img2d.tif",
+        "--set",
+        "data.labels=mask2d.tif",
+        "--set",
+        "data.label_mode=instance",
+        "--set",
+        "data.min_area=0",
+        "--set",
+        "data.max_objects=0",
+        "--split",
+        "all",
+        "--set",
+        "eval.prompt=box",
+        "--out",
+        str(out),
+        "--set",
+        "eval.overlays=1",
+        "--set",
+        f"mlflow.tracking_uri={uri}",
+        "--set",
+        "eval.device=cpu",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -76,8 +110,14 @@ def test_eval_dsb2018_box_prompts_writes_metrics_overlays_and_mlflow(tmp_path, s
     assert run.data.tags["stage"] == "eval" and run.data.tags["pretrained"] == "false"
     assert abs(run.data.metrics["miou"] - metrics["miou"]) < 1e-12
     assert run.data.metrics["n_objects"] == 125
-    for key in ("miou_point", "fg_fraction_box", "baseline_box_fill_box", "baseline_disk_point",
-                "baseline_untrained_point", "baseline_all_foreground_box"):
+    for key in (
+        "miou_point",
+        "fg_fraction_box",
+        "baseline_box_fill_box",
+        "baseline_disk_point",
+        "baseline_untrained_point",
+        "baseline_all_foreground_box",
+    ):
         assert run.data.metrics[key] == pytest.approx(metrics[key], abs=1e-12), key
     assert run.data.metrics["collapsed_box"] == float(metrics["collapsed_box"])
     assert run.data.params["split"] == "all" and run.data.params["prompts"] == "box,point"
@@ -88,11 +128,35 @@ def test_eval_is_deterministic_for_the_same_seed(tmp_path, shared_data):
     # split test (here the held-out 20 % of the EM slices; --data-root alone would mean all); only point prompts
     params = _empty_params(tmp_path, "data:\n  test_fraction: 0.2\n")
     base = [
-        "eval", "--params", params, "--set", "model.type=tiny", "--split", "test",
-        "--set", "data.kind=image_label", "--data-root", str(shared_data / "isbi2012_em"),
-        "--set", "data.images=image", "--set", "data.labels=label", "--set", "data.label_mode=binary",
-        "--set", "eval.n_images=2", "--set", "eval.prompt=point", "--set", "eval.prompts=[point]",
-        "--set", "eval.overlays=0", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db", "--set", "eval.device=cpu",
+        "eval",
+        "--params",
+        params,
+        "--set",
+        "model.type=tiny",
+        "--split",
+        "test",
+        "--set",
+        "data.kind=image_label",
+        "--data-root",
+        str(shared_data / "isbi2012_em"),
+        "--set",
+        "data.images=image",
+        "--set",
+        "data.labels=label",
+        "--set",
+        "data.label_mode=binary",
+        "--set",
+        "eval.n_images=2",
+        "--set",
+        "eval.prompt=point",
+        "--set",
+        "eval.prompts=[point]",
+        "--set",
+        "eval.overlays=0",
+        "--set",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db",
+        "--set",
+        "eval.device=cpu",
     ]
     runs = []
     for name in ("a", "b"):
@@ -108,8 +172,8 @@ def test_eval_is_deterministic_for_the_same_seed(tmp_path, shared_data):
 def test_run_eval_with_other_prompts_matches_separate_runs(shared_data):
     """``also`` decodes other prompt sets from the same embeddings: same numbers as their own run."""
     from supersam.data import DataConfig, prepare_split
-    from supersam.scoring import run_eval
-    from supersam.sam import build_sam
+    from supersam.measure.scoring import run_eval
+    from supersam.model.sam import build_sam
 
     data = DataConfig(root=str(shared_data / "isbi2012_em"), max_objects=4, point="center")
     model = build_sam("tiny", 128, None, seed=0).model
@@ -128,8 +192,8 @@ def test_run_eval_with_other_prompts_matches_separate_runs(shared_data):
 def test_eval_rejects_conflicting_or_bad_options(tmp_path):
     import pytest
 
-    from supersam.errors import ConfigError
-    from supersam.eval import EvalConfig
+    from supersam.runtime.errors import ConfigError
+    from supersam.stages.eval import EvalConfig
 
     for bad, message in (
         (EvalConfig(subnet='{"kept_layers": [0]}'), "--subnet needs --supernet"),
@@ -154,11 +218,26 @@ def test_eval_rejects_conflicting_or_bad_options(tmp_path):
 
 # -- a user's own data (issue 13) ------------------------------------------------------------------
 
+
 def _user_eval(tmp_path, model_dir, data_root, *extra):
     """`supersam eval --model M --data-root D ... --out OUT` in-process, MLflow off; returns (OUT, metrics)."""
     out = tmp_path / "out"
-    args = ["eval", "--params", _empty_params(tmp_path), "--model", str(model_dir), "--data-root", str(data_root),
-            "--set", "mlflow.enabled=false", "--set", "eval.device=cpu", "--out", str(out), *extra]
+    args = [
+        "eval",
+        "--params",
+        _empty_params(tmp_path),
+        "--model",
+        str(model_dir),
+        "--data-root",
+        str(data_root),
+        "--set",
+        "mlflow.enabled=false",
+        "--set",
+        "eval.device=cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out, json.loads((out / "metrics.json").read_text())
@@ -175,19 +254,36 @@ def test_eval_voc_style_folder_every_instance_once_and_reproducible(tmp_path, sh
     """The issue's done-when on real tiny-COCO images turned into VOC-style instance labels (255 void bands)."""
     import numpy as np
     import pycocotools.mask as mask_utils
+    from conftest import make_voc_folder
     from PIL import Image
     from segment_anything import SamPredictor
 
     import supersam
-    from conftest import make_voc_folder
 
     data = tmp_path / "voc"
     truth = make_voc_folder(shared_data, data, n_images=2)
-    out, metrics = _user_eval(tmp_path, tiny_export, data, "--label-mode", "instance", "--ignore-label", "255",
-                              "--max-objects", "0", "--patch", "0", "--box-pad", "0", "--split", "all")
+    out, metrics = _user_eval(
+        tmp_path,
+        tiny_export,
+        data,
+        "--label-mode",
+        "instance",
+        "--ignore-label",
+        "255",
+        "--max-objects",
+        "0",
+        "--patch",
+        "0",
+        "--box-pad",
+        "0",
+        "--split",
+        "all",
+    )
     assert metrics["split"] == "all" and metrics["n_images"] == 2
     assert metrics["n_objects"] == sum(len(t["ids"]) for t in truth.values())
-    assert metrics["data"]["patch"] == 0 and metrics["data"]["box_pad"] == "0" and metrics["data"]["ignore_label"] == 255
+    assert (
+        metrics["data"]["patch"] == 0 and metrics["data"]["box_pad"] == "0" and metrics["data"]["ignore_label"] == 255
+    )
     assert metrics["pixel_mean"] == [100.0, 110.0, 120.0]  # the model's config, not SAM's
     rows = _rows(out)
     for kind in ("box", "point"):
@@ -215,8 +311,9 @@ def test_eval_voc_style_folder_every_instance_once_and_reproducible(tmp_path, sh
             else:
                 point = np.array([[float(r["point_x"]), float(r["point_y"])]])
                 assert gt[int(point[0, 1]), int(point[0, 0])]
-                masks, scores, _ = predictor.predict(point_coords=point, point_labels=np.array([1]),
-                                                     multimask_output=False)
+                masks, scores, _ = predictor.predict(
+                    point_coords=point, point_labels=np.array([1]), multimask_output=False
+                )
             pred = masks[0] & ~void
             union = (pred | gt).sum()
             assert float(r["iou"]) == pytest.approx((pred & gt).sum() / union if union else 1.0, abs=1e-6)
@@ -225,7 +322,9 @@ def test_eval_voc_style_folder_every_instance_once_and_reproducible(tmp_path, sh
         for kind in ("box", "point"):
             entries = [e for e in results[kind] if e["file_name"] == f"{stem}.jpg"]
             assert [e["object_id"] for e in entries] == [int(r["object_id"]) for r in mine if r["prompt"] == kind]
-            first = mask_utils.decode({**entries[0]["segmentation"], "counts": entries[0]["segmentation"]["counts"].encode()})
+            first = mask_utils.decode(
+                {**entries[0]["segmentation"], "counts": entries[0]["segmentation"]["counts"].encode()}
+            )
             assert first.shape == t["label"].shape
         overlay = Image.open(out / "overlays" / f"{stem}.png")
         assert overlay.size == (2 * image.shape[1], image.shape[0])  # GT | prediction, each at the image's size
@@ -244,22 +343,34 @@ def test_eval_hand_made_void_fixture_counts_and_ignores_void(tmp_path, tiny_expo
     label = np.zeros((64, 96), np.uint8)
     rects = {3: (8, 28, 8, 38), 9: (36, 56, 50, 90)}  # id: y0, y1, x0, x1 (end exclusive); 20x30 and 20x40
     for k, (y0, y1, x0, x1) in rects.items():
-        label[y0 - 2:y1 + 2, x0 - 2:x1 + 2] = 255
+        label[y0 - 2 : y1 + 2, x0 - 2 : x1 + 2] = 255
         label[y0:y1, x0:x1] = k
     Image.fromarray(np.full((64, 96, 3), 90, np.uint8)).save(data / "image" / "r.png")
     Image.fromarray(label).save(data / "label" / "r.png")
-    _, ignored = _user_eval(tmp_path, tiny_export, data, "--label-mode", "instance", "--ignore-label", "255",
-                            "--box-pad", "2", "--set", "eval.prompts=[box]")
+    _, ignored = _user_eval(
+        tmp_path,
+        tiny_export,
+        data,
+        "--label-mode",
+        "instance",
+        "--ignore-label",
+        "255",
+        "--box-pad",
+        "2",
+        "--set",
+        "eval.prompts=[box]",
+    )
     assert ignored["n_objects"] == 2 and ignored["baseline_box_fill_box"] == 1.0
     # the same boxes without an ignore value: void counts as background (and 255 is an instance of its own)
-    out, counted = _user_eval(tmp_path, tiny_export, data, "--label-mode", "instance", "--box-pad", "2",
-                              "--set", "eval.prompts=[box]")
+    out, counted = _user_eval(
+        tmp_path, tiny_export, data, "--label-mode", "instance", "--box-pad", "2", "--set", "eval.prompts=[box]"
+    )
     assert counted["n_objects"] == 3
     expected = [600 / (24 * 34), 800 / (24 * 44)]
     areas = {int(r["object_id"]): int(r["area"]) for r in _rows(out)}
     assert areas[3] == 600 and areas[9] == 800 and 255 in areas
-    from supersam.baselines import baseline_ious
     from supersam.data import DataConfig, prepare_split
+    from supersam.measure.baselines import baseline_ious
 
     cfg = DataConfig(root=str(data), label_mode="instance", min_area=0, max_objects=0, box_pad="2")
     fills = baseline_ious(prepare_split(cfg, "all", 128, prompt="box"))["box_fill"].tolist()
@@ -268,12 +379,17 @@ def test_eval_hand_made_void_fixture_counts_and_ignores_void(tmp_path, tiny_expo
 
 def test_eval_user_folder_defaults_and_pipeline_settings(tmp_path, shared_data, monkeypatch):
     """--data-root switches to the user-folder defaults; flags and --set override them; without it params rule."""
-    import supersam.eval as eval_stage
+    import supersam.stages.eval as eval_stage
 
     seen = {}
-    monkeypatch.setattr(eval_stage, "evaluate", lambda cfg, model, data, tracking, force=False: seen.update(cfg=cfg, data=data))
-    params = _empty_params(tmp_path, "data:\n  patch: 256\n  max_objects: 8\n  box_pad: 0-20\n  min_area: 100\n"
-                                     "  label_mode: binary\neval:\n  split: test\n")
+    monkeypatch.setattr(
+        eval_stage, "evaluate", lambda cfg, model, data, tracking, force=False: seen.update(cfg=cfg, data=data)
+    )
+    params = _empty_params(
+        tmp_path,
+        "data:\n  patch: 256\n  max_objects: 8\n  box_pad: 0-20\n  min_area: 100\n"
+        "  label_mode: binary\neval:\n  split: test\n",
+    )
     runner = CliRunner()
     assert runner.invoke(app, ["eval", "-p", params]).exit_code == 0
     d = seen["data"]
@@ -281,23 +397,73 @@ def test_eval_user_folder_defaults_and_pipeline_settings(tmp_path, shared_data, 
     assert runner.invoke(app, ["eval", "-p", params, "--data-root", "/my/data"]).exit_code == 0
     d = seen["data"]
     assert (d.root, d.patch, d.max_objects, d.box_pad, d.min_area, d.label_mode, seen["cfg"].split) == (
-        "/my/data", 0, 0, "0", 0, "binary", "all")
-    result = runner.invoke(app, ["eval", "-p", params, "--data-root", "/my/data", "--set", "data.patch=64",
-                                 "--box-pad", "0-20", "--max-objects", "3", "--split", "val", "--label-mode", "semantic",
-                                 "--ignore-label", "255", "--images", "JPEGImages", "--labels", "SegmentationObject"])
+        "/my/data",
+        0,
+        0,
+        "0",
+        0,
+        "binary",
+        "all",
+    )
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "-p",
+            params,
+            "--data-root",
+            "/my/data",
+            "--set",
+            "data.patch=64",
+            "--box-pad",
+            "0-20",
+            "--max-objects",
+            "3",
+            "--split",
+            "val",
+            "--label-mode",
+            "semantic",
+            "--ignore-label",
+            "255",
+            "--images",
+            "JPEGImages",
+            "--labels",
+            "SegmentationObject",
+        ],
+    )
     assert result.exit_code == 0
     d = seen["data"]
     assert (d.patch, d.box_pad, d.max_objects, seen["cfg"].split, d.label_mode, d.ignore_label, d.images, d.labels) == (
-        64, "0-20", 3, "val", "semantic", 255, "JPEGImages", "SegmentationObject")
+        64,
+        "0-20",
+        3,
+        "val",
+        "semantic",
+        255,
+        "JPEGImages",
+        "SegmentationObject",
+    )
 
 
 def test_eval_tiled_real_em_names_overlays_by_tile_origin(tmp_path, shared_data, tiny_export):
     import numpy as np
     from PIL import Image
 
-    out, metrics = _user_eval(tmp_path, tiny_export, shared_data / "isbi2012_em", "--patch", "256",
-                              "--set", "eval.n_images=1", "--set", "eval.prompts=[point]", "--set", "eval.prompt=point",
-                              "--overlays", "1")
+    out, metrics = _user_eval(
+        tmp_path,
+        tiny_export,
+        shared_data / "isbi2012_em",
+        "--patch",
+        "256",
+        "--set",
+        "eval.n_images=1",
+        "--set",
+        "eval.prompts=[point]",
+        "--set",
+        "eval.prompt=point",
+        "--overlays",
+        "1",
+    )
     rows = _rows(out)
     (tile,) = {(r["image"], int(r["tile_y0"]), int(r["tile_x0"])) for r in rows}
     assert metrics["data"]["label_mode"] == "binary" and metrics["n_objects"] == len(rows)
@@ -309,12 +475,25 @@ def test_eval_tiled_real_em_names_overlays_by_tile_origin(tmp_path, shared_data,
 
 
 def test_eval_bad_data_options_are_one_line_errors(tmp_path):
-    from supersam.errors import ConfigError
+    from supersam.runtime.errors import ConfigError
 
-    for args, message in ((["--box-pad", "x"], "data.box_pad is 'x'; use N (fixed"),
-                          (["--label-mode", "blobs"], "data.label_mode is 'blobs'"),
-                          (["--ignore-label", "-3"], "data.ignore_label is -3")):
-        result = CliRunner().invoke(app, ["eval", "--params", _empty_params(tmp_path), "--data-root", str(tmp_path),
-                                          "--set", "mlflow.enabled=false", *args])
+    for args, message in (
+        (["--box-pad", "x"], "data.box_pad is 'x'; use N (fixed"),
+        (["--label-mode", "blobs"], "data.label_mode is 'blobs'"),
+        (["--ignore-label", "-3"], "data.ignore_label is -3"),
+    ):
+        result = CliRunner().invoke(
+            app,
+            [
+                "eval",
+                "--params",
+                _empty_params(tmp_path),
+                "--data-root",
+                str(tmp_path),
+                "--set",
+                "mlflow.enabled=false",
+                *args,
+            ],
+        )
         assert result.exit_code != 0 and isinstance(result.exception, ConfigError), result.output
         assert message in str(result.exception)

@@ -24,15 +24,14 @@ from segment_anything.modeling import Sam
 from typer.testing import CliRunner
 
 import supersam
-from supersam.artifacts import SupernetMeta
-from supersam.checkpoint import load_supernet, save_supernet
+from supersam.artifacts.records import SupernetMeta
 from supersam.cli.main import app
-from supersam.elastic import SuperSam
-from supersam.errors import CheckpointError, ConfigError
-from supersam.checkpoint import load_model, read_export_manifest
-from supersam.export import ExportConfig, export, export_subnet
-from supersam.sam import build_sam, build_sam_model, count_params
-from supersam.space import SearchSpace, SubnetConfig, subnet_macs, subnet_params
+from supersam.model.checkpoint import load_model, load_supernet, read_export_manifest, save_supernet
+from supersam.model.elastic import SuperSam
+from supersam.model.sam import build_sam, build_sam_model, count_params
+from supersam.model.space import SearchSpace, SubnetConfig, subnet_macs, subnet_params
+from supersam.runtime.errors import CheckpointError, ConfigError
+from supersam.stages.export import ExportConfig, export, export_subnet
 
 TINY = SearchSpace.for_arch("tiny")
 VIT_B = SearchSpace.for_arch("vit_b")
@@ -89,8 +88,12 @@ def test_checkpoint_errors_are_one_line(tmp_path, supernet_file):
     truncated.write_bytes(path.read_bytes()[:5000])
     plain = tmp_path / "plain.pt"
     torch.save(build_sam_model("tiny", 128).state_dict(), plain)
-    cases = [(tmp_path / "missing.pt", "does not exist"), (corrupt, "cannot be read"),
-             (truncated, "cannot be read"), (plain, "is not a supersam supernet checkpoint")]
+    cases = [
+        (tmp_path / "missing.pt", "does not exist"),
+        (corrupt, "cannot be read"),
+        (truncated, "cannot be read"),
+        (plain, "is not a supersam supernet checkpoint"),
+    ]
     for bad, match in cases:
         with pytest.raises(CheckpointError, match=match) as err:
             load_supernet(bad)
@@ -202,7 +205,10 @@ def test_cli_bad_subnet_json_is_one_line_exit_1(supernet_file, tmp_path):
     path, _ = supernet_file
     proc = subprocess.run(
         [str(SUPERSAM_BIN), "export", "--supernet", str(path), "--subnet", '{"kept_layers": [0,', "--out", "m"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -215,14 +221,18 @@ def test_cli_reads_params_yaml_and_flags_override(supernet_file, tmp_path):
     params = tmp_path / "params.yaml"
     subnet_file = MIXED.save(tmp_path / "best_subnet.json")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    params.write_text(f"export:\n  supernet: {path}\n  subnet: {subnet_file}\n  out: {tmp_path / 'from_params'}\n"
-                      f"mlflow:\n  tracking_uri: {uri}\n")
+    params.write_text(
+        f"export:\n  supernet: {path}\n  subnet: {subnet_file}\n  out: {tmp_path / 'from_params'}\n"
+        f"mlflow:\n  tracking_uri: {uri}\n"
+    )
     runner = CliRunner()
     result = runner.invoke(app, ["export", "--params", str(params)])
     assert result.exit_code == 0, result.output
     config = read_export_manifest(tmp_path / "from_params")
     assert config.subnet == MIXED.to_dict()
-    run = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("supersam").experiment_id])[0]
+    run = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("supersam").experiment_id]
+    )[0]
     assert run.data.tags["stage"] == "export" and run.data.tags["variant"] == "none"
     assert run.data.metrics["params"] == config.params and run.data.tags["pretrained"] == "false"
     bad = json.dumps({"kept_layers": list(range(1, 12)), "mlp_dims": [0] + [256] * 11})
@@ -252,7 +262,7 @@ def test_interrupted_format_export_leaves_the_previous_export_untouched(supernet
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr("supersam.onnx_export.export_onnx", interrupted)
+        patch.setattr("supersam.model.onnx.export_onnx", interrupted)
         with pytest.raises(KeyboardInterrupt):
             _export(path, TINY.min_subnet(), out, "onnx")
     assert _files(out) == before  # neither the new weights nor a half onnx/: the previous export, whole
@@ -283,7 +293,7 @@ def test_formats_add_up_for_the_same_weights_and_are_dropped_for_others(supernet
         assert {"hf/model.safetensors", "hf/config.json"} <= set(both)
         modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
         assert set(modes.values()) == {0o644}, modes  # model.safetensors too (safetensors writes 0600)
-        with caplog.at_level(logging.INFO, logger="supersam.export"):
+        with caplog.at_level(logging.INFO, logger="supersam.stages.export"):
             _export(path, uniform, out, "pt")  # the same subnet again: byte-identical, formats kept
             assert _files(out) == both
             assert "other weights" not in caplog.text
@@ -301,8 +311,12 @@ def test_a_failed_format_leaves_the_previous_export_untouched(supernet_file, tmp
     out = tmp_path / "model"
     export_subnet(path, MIXED, out)
     before = _files(out)
-    monkeypatch.setattr("supersam.hf_checkpoint.hf_config", lambda sam: (_ for _ in ()).throw(
-        ConfigError("export --format hf needs the safetensors package; pip install safetensors")))
+    monkeypatch.setattr(
+        "supersam.model.hf.hf_config",
+        lambda sam: (_ for _ in ()).throw(
+            ConfigError("export --format hf needs the safetensors package; pip install safetensors")
+        ),
+    )
     with pytest.raises(ConfigError, match="safetensors"):
         _export(path, TINY.max_subnet(), out, "hf")
     assert _files(out) == before and [p.name for p in tmp_path.iterdir()] == ["model"]

@@ -22,9 +22,8 @@ import pytest
 import tifffile
 import torch
 import yaml
-from PIL import Image
-
 from conftest import run_cli
+from PIL import Image
 from test_faults import _supernet, assert_one_line, snapshot
 
 TINY_MLP_DIMS = (64, 128, 256)
@@ -34,13 +33,16 @@ EM_IMAGE = "image/0.png"
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, shared_data) -> Path:
     """A tiny exported subnet, its supernet, a params.yaml for one-image CPU runs and a finished eval."""
-    from supersam.export import export_subnet
-    from supersam.space import SearchSpace
+    from supersam.model.space import SearchSpace
+    from supersam.stages.export import export_subnet
 
     root = tmp_path_factory.mktemp("boundary")
     supernet = _supernet(root / "outputs" / "train" / "wanda" / "supernet.pt")
-    export_subnet(supernet, SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS).max_subnet(),
-                  root / "outputs" / "export" / "model")
+    export_subnet(
+        supernet,
+        SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS).max_subnet(),
+        root / "outputs" / "export" / "model",
+    )
     params = {
         "model": {"type": "tiny", "img_size": 128},
         "data": {"root": str(shared_data / "isbi2012_em"), "patch": 256, "max_objects": 2},
@@ -61,8 +63,10 @@ def full_disk(tmp_path):
     """
     mount = tmp_path / "disk"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode
+        == 0
+    )
     patch = pytest.MonkeyPatch()
 
     def fill(leave: int = 2048) -> None:
@@ -74,7 +78,8 @@ def full_disk(tmp_path):
 
         def no_space(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        patch.setattr("supersam.io.os.fsync", no_space)
+
+        patch.setattr("supersam.runtime.io.os.fsync", no_space)
 
     yield mount, fill
     patch.undo()
@@ -87,6 +92,7 @@ def _without_filler(root: Path) -> dict[str, str]:
 
 
 # --- writes that fail ---------------------------------------------------------------------------------------------
+
 
 def test_a_full_disk_during_eval_keeps_the_previous_evaluation(project, full_disk, monkeypatch, capsys):
     mount, fill = full_disk
@@ -106,9 +112,20 @@ def test_a_full_disk_during_export_keeps_the_previous_export(project, full_disk,
     mount, fill = full_disk
     monkeypatch.chdir(project)
     out = mount / "model"
-    args = ["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet",
-            json.dumps({"kept_layers": [0, 1, 3, 4, 6, 7, 8, 10, 11], "mlp_dims": [256, 256, 0, 256, 256, 0, 256, 256,
-                                                                          256, 0, 256, 256]}), "--out", str(out)]
+    args = [
+        "export",
+        "--supernet",
+        "outputs/train/wanda/supernet.pt",
+        "--subnet",
+        json.dumps(
+            {
+                "kept_layers": [0, 1, 3, 4, 6, 7, 8, 10, 11],
+                "mlp_dims": [256, 256, 0, 256, 256, 0, 256, 256, 256, 0, 256, 256],
+            }
+        ),
+        "--out",
+        str(out),
+    ]
     code, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     before = _without_filler(mount)
@@ -120,25 +137,32 @@ def test_a_full_disk_during_export_keeps_the_previous_export(project, full_disk,
     assert _without_filler(mount) == before
 
 
-def test_a_full_disk_during_predict_keeps_the_previous_prediction(project, full_disk, shared_data, monkeypatch,
-                                                                    capsys):
+def test_a_full_disk_during_predict_keeps_the_previous_prediction(project, full_disk, shared_data, monkeypatch, capsys):
     mount, fill = full_disk
     monkeypatch.chdir(project)
     out = mount / "pred"
-    args = ["predict", "outputs/export/model", str(shared_data / "isbi2012_em" / EM_IMAGE), "--box", "100,100,200,180",
-            "--out", str(out)]
+    args = [
+        "predict",
+        "outputs/export/model",
+        str(shared_data / "isbi2012_em" / EM_IMAGE),
+        "--box",
+        "100,100,200,180",
+        "--out",
+        str(out),
+    ]
     code, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     before = _without_filler(mount)
     fill()
-    code, err = run_cli(args[:3] + ["--box", "10,10,90,90", "--box", "200,200,300,300", "--out", str(out)],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        args[:3] + ["--box", "10,10,90,90", "--box", "200,200,300,300", "--out", str(out)], monkeypatch, capsys
+    )
     assert_one_line(code, err, "No space left on device")
     assert _without_filler(mount) == before
 
 
 def test_ctrl_c_at_evals_last_write_keeps_the_previous_evaluation(project, tmp_path, monkeypatch, capsys):
-    import supersam.eval as eval_module
+    import supersam.stages.eval as eval_module
 
     monkeypatch.chdir(project)
     out = tmp_path / "eval"
@@ -153,14 +177,15 @@ def test_ctrl_c_at_evals_last_write_keeps_the_previous_evaluation(project, tmp_p
         return real(path, obj)
 
     monkeypatch.setattr(eval_module, "write_json", interrupted)
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(out), "--set", "eval.seed=1"],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        ["eval", "--model", "outputs/export/model", "--out", str(out), "--set", "eval.seed=1"], monkeypatch, capsys
+    )
     assert code == 130 and "interrupted" in err and "Traceback" not in err, err
     assert snapshot(out) == before
 
 
 def test_nan_never_reaches_a_json_file(tmp_path):
-    from supersam.io import write_json
+    from supersam.runtime.io import write_json
 
     path = write_json(tmp_path / "m.json", {"miou": float("nan"), "rows": [1.5, float("inf")], "n": 3})
 
@@ -171,6 +196,7 @@ def test_nan_never_reaches_a_json_file(tmp_path):
 
 
 # --- bytes and names that are not text ----------------------------------------------------------------------------
+
 
 def test_undecodable_bytes_are_one_line_naming_the_file(project, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(project)
@@ -198,15 +224,19 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_the_work(project, tmp_pa
     for sub in ("image", "label"):
         (data / sub).mkdir(parents=True)
         for stem in (b"0", b"caf\xe9"):  # Latin-1 bytes: not UTF-8
-            shutil.copyfile(shared_data / "isbi2012_em" / sub / "0.png", os.fsencode(data / sub) + b"/" + stem + b".png")
+            shutil.copyfile(
+                shared_data / "isbi2012_em" / sub / "0.png", os.fsencode(data / sub) + b"/" + stem + b".png"
+            )
     out = tmp_path / "eval"
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--data-root", str(data), "--out", str(out)],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        ["eval", "--model", "outputs/export/model", "--data-root", str(data), "--out", str(out)], monkeypatch, capsys
+    )
     assert_one_line(code, err, "not valid UTF-8")
     assert not out.exists()
 
 
 # --- sizes from the user ------------------------------------------------------------------------------------------
+
 
 def _pair_folder(tmp_path: Path, shared_data: Path, label: np.ndarray, suffix: str) -> Path:
     data = tmp_path / "data"
@@ -220,19 +250,59 @@ def _pair_folder(tmp_path: Path, shared_data: Path, label: np.ndarray, suffix: s
     return data
 
 
-def test_a_colour_photo_given_as_a_label_is_refused_not_run_out_of_memory(project, tmp_path, shared_data,
-                                                                            monkeypatch, capsys):
+def test_a_colour_photo_given_as_a_label_is_refused_not_run_out_of_memory(
+    project, tmp_path, shared_data, monkeypatch, capsys
+):
     monkeypatch.chdir(project)
     noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)  # ~260k distinct colours
     data = _pair_folder(tmp_path, shared_data, noise, ".png")
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--data-root", str(data), "--label-mode",
-                         "instance", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            "--model",
+            "outputs/export/model",
+            "--data-root",
+            str(data),
+            "--label-mode",
+            "instance",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line(code, err, "more than data.max_label_values=4096")
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--data-root", str(data), "--label-mode",
-                         "semantic", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            "--model",
+            "outputs/export/model",
+            "--data-root",
+            str(data),
+            "--label-mode",
+            "semantic",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line(code, err, "class values, more than data.max_label_values=4096")  # refused before a pass per class
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--data-root", str(data), "--patch", "1",
-                         "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            "--model",
+            "outputs/export/model",
+            "--data-root",
+            str(data),
+            "--patch",
+            "1",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line(code, err, "data.patch is 1")
     assert not (tmp_path / "eval").exists()
 
@@ -243,29 +313,71 @@ def test_a_float_label_with_nan_is_refused_not_read_as_an_object(project, tmp_pa
     label[100:200, 100:200] = 1
     label[300:400, 300:400] = np.nan
     data = _pair_folder(tmp_path, shared_data, label, ".tif")
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--data-root", str(data), "--label-mode",
-                         "instance", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            "--model",
+            "outputs/export/model",
+            "--data-root",
+            str(data),
+            "--label-mode",
+            "instance",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line(code, err, "NaN")
     assert "whole numbers" in err
     label[300:400, 300:400] = 2.5
     tifffile.imwrite(data / "label" / "0.tif", label)
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--data-root", str(data), "--label-mode",
-                         "instance", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            "--model",
+            "outputs/export/model",
+            "--data-root",
+            str(data),
+            "--label-mode",
+            "instance",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line(code, err, "fractional")
     label[300:400, 300:400] = 2  # whole numbers in a float file are ids as usual
     tifffile.imwrite(data / "label" / "0.tif", label)
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--data-root", str(data), "--label-mode",
-                         "instance", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            "--model",
+            "outputs/export/model",
+            "--data-root",
+            str(data),
+            "--label-mode",
+            "instance",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_objects"] == 2
 
 
-@pytest.mark.parametrize("change,needle", [
-    (lambda c: c.update(img_size=100000), "above the limit of 2048"),
-    (lambda c: c.update(pixel_std=[58.4, 0.0, 57.4]), "pixel_std"),
-    (lambda c: c.update(pixel_mean=[123.7, "x", 103.5]), "pixel_mean"),
-    (lambda c: c.update(img_size=float("inf")), "img_size inf is not a positive multiple of 16"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (lambda c: c.update(img_size=100000), "above the limit of 2048"),
+        (lambda c: c.update(pixel_std=[58.4, 0.0, 57.4]), "pixel_std"),
+        (lambda c: c.update(pixel_mean=[123.7, "x", 103.5]), "pixel_mean"),
+        (lambda c: c.update(img_size=float("inf")), "img_size inf is not a positive multiple of 16"),
+    ],
+)
 def test_an_impossible_export_config_is_refused(change, needle, project, tmp_path, shared_data, monkeypatch, capsys):
     model = tmp_path / "model"
     shutil.copytree(project / "outputs" / "export" / "model", model)
@@ -273,8 +385,19 @@ def test_an_impossible_export_config_is_refused(change, needle, project, tmp_pat
     change(config)
     (model / "config.json").write_text(json.dumps(config))
     monkeypatch.chdir(project)
-    code, err = run_cli(["predict", str(model), str(shared_data / "isbi2012_em" / EM_IMAGE), "--box", "10,10,90,90",
-                         "--out", str(tmp_path / "pred")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "predict",
+            str(model),
+            str(shared_data / "isbi2012_em" / EM_IMAGE),
+            "--box",
+            "10,10,90,90",
+            "--out",
+            str(tmp_path / "pred"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line(code, err, needle)
     assert not (tmp_path / "pred").exists()
 
@@ -287,25 +410,30 @@ def test_an_img_size_beyond_the_limit_is_refused_before_any_allocation(project, 
 
 
 def test_out_of_memory_is_one_line(project, tmp_path, monkeypatch, capsys):
-    import supersam.eval as eval_module
+    import supersam.stages.eval as eval_module
 
     def allocate(*args, **kwargs):
         return np.empty((1 << 62,), np.uint8)  # numpy's _ArrayMemoryError, a MemoryError
 
     monkeypatch.setattr(eval_module, "prepare_split", allocate)
     monkeypatch.chdir(project)
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    code, err = run_cli(
+        ["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "eval")], monkeypatch, capsys
+    )
     assert_one_line(code, err, "out of memory")
 
     def gpu_full(*args, **kwargs):  # what torch raises when CUDA memory runs out (a RuntimeError subclass)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
 
     monkeypatch.setattr(eval_module, "prepare_split", gpu_full)
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "eval")], monkeypatch, capsys)
+    code, err = run_cli(
+        ["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "eval")], monkeypatch, capsys
+    )
     assert_one_line(code, err, "out of memory (CUDA out of memory")
 
 
 # --- names and paths from the user --------------------------------------------------------------------------------
+
 
 def test_names_and_paths_stay_where_they_belong(project, tmp_path, shared_data, monkeypatch, capsys):
     monkeypatch.chdir(project)
@@ -319,8 +447,18 @@ def test_names_and_paths_stay_where_they_belong(project, tmp_path, shared_data, 
         (["eval", "--model", "outputs/export/model", "--out", "outputs/search/wanda", "--force"], "dvc repro"),
         (["eval", "--model", "outputs/export/model", "--out", "../elsewhere"], "leaves the working directory"),
         (["search", "--out", "outputs/search/wanda"], "dvc repro"),
-        (["predict", "outputs/export/model", str(shared_data / "isbi2012_em" / EM_IMAGE), "--box", "10,10,90,90",
-          "--out", "outputs/x"], "dvc repro"),
+        (
+            [
+                "predict",
+                "outputs/export/model",
+                str(shared_data / "isbi2012_em" / EM_IMAGE),
+                "--box",
+                "10,10,90,90",
+                "--out",
+                "outputs/x",
+            ],
+            "dvc repro",
+        ),
     ]
     for args, needle in cases:
         code, err = run_cli(args, monkeypatch, capsys)
@@ -329,17 +467,20 @@ def test_names_and_paths_stay_where_they_belong(project, tmp_path, shared_data, 
     assert not (project.parent / "elsewhere").exists()
     # the pipeline itself (DVC sets DVC_STAGE for every stage command) writes there
     monkeypatch.setenv("DVC_STAGE", "eval@subnet")
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", "outputs/eval/subnet", "--force"],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        ["eval", "--model", "outputs/export/model", "--out", "outputs/eval/subnet", "--force"], monkeypatch, capsys
+    )
     assert code == 0, err
     # an absolute --out goes where the user says
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "mine"), "--name", "ok-1"],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        ["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "mine"), "--name", "ok-1"],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0 and (tmp_path / "mine" / "metrics.json").is_file(), err
 
 
-def test_a_refusal_to_write_beside_foreign_files_names_what_force_would_replace(project, tmp_path, monkeypatch,
-                                                                                 capsys):
+def test_a_refusal_to_write_beside_foreign_files_names_what_force_would_replace(project, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(project)
     out = tmp_path / "search_like"
     out.mkdir()
@@ -350,7 +491,7 @@ def test_a_refusal_to_write_beside_foreign_files_names_what_force_would_replace(
 
 
 def test_torch_save_failures_name_the_file(tmp_path, monkeypatch):
-    from supersam.io import torch_save
+    from supersam.runtime.io import torch_save
 
     def broken(obj, path):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")

@@ -26,14 +26,13 @@ import mlflow
 import pytest
 import torch
 import yaml
-
-from supersam.artifacts import SupernetMeta
-from supersam.checkpoint import save_supernet
-from supersam.elastic import SuperSam
-from supersam.sam import build_sam_model
-from supersam.space import SearchSpace
-
 from conftest import run_cli
+
+from supersam.artifacts.records import SupernetMeta
+from supersam.model.checkpoint import save_supernet
+from supersam.model.elastic import SuperSam
+from supersam.model.sam import build_sam_model
+from supersam.model.space import SearchSpace
 
 SUPERSAM_BIN = Path(sys.executable).parent / "supersam"
 TINY_MLP_DIMS = (64, 128, 256)
@@ -52,18 +51,29 @@ def _supernet(path: Path, seed: int = 0) -> Path:
 def project(tmp_path_factory, shared_data) -> Path:
     """A project folder: a tiny trained supernet where the pipeline puts it, its export, and a params.yaml
     for tiny CPU runs (tracking off unless a test turns it on)."""
-    from supersam.export import export_subnet
+    from supersam.stages.export import export_subnet
 
     root = tmp_path_factory.mktemp("project")
     supernet = _supernet(root / "outputs" / "train" / "wanda" / "supernet.pt")
-    export_subnet(supernet, SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS).max_subnet(),
-                  root / "outputs" / "export" / "model")
+    export_subnet(
+        supernet,
+        SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS).max_subnet(),
+        root / "outputs" / "export" / "model",
+    )
     params = {
         "model": {"type": "tiny", "img_size": 128},
         "data": {"root": str(shared_data / "isbi2012_em"), "patch": 256, "max_objects": 2},
         "search": {"n_images": 1, "budget": 4, "device": "cpu", "max_params": "60e6", "min_miou": "0.0"},
-        "train": {"iterations": 2, "batch_size": 2, "val_images": 1, "eval_every": 0, "save_every": 1,
-                  "target_miou": "0.0", "device": "cpu", "target_every": 0},
+        "train": {
+            "iterations": 2,
+            "batch_size": 2,
+            "val_images": 1,
+            "eval_every": 0,
+            "save_every": 1,
+            "target_miou": "0.0",
+            "device": "cpu",
+            "target_every": 0,
+        },
         "eval": {"n_images": 1, "overlays": 0, "device": "cpu", "prompts": ["box"], "split": "val"},
         "mlflow": {"tracking_uri": f"sqlite:///{root}/mlflow.db", "enabled": False},
     }
@@ -78,8 +88,10 @@ def project(tmp_path_factory, shared_data) -> Path:
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` -> the SHA-1 of its bytes; every folder -> "folder" (so an empty
     folder left behind by a refused command shows too)."""
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "folder"
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def assert_one_line(code: int, err: str, needle: str) -> None:
@@ -119,28 +131,59 @@ REFUSED = {
     "min miou nan": (["search", "--min-miou", "nan"], "search.min_miou"),
     "min miou factor 0": (["search", "--min-miou", "0x"], "search.min_miou"),
     "search budget negative": (["search", "--set", "search.budget=-3"], "search.budget"),
-    "eval n_images negative": (["eval", "--model", "outputs/export/model", "--set", "eval.n_images=-1"], "eval.n_images"),
+    "eval n_images negative": (
+        ["eval", "--model", "outputs/export/model", "--set", "eval.n_images=-1"],
+        "eval.n_images",
+    ),
     "data patch nan": (["eval", "--model", "outputs/export/model", "--set", "data.patch=nan"], "data.patch"),
     "unknown key": (["search", "--set", "search.max_param=5"], "unknown key search.max_param"),
     # empty, foreign, file and unwritable outputs
     "eval out empty": (["eval", "--model", "outputs/export/model", "--out", ""], "--out is empty"),
     "search out empty": (["search", "--out", ""], "--out is empty"),
-    "export out empty": (["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet",
-                          "outputs/export/model/config.json", "--out", ""], "--out is empty"),
+    "export out empty": (
+        [
+            "export",
+            "--supernet",
+            "outputs/train/wanda/supernet.pt",
+            "--subnet",
+            "outputs/export/model/config.json",
+            "--out",
+            "",
+        ],
+        "--out is empty",
+    ),
     "train out empty": (["train", "--out", ""], "--out is empty"),
-    "eval out foreign": (["eval", "--model", "outputs/export/model", "--out", "notes"], "holds files this stage did not write"),
+    "eval out foreign": (
+        ["eval", "--model", "outputs/export/model", "--out", "notes"],
+        "holds files this stage did not write",
+    ),
     "search out foreign": (["search", "--out", "notes"], "holds files this stage did not write"),
-    "export out foreign": (["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet",
-                            SUBNET_JSON, "--out", "notes"],
-                           "is not a supersam export"),
+    "export out foreign": (
+        ["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", SUBNET_JSON, "--out", "notes"],
+        "is not a supersam export",
+    ),
     "eval out is a file": (["eval", "--model", "outputs/export/model", "--out", "notes/mine.txt"], "is a file"),
-    "eval out unwritable": (["eval", "--model", "outputs/export/model", "--out", "notes/mine.txt/sub"], "mine.txt is a file, not a folder"),
+    "eval out unwritable": (
+        ["eval", "--model", "outputs/export/model", "--out", "notes/mine.txt/sub"],
+        "mine.txt is a file, not a folder",
+    ),
     "search out unwritable": (["search", "--out", "notes/mine.txt/sub"], "mine.txt is a file, not a folder"),
-    "train out unwritable": (["train", "--supernet", "outputs/train/wanda/supernet.pt", "--out", "notes/mine.txt/sub"],
-                             "mine.txt is a file, not a folder"),
-    "export out unwritable": (["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet",
-                               SUBNET_JSON, "--out", "notes/mine.txt/sub"],
-                              "mine.txt is a file, not a folder"),
+    "train out unwritable": (
+        ["train", "--supernet", "outputs/train/wanda/supernet.pt", "--out", "notes/mine.txt/sub"],
+        "mine.txt is a file, not a folder",
+    ),
+    "export out unwritable": (
+        [
+            "export",
+            "--supernet",
+            "outputs/train/wanda/supernet.pt",
+            "--subnet",
+            SUBNET_JSON,
+            "--out",
+            "notes/mine.txt/sub",
+        ],
+        "mine.txt is a file, not a folder",
+    ),
     "resume and auto-resume": (["search", "--resume", "--auto-resume"], "exclude each other"),
     "train nproc 0": (["train", "--nproc", "0"], "--nproc is 0"),
     "train stop-after negative": (["train", "--stop-after", "-1"], "--stop-after is -1"),
@@ -150,27 +193,46 @@ REFUSED = {
     "pretrain resume and auto-resume": (["pretrain", "--resume", "--auto-resume"], "exclude each other"),
     "pretrain out unwritable": (["pretrain", "--out", "notes/mine.txt/sub"], "mine.txt is a file, not a folder"),
     # files of the wrong kind
-    "subnet is a picture": (["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", "notes/picture.png",
-                             "--out", "new"], "is not a JSON text file"),
-    "subnet is a folder": (["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", "notes",
-                            "--out", "new"], "is a folder; pass the JSON file"),
-    "supernet is a folder": (["search", "--supernet", "notes", "--out", "new"], "is a folder; pass the checkpoint file"),
+    "subnet is a picture": (
+        ["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", "notes/picture.png", "--out", "new"],
+        "is not a JSON text file",
+    ),
+    "subnet is a folder": (
+        ["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", "notes", "--out", "new"],
+        "is a folder; pass the JSON file",
+    ),
+    "supernet is a folder": (
+        ["search", "--supernet", "notes", "--out", "new"],
+        "is a folder; pass the checkpoint file",
+    ),
     # bench: its --out file is checked before the timing
     "bench threads absurd": (["bench", "outputs/export/model", "--threads", "100000"], "bench.threads is 100000"),
-    "bench out is a user's file": (["bench", "outputs/export/model", "--out", "notes/mine.txt"],
-                                   "exists and is not a bench result"),
+    "bench out is a user's file": (
+        ["bench", "outputs/export/model", "--out", "notes/mine.txt"],
+        "exists and is not a bench result",
+    ),
     "bench out is a folder": (["bench", "outputs/export/model", "--out", "notes"], "is a folder"),
-    "bench out unwritable": (["bench", "outputs/export/model", "--out", "notes/mine.txt/sub/b.json"], "mine.txt is a file, not a folder"),
+    "bench out unwritable": (
+        ["bench", "outputs/export/model", "--out", "notes/mine.txt/sub/b.json"],
+        "mine.txt is a file, not a folder",
+    ),
     "bench repeats 0": (["bench", "outputs/export/model", "--repeats", "0"], "bench.repeats is 0"),
-    "pretrain init missing, new out": (["pretrain", "--out", "new/deeper", "--set", "pretrain.init=nothing.pth"],
-                                       "nothing.pth does not exist"),
+    "pretrain init missing, new out": (
+        ["pretrain", "--out", "new/deeper", "--set", "pretrain.init=nothing.pth"],
+        "nothing.pth does not exist",
+    ),
     "eval model missing, new out": (["eval", "--model", "nothing", "--out", "new/eval"], "nothing does not exist"),
-    "pretrain into a user's empty folder by ..": (["pretrain", "--out", "new/../empty", "--set", "pretrain.init=no.pth"],
-                                                  "no.pth does not exist"),  # the empty folder stays
+    "pretrain into a user's empty folder by ..": (
+        ["pretrain", "--out", "new/../empty", "--set", "pretrain.init=no.pth"],
+        "no.pth does not exist",
+    ),  # the empty folder stays
     # usage errors (click's own): one line and the help command, not a framed panel
     "unknown flag": (["search", "--max-param", "5"], "no such option: --max-param"),
     "unknown command": (["serch"], "no such command 'serch'"),
-    "flag without its value": (["search", "--out"], "option '--out' requires an argument; see 'supersam search --help'"),
+    "flag without its value": (
+        ["search", "--out"],
+        "option '--out' requires an argument; see 'supersam search --help'",
+    ),
     "flag of the wrong type": (["train", "--nproc", "two"], "invalid value for '--nproc'"),
 }
 
@@ -191,8 +253,10 @@ def test_usage_errors_exit_2_and_help_exits_0(monkeypatch):
         proc = subprocess.run([str(SUPERSAM_BIN), *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == expected, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
-    assert "--max-params" in subprocess.run([str(SUPERSAM_BIN), "search", "--help"], capture_output=True,
-                                            text=True, timeout=120).stdout
+    assert (
+        "--max-params"
+        in subprocess.run([str(SUPERSAM_BIN), "search", "--help"], capture_output=True, text=True, timeout=120).stdout
+    )
 
 
 PARAMS_FILES = {
@@ -217,6 +281,7 @@ def test_bad_params_file(case, project, tmp_path, monkeypatch, capsys):
 
 
 # --- the tracking store ---------------------------------------------------------------------------------------------
+
 
 def _tracking_case(project, tmp_path, monkeypatch, capsys, uri: str, needle: str) -> float:
     params = _with_params(project, tmp_path, lambda p: p["mlflow"].update(enabled=True, tracking_uri=uri))
@@ -267,15 +332,26 @@ def test_unreachable_tracking_server_fails_within_a_bounded_time(project, tmp_pa
 def test_tracking_can_be_switched_off_with_mlflow_false(project, tmp_path, monkeypatch, capsys):
     params = _with_params(project, tmp_path, lambda p: p.update(mlflow=False))
     monkeypatch.chdir(tmp_path)
-    code, err = run_cli(["search", "--params", params, "--supernet", str(project / "outputs/train/wanda/supernet.pt"),
-                         "--out", str(tmp_path / "s")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "search",
+            "--params",
+            params,
+            "--supernet",
+            str(project / "outputs/train/wanda/supernet.pt"),
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     assert (tmp_path / "s" / "metrics.json").is_file()
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "mlruns").exists()
 
 
 def test_a_store_failing_mid_run_is_retried_then_downgraded_to_a_warning(monkeypatch, caplog):
-    from supersam import tracking
+    from supersam.runtime import tracking
 
     monkeypatch.setattr(tracking, "RETRY_DELAYS_S", (0.0, 0.0))
     calls = []
@@ -301,12 +377,14 @@ def test_a_store_failing_mid_run_is_retried_then_downgraded_to_a_warning(monkeyp
 
 
 def test_train_survives_a_store_that_breaks_after_the_start(project, tmp_path, monkeypatch, capsys, shared_data):
-    """The DB goes bad once the run is open: every logging call fails, training still finishes and writes metrics.json."""
-    from supersam import tracking
+    """The DB goes bad once the run is open: every logging call fails, training still finishes and writes
+    metrics.json."""
+    from supersam.runtime import tracking
 
     monkeypatch.setattr(tracking, "RETRY_DELAYS_S", (0.0,))
-    params = _with_params(project, tmp_path, lambda p: p["mlflow"].update(
-        enabled=True, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    params = _with_params(
+        project, tmp_path, lambda p: p["mlflow"].update(enabled=True, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    )
 
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("database is locked")
@@ -314,8 +392,20 @@ def test_train_survives_a_store_that_breaks_after_the_start(project, tmp_path, m
     monkeypatch.setattr(mlflow, "log_metrics", broken)
     monkeypatch.setattr(mlflow, "set_tags", broken)
     monkeypatch.chdir(project)
-    code, err = run_cli(["train", "--params", params, "--supernet", "outputs/train/wanda/supernet.pt",
-                         "--out", str(tmp_path / "t"), "--no-progress"], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "train",
+            "--params",
+            params,
+            "--supernet",
+            "outputs/train/wanda/supernet.pt",
+            "--out",
+            str(tmp_path / "t"),
+            "--no-progress",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["iterations"] == 2
     assert "continuing without it" in err
@@ -323,9 +413,16 @@ def test_train_survives_a_store_that_breaks_after_the_start(project, tmp_path, m
 
 # --- interrupted runs -------------------------------------------------------------------------------------------------
 
+
 def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(SUPERSAM_BIN), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.Popen(
+        [str(SUPERSAM_BIN), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -344,8 +441,11 @@ def _runs(uri: str) -> list:
 @pytest.mark.slow
 def test_sigterm_marks_the_run_killed_and_kill_9_is_marked_by_the_next_run(project, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    params = _with_params(project, tmp_path, lambda p: (p["mlflow"].update(enabled=True, tracking_uri=uri),
-                                                        p["search"].update(budget=200)))
+    params = _with_params(
+        project,
+        tmp_path,
+        lambda p: (p["mlflow"].update(enabled=True, tracking_uri=uri), p["search"].update(budget=200)),
+    )
     out = tmp_path / "s"
     proc = _spawn(["search", "--params", params, "--out", str(out)], project)
     _wait_for(out / "candidates.partial.jsonl", proc)
@@ -362,16 +462,18 @@ def test_sigterm_marks_the_run_killed_and_kill_9_is_marked_by_the_next_run(proje
     proc.kill()
     proc.communicate()
     assert sorted(r.info.status for r in _runs(uri)) == ["KILLED", "RUNNING"]  # kill -9: nothing could run
-    proc = _spawn(["search", "--params", params, "--out", str(tmp_path / "k"), "--resume",
-                   "--set", "search.budget=4"], project)
+    proc = _spawn(
+        ["search", "--params", params, "--out", str(tmp_path / "k"), "--resume", "--set", "search.budget=4"], project
+    )
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert sorted(r.info.status for r in _runs(uri)) == ["FINISHED", "KILLED", "KILLED"]
 
 
 def test_ctrl_c_in_search_keeps_the_candidates_and_resume_gives_the_uninterrupted_result(
-        project, tmp_path, monkeypatch, capsys):
-    from supersam import scoring
+    project, tmp_path, monkeypatch, capsys
+):
+    from supersam.measure import scoring
 
     monkeypatch.chdir(project)
     base = ["search", "--set", "search.budget=6", "--set", "search.seed=3"]
@@ -405,12 +507,16 @@ def test_ctrl_c_in_search_keeps_the_candidates_and_resume_gives_the_uninterrupte
     resumed = json.loads((tmp_path / "cut" / "candidates.json").read_text())
     strip = lambda cands: [{k: v for k, v in c.items() if k != "seconds"} for c in cands]  # noqa: E731
     assert strip(resumed) == strip(whole) and len(calls) == 3  # 3 replayed, 3 evaluated
-    assert (tmp_path / "cut" / "best_subnet.json").read_bytes() == (tmp_path / "whole" / "best_subnet.json").read_bytes()
+    assert (tmp_path / "cut" / "best_subnet.json").read_bytes() == (
+        tmp_path / "whole" / "best_subnet.json"
+    ).read_bytes()
     # another search's journal is refused by --resume (here: another seed)
     code, err = run_cli([*base, "--set", "search.seed=4", "--out", str(tmp_path / "cut2")], monkeypatch, capsys)
-    (tmp_path / "cut2" / "candidates.partial.jsonl").write_text((tmp_path / "whole" / "metrics.json").read_text()[:0] +
-                                                                  json.dumps({"format": "supersam-search-journal/1",
-                                                                              "fingerprint": "0" * 64}) + "\n")
+    (tmp_path / "cut2" / "candidates.partial.jsonl").write_text(
+        (tmp_path / "whole" / "metrics.json").read_text()[:0]
+        + json.dumps({"format": "supersam-search-journal/1", "fingerprint": "0" * 64})
+        + "\n"
+    )
     before = snapshot(tmp_path / "cut2")
     code, err = run_cli([*base, "--out", str(tmp_path / "cut2"), "--resume"], monkeypatch, capsys)
     assert_one_line(code, err, "cannot resume the search")
@@ -430,8 +536,19 @@ def test_json_in_utf16_is_read_and_bench_replaces_only_its_own_results(project, 
     monkeypatch.chdir(project)
     subnet = tmp_path / "subnet16.json"
     subnet.write_text(SUBNET_JSON, encoding="utf-16")  # what PowerShell's `>` writes
-    code, err = run_cli(["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", str(subnet),
-                         "--out", str(tmp_path / "export")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "export",
+            "--supernet",
+            "outputs/train/wanda/supernet.pt",
+            "--subnet",
+            str(subnet),
+            "--out",
+            str(tmp_path / "export"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "export" / "config.json").read_text())["subnet"] == SUBNET
     bench = ["bench", str(tmp_path / "export"), "--repeats", "1", "--warmup", "0"]
@@ -453,8 +570,8 @@ def test_json_in_utf16_is_read_and_bench_replaces_only_its_own_results(project, 
 def test_a_signal_surfacing_inside_native_code_is_an_interruption(project, monkeypatch, capsys):
     """Ctrl-C while torch runs C++ (the ONNX tracer) surfaces as a SystemError whose context is the
     interruption: still one line and exit 130, not a traceback."""
-    from supersam import bench as bench_mod
-    from supersam.errors import Interrupted
+    from supersam.runtime.errors import Interrupted
+    from supersam.tools import bench as bench_mod
 
     def interrupted_in_native_code(*args, **kwargs):
         try:
@@ -472,8 +589,8 @@ def test_a_signal_surfacing_inside_native_code_is_an_interruption(project, monke
 def test_an_interruption_surfacing_inside_native_code_marks_the_run_killed(project, tmp_path, monkeypatch, capsys):
     """The MLflow run of an eval interrupted inside native code (a SystemError whose context is the
     SIGTERM) is KILLED, as the CLI's one line says, not FAILED."""
-    import supersam.eval as eval_module
-    from supersam.errors import Interrupted
+    import supersam.stages.eval as eval_module
+    from supersam.runtime.errors import Interrupted
 
     def interrupted_in_native_code(*args, **kwargs):
         try:
@@ -484,8 +601,21 @@ def test_an_interruption_surfacing_inside_native_code_marks_the_run_killed(proje
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setattr(eval_module, "_evaluate", interrupted_in_native_code)
     monkeypatch.chdir(project)
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "e"),
-                         "--set", "mlflow.enabled=true", "--set", f"mlflow.tracking_uri={uri}"], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            "--model",
+            "outputs/export/model",
+            "--out",
+            str(tmp_path / "e"),
+            "--set",
+            "mlflow.enabled=true",
+            "--set",
+            f"mlflow.tracking_uri={uri}",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
     assert [r.info.status for r in _runs(uri)] == ["KILLED"]
 
@@ -498,8 +628,11 @@ def test_an_export_folder_with_a_users_file_is_not_replaced(project, tmp_path, m
     shutil.copytree(project / "outputs" / "export" / "model", out)
     (out / "NOTES.txt").write_text("mine")
     before = snapshot(tmp_path)
-    code, err = run_cli(["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", SUBNET_JSON,
-                         "--out", str(out)], monkeypatch, capsys)
+    code, err = run_cli(
+        ["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", SUBNET_JSON, "--out", str(out)],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line(code, err, "holds files export did not write (NOTES.txt)")
     assert snapshot(tmp_path) == before
 
@@ -526,12 +659,19 @@ def test_a_signal_after_the_command_finished_is_ignored(project, monkeypatch):
 
 # --- one writer per output folder -----------------------------------------------------------------------------------
 
+
 def _holder(folder: Path, env: dict | None = None) -> subprocess.Popen:
     """Another process that claims ``folder`` (as a running stage does) and keeps it."""
-    code = ("import sys, time; from supersam.outdir import claim_out; claim_out(sys.argv[1], 'test'); "
-            "print('held', flush=True); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
-                            env=None if env is None else {**os.environ, **env})
+    code = (
+        "import sys, time; from supersam.runtime.outdir import claim_out; claim_out(sys.argv[1], 'test'); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -540,11 +680,19 @@ def _holder(folder: Path, env: dict | None = None) -> subprocess.Popen:
 def test_a_folder_another_process_writes_is_refused_until_it_ends(command, project, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(project)
     out = tmp_path / "out"
-    args = {"search": ["search"], "eval": ["eval", "--model", "outputs/export/model"],
-            "train": ["train", "--supernet", "outputs/train/wanda/supernet.pt", "--no-progress"],
-            "export": ["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", SUBNET_JSON],
-            "pretrain": ["pretrain", *(f"--set=pretrain.{kv}" for kv in ("iterations=1", "batch_size=1", "val_images=1",
-                                                                          "max_objects=2", "device=cpu"))]}[command]
+    args = {
+        "search": ["search"],
+        "eval": ["eval", "--model", "outputs/export/model"],
+        "train": ["train", "--supernet", "outputs/train/wanda/supernet.pt", "--no-progress"],
+        "export": ["export", "--supernet", "outputs/train/wanda/supernet.pt", "--subnet", SUBNET_JSON],
+        "pretrain": [
+            "pretrain",
+            *(
+                f"--set=pretrain.{kv}"
+                for kv in ("iterations=1", "batch_size=1", "val_images=1", "max_objects=2", "device=cpu")
+            ),
+        ],
+    }[command]
     holder = _holder(out)
     try:
         before = snapshot(project)
@@ -579,6 +727,7 @@ def test_the_claim_does_not_depend_on_the_environment(project, tmp_path, monkeyp
 
 # --- identity of resumed runs ---------------------------------------------------------------------------------------
 
+
 def test_train_resume_refuses_a_supernet_rebuilt_at_the_same_path(project, tmp_path, monkeypatch, capsys):
     supernet = _supernet(tmp_path / "supernet.pt", seed=0)
     monkeypatch.chdir(project)
@@ -598,9 +747,10 @@ def test_train_resume_refuses_a_supernet_rebuilt_at_the_same_path(project, tmp_p
 
 # --- artifacts ------------------------------------------------------------------------------------------------------
 
+
 def test_export_is_byte_identical_leaves_no_temporaries_and_recovers_a_half_swap(project, tmp_path):
-    from supersam.export import export_subnet
-    from supersam.io import clean_stale_temps
+    from supersam.runtime.io import clean_stale_temps
+    from supersam.stages.export import export_subnet
 
     supernet = project / "outputs" / "train" / "wanda" / "supernet.pt"
     subnet = SUBNET
@@ -634,10 +784,14 @@ def test_eval_force_writes_beside_foreign_files_and_keeps_them(project, tmp_path
     assert code == 0, err
     assert (out / "keep.txt").read_text() == "precious" and (out / "metrics.json").is_file()
     # our own previous result is replaced without --force
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "own")], monkeypatch, capsys)
+    code, err = run_cli(
+        ["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "own")], monkeypatch, capsys
+    )
     # DVC writes a .gitignore beside its cached outputs (overlays/, predictions/): still our folder
     (tmp_path / "own" / ".gitignore").write_text("/overlays\n/predictions\n")
-    code, err = run_cli(["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "own")], monkeypatch, capsys)
+    code, err = run_cli(
+        ["eval", "--model", "outputs/export/model", "--out", str(tmp_path / "own")], monkeypatch, capsys
+    )
     assert code == 0 and "replacing the previous results" in err, err
     assert (tmp_path / "own" / ".gitignore").read_text() == "/overlays\n/predictions\n"
 
@@ -647,8 +801,9 @@ def test_coco_polygons_with_fewer_than_three_points_are_skipped(tmp_path, shared
 
     src = shared_data / "tiny_coco"
     ann = json.loads((src / "annotations" / "instances_val2017.json").read_text())
-    cfg = DataConfig(kind="coco", root=str(src), images="val2017", labels="annotations/instances_val2017.json",
-                     min_area=0)
+    cfg = DataConfig(
+        kind="coco", root=str(src), images="val2017", labels="annotations/instances_val2017.json", min_area=0
+    )
     whole = load_split(cfg, "all")
     broken = [a for a in ann["annotations"] if isinstance(a["segmentation"], list) and not a.get("iscrowd")][:5]
     for a in broken:
@@ -660,13 +815,17 @@ def test_coco_polygons_with_fewer_than_three_points_are_skipped(tmp_path, shared
 
 
 def test_a_missing_img_size_is_the_checkpoints_own_never_a_silent_resize(tmp_path, caplog):
-    from supersam.config import ModelConfig, build_config
-    from supersam.sam import build_sam_model
+    from supersam.model.sam import build_sam_model
+    from supersam.schema import ModelConfig, build_config
 
     torch.save(build_sam_model("vit_ti", 256).state_dict(), tmp_path / "base.pt")
     with caplog.at_level("INFO"):
         cfg = build_config(ModelConfig, {"type": "vit_ti", "checkpoint": str(tmp_path / "base.pt")}, "model")
     assert cfg.img_size == 256 and "model.img_size is not set: using 256 px" in caplog.text
     assert build_config(ModelConfig, {"type": "vit_b"}, "model").img_size == 1024  # official SAM's
-    assert build_config(ModelConfig, {"type": "vit_ti", "img_size": 512,
-                                      "checkpoint": str(tmp_path / "base.pt")}, "model").img_size == 512  # as asked
+    assert (
+        build_config(
+            ModelConfig, {"type": "vit_ti", "img_size": 512, "checkpoint": str(tmp_path / "base.pt")}, "model"
+        ).img_size
+        == 512
+    )  # as asked

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from supersam.artifacts import SupernetMeta
-from supersam.checkpoint import load_model, save_supernet
-from supersam.elastic import SuperSam
-from supersam.errors import CheckpointError, ConfigError
-from supersam.export import ExportConfig, export
-from supersam.hf_checkpoint import TIED_KEY, hf_to_sam, is_hf_state, sam_to_hf
-from supersam.sam import build_sam, build_sam_model
-from supersam.space import SearchSpace, SubnetConfig
+from supersam.artifacts.records import SupernetMeta
+from supersam.model.checkpoint import load_model, save_supernet
+from supersam.model.elastic import SuperSam
+from supersam.model.hf import TIED_KEY, hf_to_sam, is_hf_state, sam_to_hf
+from supersam.model.sam import build_sam, build_sam_model
+from supersam.model.space import SearchSpace, SubnetConfig
+from supersam.runtime.errors import CheckpointError, ConfigError
+from supersam.stages.export import ExportConfig, export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,55 +26,104 @@ def hf_vit_b_layout() -> dict[str, tuple[int, ...]]:
     documented layout (SamVisionEncoder / SamPromptEncoder / SamMaskDecoder module names), not from our map."""
     C, D, L = 768, 256, 12
     keys: dict[str, tuple[int, ...]] = {
-        "vision_encoder.patch_embed.projection.weight": (C, 3, 16, 16), "vision_encoder.patch_embed.projection.bias": (C,),
+        "vision_encoder.patch_embed.projection.weight": (C, 3, 16, 16),
+        "vision_encoder.patch_embed.projection.bias": (C,),
         "vision_encoder.pos_embed": (1, 64, 64, C),
-        "vision_encoder.neck.conv1.weight": (D, C, 1, 1), "vision_encoder.neck.layer_norm1.weight": (D,),
-        "vision_encoder.neck.layer_norm1.bias": (D,), "vision_encoder.neck.conv2.weight": (D, D, 3, 3),
-        "vision_encoder.neck.layer_norm2.weight": (D,), "vision_encoder.neck.layer_norm2.bias": (D,),
+        "vision_encoder.neck.conv1.weight": (D, C, 1, 1),
+        "vision_encoder.neck.layer_norm1.weight": (D,),
+        "vision_encoder.neck.layer_norm1.bias": (D,),
+        "vision_encoder.neck.conv2.weight": (D, D, 3, 3),
+        "vision_encoder.neck.layer_norm2.weight": (D,),
+        "vision_encoder.neck.layer_norm2.bias": (D,),
         "shared_image_embedding.positional_embedding": (2, 128),
         "prompt_encoder.shared_embedding.positional_embedding": (2, 128),
-        "prompt_encoder.mask_embed.conv1.weight": (4, 1, 2, 2), "prompt_encoder.mask_embed.conv1.bias": (4,),
-        "prompt_encoder.mask_embed.layer_norm1.weight": (4,), "prompt_encoder.mask_embed.layer_norm1.bias": (4,),
-        "prompt_encoder.mask_embed.conv2.weight": (16, 4, 2, 2), "prompt_encoder.mask_embed.conv2.bias": (16,),
-        "prompt_encoder.mask_embed.layer_norm2.weight": (16,), "prompt_encoder.mask_embed.layer_norm2.bias": (16,),
-        "prompt_encoder.mask_embed.conv3.weight": (D, 16, 1, 1), "prompt_encoder.mask_embed.conv3.bias": (D,),
-        "prompt_encoder.no_mask_embed.weight": (1, D), "prompt_encoder.not_a_point_embed.weight": (1, D),
+        "prompt_encoder.mask_embed.conv1.weight": (4, 1, 2, 2),
+        "prompt_encoder.mask_embed.conv1.bias": (4,),
+        "prompt_encoder.mask_embed.layer_norm1.weight": (4,),
+        "prompt_encoder.mask_embed.layer_norm1.bias": (4,),
+        "prompt_encoder.mask_embed.conv2.weight": (16, 4, 2, 2),
+        "prompt_encoder.mask_embed.conv2.bias": (16,),
+        "prompt_encoder.mask_embed.layer_norm2.weight": (16,),
+        "prompt_encoder.mask_embed.layer_norm2.bias": (16,),
+        "prompt_encoder.mask_embed.conv3.weight": (D, 16, 1, 1),
+        "prompt_encoder.mask_embed.conv3.bias": (D,),
+        "prompt_encoder.no_mask_embed.weight": (1, D),
+        "prompt_encoder.not_a_point_embed.weight": (1, D),
         **{f"prompt_encoder.point_embed.{i}.weight": (1, D) for i in range(4)},
-        "mask_decoder.iou_token.weight": (1, D), "mask_decoder.mask_tokens.weight": (4, D),
-        "mask_decoder.upscale_conv1.weight": (D, 64, 2, 2), "mask_decoder.upscale_conv1.bias": (64,),
-        "mask_decoder.upscale_layer_norm.weight": (64,), "mask_decoder.upscale_layer_norm.bias": (64,),
-        "mask_decoder.upscale_conv2.weight": (64, 32, 2, 2), "mask_decoder.upscale_conv2.bias": (32,),
-        "mask_decoder.iou_prediction_head.proj_in.weight": (D, D), "mask_decoder.iou_prediction_head.proj_in.bias": (D,),
-        "mask_decoder.iou_prediction_head.layers.0.weight": (D, D), "mask_decoder.iou_prediction_head.layers.0.bias": (D,),
-        "mask_decoder.iou_prediction_head.proj_out.weight": (4, D), "mask_decoder.iou_prediction_head.proj_out.bias": (4,),
-        "mask_decoder.transformer.layer_norm_final_attn.weight": (D,), "mask_decoder.transformer.layer_norm_final_attn.bias": (D,),
+        "mask_decoder.iou_token.weight": (1, D),
+        "mask_decoder.mask_tokens.weight": (4, D),
+        "mask_decoder.upscale_conv1.weight": (D, 64, 2, 2),
+        "mask_decoder.upscale_conv1.bias": (64,),
+        "mask_decoder.upscale_layer_norm.weight": (64,),
+        "mask_decoder.upscale_layer_norm.bias": (64,),
+        "mask_decoder.upscale_conv2.weight": (64, 32, 2, 2),
+        "mask_decoder.upscale_conv2.bias": (32,),
+        "mask_decoder.iou_prediction_head.proj_in.weight": (D, D),
+        "mask_decoder.iou_prediction_head.proj_in.bias": (D,),
+        "mask_decoder.iou_prediction_head.layers.0.weight": (D, D),
+        "mask_decoder.iou_prediction_head.layers.0.bias": (D,),
+        "mask_decoder.iou_prediction_head.proj_out.weight": (4, D),
+        "mask_decoder.iou_prediction_head.proj_out.bias": (4,),
+        "mask_decoder.transformer.layer_norm_final_attn.weight": (D,),
+        "mask_decoder.transformer.layer_norm_final_attn.bias": (D,),
     }
     for i in range(L):
         p = f"vision_encoder.layers.{i}."
         side = 127 if i in (2, 5, 8, 11) else 27  # 2*64-1 global, 2*14-1 windowed
-        keys.update({p + "layer_norm1.weight": (C,), p + "layer_norm1.bias": (C,),
-                     p + "attn.qkv.weight": (3 * C, C), p + "attn.qkv.bias": (3 * C,),
-                     p + "attn.proj.weight": (C, C), p + "attn.proj.bias": (C,),
-                     p + "attn.rel_pos_h": (side, 64), p + "attn.rel_pos_w": (side, 64),
-                     p + "layer_norm2.weight": (C,), p + "layer_norm2.bias": (C,),
-                     p + "mlp.lin1.weight": (4 * C, C), p + "mlp.lin1.bias": (4 * C,),
-                     p + "mlp.lin2.weight": (C, 4 * C), p + "mlp.lin2.bias": (C,)})
+        keys.update(
+            {
+                p + "layer_norm1.weight": (C,),
+                p + "layer_norm1.bias": (C,),
+                p + "attn.qkv.weight": (3 * C, C),
+                p + "attn.qkv.bias": (3 * C,),
+                p + "attn.proj.weight": (C, C),
+                p + "attn.proj.bias": (C,),
+                p + "attn.rel_pos_h": (side, 64),
+                p + "attn.rel_pos_w": (side, 64),
+                p + "layer_norm2.weight": (C,),
+                p + "layer_norm2.bias": (C,),
+                p + "mlp.lin1.weight": (4 * C, C),
+                p + "mlp.lin1.bias": (4 * C,),
+                p + "mlp.lin2.weight": (C, 4 * C),
+                p + "mlp.lin2.bias": (C,),
+            }
+        )
     for i in range(4):
         h = f"mask_decoder.output_hypernetworks_mlps.{i}."
-        keys.update({h + "proj_in.weight": (D, D), h + "proj_in.bias": (D,), h + "layers.0.weight": (D, D),
-                     h + "layers.0.bias": (D,), h + "proj_out.weight": (32, D), h + "proj_out.bias": (32,)})
+        keys.update(
+            {
+                h + "proj_in.weight": (D, D),
+                h + "proj_in.bias": (D,),
+                h + "layers.0.weight": (D, D),
+                h + "layers.0.bias": (D,),
+                h + "proj_out.weight": (32, D),
+                h + "proj_out.bias": (32,),
+            }
+        )
 
     def attn(prefix, inner):
-        return {prefix + f"{n}_proj.weight": (inner, D) for n in "qkv"} | {prefix + f"{n}_proj.bias": (inner,) for n in "qkv"} \
+        return (
+            {prefix + f"{n}_proj.weight": (inner, D) for n in "qkv"}
+            | {prefix + f"{n}_proj.bias": (inner,) for n in "qkv"}
             | {prefix + "out_proj.weight": (D, inner), prefix + "out_proj.bias": (D,)}
+        )
 
     for i in range(2):
         t = f"mask_decoder.transformer.layers.{i}."
-        keys.update(attn(t + "self_attn.", D) | attn(t + "cross_attn_token_to_image.", D // 2)
-                    | attn(t + "cross_attn_image_to_token.", D // 2))
+        keys.update(
+            attn(t + "self_attn.", D)
+            | attn(t + "cross_attn_token_to_image.", D // 2)
+            | attn(t + "cross_attn_image_to_token.", D // 2)
+        )
         keys.update({t + f"layer_norm{n}.{w}": (D,) for n in range(1, 5) for w in ("weight", "bias")})
-        keys.update({t + "mlp.lin1.weight": (2048, D), t + "mlp.lin1.bias": (2048,),
-                     t + "mlp.lin2.weight": (D, 2048), t + "mlp.lin2.bias": (D,)})
+        keys.update(
+            {
+                t + "mlp.lin1.weight": (2048, D),
+                t + "mlp.lin1.bias": (2048,),
+                t + "mlp.lin2.weight": (D, 2048),
+                t + "mlp.lin2.bias": (D,),
+            }
+        )
     keys.update(attn("mask_decoder.transformer.final_attn_token_to_image.", D // 2))
     return keys
 
@@ -118,9 +167,14 @@ def test_hf_safetensors_bin_and_folder_load_as_checkpoint(vit_b_state, tmp_path)
         loaded = build_sam("vit_b", 1024, source)
         assert loaded.pretrained
         state = loaded.model.state_dict()
-        for key in ("image_encoder.blocks.11.attn.rel_pos_h", "image_encoder.neck.1.weight",
-                    "prompt_encoder.mask_downscaling.4.bias", "mask_decoder.output_hypernetworks_mlps.3.layers.1.weight",
-                    "mask_decoder.transformer.norm_final_attn.weight", "image_encoder.pos_embed"):
+        for key in (
+            "image_encoder.blocks.11.attn.rel_pos_h",
+            "image_encoder.neck.1.weight",
+            "prompt_encoder.mask_downscaling.4.bias",
+            "mask_decoder.output_hypernetworks_mlps.3.layers.1.weight",
+            "mask_decoder.transformer.norm_final_attn.weight",
+            "image_encoder.pos_embed",
+        ):
             assert torch.equal(state[key], vit_b_state[key]), (source, key)
     small = build_sam("vit_b", 256, tmp_path / "folder").model  # the loader's resizing applies to HF files too
     assert small.image_encoder.pos_embed.shape == (1, 16, 16, 768)
@@ -138,23 +192,42 @@ def test_hf_safetensors_bin_and_folder_load_as_checkpoint(vit_b_state, tmp_path)
 def test_export_format_hf_round_trips_and_refuses_mixed_widths(tmp_path):
     torch.manual_seed(0)
     space = SearchSpace.for_arch("tiny")
-    save_supernet(tmp_path / "supernet.pt", SuperSam(build_sam_model("tiny", 128), space), SupernetMeta("tiny", 128, False, "none"))
+    save_supernet(
+        tmp_path / "supernet.pt",
+        SuperSam(build_sam_model("tiny", 128), space),
+        SupernetMeta("tiny", 128, False, "none"),
+    )
     uniform = SubnetConfig.from_mlp_dims([256, 256, 0, 256, 256, 0, 256, 256, 256, 0, 256, 256])
-    out = export(ExportConfig(supernet=str(tmp_path / "supernet.pt"), subnet=json.dumps(uniform.to_dict()),
-                              out=str(tmp_path / "model"), format="hf"))
+    out = export(
+        ExportConfig(
+            supernet=str(tmp_path / "supernet.pt"),
+            subnet=json.dumps(uniform.to_dict()),
+            out=str(tmp_path / "model"),
+            format="hf",
+        )
+    )
     config = json.loads((out / "hf" / "config.json").read_text())
     assert config["vision_config"]["num_hidden_layers"] == 9 and config["vision_config"]["mlp_dim"] == 256
-    assert config["vision_config"]["global_attn_indexes"] == [6, 8]  # blocks 8 and 11 (kept 0,1,3,4,6,7,8,10,11) at their new positions
+    assert config["vision_config"]["global_attn_indexes"] == [
+        6,
+        8,
+    ]  # blocks 8 and 11 (kept 0,1,3,4,6,7,8,10,11) at their new positions
     model = load_model(out)
-    from supersam.sam import read_state_dict
+    from supersam.model.sam import read_state_dict
 
     state = read_state_dict(out / "hf" / "model.safetensors")
     assert set(state) == set(model.state_dict())
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     mixed = SubnetConfig.from_mlp_dims([256, 0, 128, 64, 256, 0, 85, 192, 64, 0, 128, 256])
     with pytest.raises(ConfigError, match="one MLP width"):
-        export(ExportConfig(supernet=str(tmp_path / "supernet.pt"), subnet=json.dumps(mixed.to_dict()),
-                            out=str(tmp_path / "mixed"), format="hf"))
+        export(
+            ExportConfig(
+                supernet=str(tmp_path / "supernet.pt"),
+                subnet=json.dumps(mixed.to_dict()),
+                out=str(tmp_path / "mixed"),
+                format="hf",
+            )
+        )
     assert not (tmp_path / "mixed").exists()  # refused before anything is written
 
 
@@ -187,8 +260,17 @@ def test_a_transformers_sammodel_reads_as_a_base_model_with_the_same_masks(tmp_p
     from transformers import SamConfig, SamModel
 
     config = SamConfig(  # the tiny SAM's numbers in transformers' own config fields
-        vision_config=dict(hidden_size=64, num_hidden_layers=12, num_attention_heads=2, mlp_dim=256, image_size=128,
-                           window_size=4, output_channels=32, num_pos_feats=16, global_attn_indexes=[2, 5, 8, 11]),
+        vision_config=dict(
+            hidden_size=64,
+            num_hidden_layers=12,
+            num_attention_heads=2,
+            mlp_dim=256,
+            image_size=128,
+            window_size=4,
+            output_channels=32,
+            num_pos_feats=16,
+            global_attn_indexes=[2, 5, 8, 11],
+        ),
         prompt_encoder_config=dict(hidden_size=32, image_size=128, mask_input_channels=4),
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
     )
@@ -213,8 +295,9 @@ def test_a_transformers_sammodel_reads_as_a_base_model_with_the_same_masks(tmp_p
 def _processor(size: int):
     from transformers import SamImageProcessor, SamProcessor
 
-    return SamProcessor(image_processor=SamImageProcessor(size={"longest_edge": size},
-                                                          pad_size={"height": size, "width": size}))
+    return SamProcessor(
+        image_processor=SamImageProcessor(size={"longest_edge": size}, pad_size={"height": size, "width": size})
+    )
 
 
 def sam_to_hf_names(model) -> dict[str, torch.Tensor]:
@@ -223,7 +306,8 @@ def sam_to_hf_names(model) -> dict[str, torch.Tensor]:
 
 
 def test_an_hf_export_loads_in_transformers_and_gives_the_export_s_masks(tmp_path):
-    """export --format hf of a subnet (3 blocks dropped; block 0 keeps its full MLP, so the others do too) opens with SamModel.from_pretrained and
+    """export --format hf of a subnet (3 blocks dropped; block 0 keeps its full MLP, so the others do too) opens with
+    SamModel.from_pretrained and
     SamProcessor.from_pretrained, and its masks equal the segment_anything export's through SamPredictor."""
     from transformers import SamModel, SamProcessor
 
@@ -232,10 +316,18 @@ def test_an_hf_export_loads_in_transformers_and_gives_the_export_s_masks(tmp_pat
     with torch.no_grad():
         for param in sam.parameters():
             param.add_(0.05 * torch.randn_like(param))
-    save_supernet(tmp_path / "supernet.pt", SuperSam(sam, SearchSpace.for_arch("tiny")), SupernetMeta("tiny", 128, False, "none"))
+    save_supernet(
+        tmp_path / "supernet.pt", SuperSam(sam, SearchSpace.for_arch("tiny")), SupernetMeta("tiny", 128, False, "none")
+    )
     subnet = SubnetConfig.from_mlp_dims([256, 256, 0, 256, 256, 0, 256, 256, 256, 0, 256, 256])
-    out = export(ExportConfig(supernet=str(tmp_path / "supernet.pt"), subnet=json.dumps(subnet.to_dict()),
-                              out=str(tmp_path / "model"), format="hf"))
+    out = export(
+        ExportConfig(
+            supernet=str(tmp_path / "supernet.pt"),
+            subnet=json.dumps(subnet.to_dict()),
+            out=str(tmp_path / "model"),
+            format="hf",
+        )
+    )
     model = SamModel.from_pretrained(out / "hf").eval()  # raises on any missing or mismatched tensor
     processor = SamProcessor.from_pretrained(out / "hf")
     assert model.config.vision_config.num_hidden_layers == 9 and model.config.vision_config.mlp_dim == 256
@@ -249,18 +341,35 @@ def test_an_hf_export_loads_in_transformers_and_gives_the_export_s_masks(tmp_pat
 
 
 def test_bench_measures_a_hugging_face_folder(tmp_path, monkeypatch, capsys):
-    from safetensors.torch import save_file
-
     from conftest import run_cli
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
     sam = build_sam_model("tiny", 128)
     (tmp_path / "hf").mkdir()
-    save_file({k: v.contiguous().clone() for k, v in sam_to_hf(sam.state_dict()).items()},
-              str(tmp_path / "hf" / "model.safetensors"))
+    save_file(
+        {k: v.contiguous().clone() for k, v in sam_to_hf(sam.state_dict()).items()},
+        str(tmp_path / "hf" / "model.safetensors"),
+    )
     (tmp_path / "hf" / "config.json").write_text('{"model_type": "sam"}')  # every SamModel folder has its config
-    code, err = run_cli(["bench", str(tmp_path / "hf"), "--set", "model.type=tiny", "--set", "model.img_size=128",
-                         "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "b.json")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "bench",
+            str(tmp_path / "hf"),
+            "--set",
+            "model.type=tiny",
+            "--set",
+            "model.img_size=128",
+            "--repeats",
+            "2",
+            "--warmup",
+            "0",
+            "--out",
+            str(tmp_path / "b.json"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["params"] == sum(p.numel() for p in sam.parameters()) and result["source"].startswith("sam:")

@@ -25,12 +25,12 @@ import pytest
 import torch
 import yaml
 
-from supersam.artifacts import SupernetMeta
-from supersam.checkpoint import load_supernet, read_export_manifest, save_supernet
-from supersam.elastic import SuperSam
-from supersam.resume import checkpoint_path, load_training_state
-from supersam.sam import build_sam_model
-from supersam.space import SearchSpace
+from supersam.artifacts.records import SupernetMeta
+from supersam.model.checkpoint import load_supernet, read_export_manifest, save_supernet
+from supersam.model.elastic import SuperSam
+from supersam.model.sam import build_sam_model
+from supersam.model.space import SearchSpace
+from supersam.runtime.resume import checkpoint_path, load_training_state
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,9 @@ KILLS = {"train": 4, "search": 4, "export": 2, "pretrain": 3}  # 10 kill points,
 
 def _run(args: list[str], cwd: Path, kill_after: float | None = None) -> tuple[int | None, str]:
     """Run ``supersam ARGS``; with ``kill_after`` seconds, SIGKILL it then if it still runs (code None)."""
-    proc = subprocess.Popen([str(SUPERSAM_BIN), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [str(SUPERSAM_BIN), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         _, err = proc.communicate(timeout=kill_after)
         return proc.returncode, err
@@ -52,8 +53,11 @@ def _run(args: list[str], cwd: Path, kill_after: float | None = None) -> tuple[i
 
 
 def _files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _no_temporaries(folder: Path) -> None:
@@ -69,11 +73,29 @@ def project(tmp_path_factory, shared_data) -> Path:
     save_supernet(root / "supernet.pt", supernet, SupernetMeta("tiny", 128, False, "wanda"))
     params = {
         "data": {"root": str(shared_data / "isbi2012_em"), "patch": 256, "max_objects": 2},
-        "train": {"iterations": 8, "batch_size": 2, "max_objects": 2, "val_images": 1, "eval_every": 4,
-                  "save_every": 1, "target_miou": "0.0", "device": "cpu", "target_every": 0, "lr": 1e-3},
+        "train": {
+            "iterations": 8,
+            "batch_size": 2,
+            "max_objects": 2,
+            "val_images": 1,
+            "eval_every": 4,
+            "save_every": 1,
+            "target_miou": "0.0",
+            "device": "cpu",
+            "target_every": 0,
+            "lr": 1e-3,
+        },
         "search": {"n_images": 1, "budget": 10, "device": "cpu", "max_params": "60e6", "min_miou": "0.0"},
-        "pretrain": {"iterations": 6, "batch_size": 2, "max_objects": 2, "val_images": 1, "eval_every": 3,
-                     "save_every": 1, "warmup": 2, "device": "cpu"},
+        "pretrain": {
+            "iterations": 6,
+            "batch_size": 2,
+            "max_objects": 2,
+            "val_images": 1,
+            "eval_every": 3,
+            "save_every": 1,
+            "warmup": 2,
+            "device": "cpu",
+        },
         "mlflow": {"enabled": False},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -111,8 +133,18 @@ def test_ten_kill_9_points_end_in_valid_artifacts_and_the_uninterrupted_result(p
     t_search = time.perf_counter() - t0
     assert code == 0, err
     t0 = time.perf_counter()
-    code, err = _run(["export", "--supernet", "ref/train/supernet.pt", "--subnet", "ref/search/best_subnet.json",
-                      "--out", "ref/export"], project)
+    code, err = _run(
+        [
+            "export",
+            "--supernet",
+            "ref/train/supernet.pt",
+            "--subnet",
+            "ref/search/best_subnet.json",
+            "--out",
+            "ref/export",
+        ],
+        project,
+    )
     t_export = time.perf_counter() - t0
     assert code == 0, err
 
@@ -127,8 +159,10 @@ def test_ten_kill_9_points_end_in_valid_artifacts_and_the_uninterrupted_result(p
     ref, got = (load_supernet(project / d / "train" / "supernet.pt").state_dict() for d in ("ref", "run"))
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)  # bit for bit
     for key in ("iterations", "miou_min", "miou_max"):
-        assert (json.loads((project / "run/train/metrics.json").read_text())[key]
-                == json.loads((project / "ref/train/metrics.json").read_text())[key])
+        assert (
+            json.loads((project / "run/train/metrics.json").read_text())[key]
+            == json.loads((project / "ref/train/metrics.json").read_text())[key]
+        )
 
     def check_search() -> None:
         journal = project / "run" / "search" / "candidates.partial.jsonl"
@@ -136,12 +170,22 @@ def test_ten_kill_9_points_end_in_valid_artifacts_and_the_uninterrupted_result(p
             for line in journal.read_text().splitlines()[:-1]:  # every line but a cut last one is whole
                 json.loads(line)
 
-    kills += _kill_loop("search", [*search_args, "--supernet", "run/train/supernet.pt", "--out", "run/search"],
-                        project, t_search, rng, check_search)
-    strip = lambda d: [{k: v for k, v in c.items() if k != "seconds"}  # noqa: E731
-                       for c in json.loads((project / d / "search" / "candidates.json").read_text())]
+    kills += _kill_loop(
+        "search",
+        [*search_args, "--supernet", "run/train/supernet.pt", "--out", "run/search"],
+        project,
+        t_search,
+        rng,
+        check_search,
+    )
+    strip = lambda d: [
+        {k: v for k, v in c.items() if k != "seconds"}  # noqa: E731
+        for c in json.loads((project / d / "search" / "candidates.json").read_text())
+    ]
     assert strip("run") == strip("ref") and len(strip("run")) == 10
-    assert (project / "run/search/best_subnet.json").read_bytes() == (project / "ref/search/best_subnet.json").read_bytes()
+    assert (project / "run/search/best_subnet.json").read_bytes() == (
+        project / "ref/search/best_subnet.json"
+    ).read_bytes()
 
     def check_export() -> None:
         out = project / "run" / "export"
@@ -149,13 +193,29 @@ def test_ten_kill_9_points_end_in_valid_artifacts_and_the_uninterrupted_result(p
             read_export_manifest(out)
             assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.pt"]
 
-    kills += _kill_loop("export", ["export", "--supernet", "run/train/supernet.pt", "--subnet",
-                                   "run/search/best_subnet.json", "--out", "run/export"],
-                        project, t_export, rng, check_export)
+    kills += _kill_loop(
+        "export",
+        [
+            "export",
+            "--supernet",
+            "run/train/supernet.pt",
+            "--subnet",
+            "run/search/best_subnet.json",
+            "--out",
+            "run/export",
+        ],
+        project,
+        t_export,
+        rng,
+        check_export,
+    )
     ref_export, run_export = _files(project / "ref" / "export"), _files(project / "run" / "export")
     assert ref_export["model.pt"] == run_export["model.pt"]
-    manifest = lambda d: {k: v for k, v in json.loads((project / d / "export/config.json").read_text()).items()  # noqa: E731
-                          if k != "supernet"}
+    manifest = lambda d: {
+        k: v
+        for k, v in json.loads((project / d / "export/config.json").read_text()).items()  # noqa: E731
+        if k != "supernet"
+    }
     assert manifest("run") == manifest("ref")
     _no_temporaries(project / "run")
     assert kills >= 8  # the kill points fell inside the work (a run may finish before its moment)
@@ -177,8 +237,10 @@ def test_kill_9_during_pretrain_then_auto_resume_gives_the_uninterrupted_base_mo
     kills = _kill_loop("pretrain", [*args, "--out", "run/pretrain"], project, seconds, rng, check)
     ref, got = (torch.load(project / d / "pretrain" / "model.pt", weights_only=True) for d in ("ref", "run"))
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)  # bit for bit
-    history = lambda d: [{k: v for k, v in e.items() if k != "seconds"}  # noqa: E731
-                         for e in json.loads((project / d / "pretrain" / "history.json").read_text())]
+    history = lambda d: [
+        {k: v for k, v in e.items() if k != "seconds"}  # noqa: E731
+        for e in json.loads((project / d / "pretrain" / "history.json").read_text())
+    ]
     assert history("run") == history("ref")
     _no_temporaries(project / "run" / "pretrain")
     assert kills >= 2

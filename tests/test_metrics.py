@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from supersam.metrics import MiouMeter, dice_loss, mask_iou, object_ious
+from supersam.measure.metrics import MiouMeter, dice_loss, mask_iou, object_ious
 
 
 def _square(y0, y1, x0, x1, size=8):
@@ -30,8 +30,8 @@ def test_dice_half_overlap_hand_computed():
 
 
 def test_iou_exact_on_hand_made_masks():
-    a = _square(0, 4, 0, 4)        # 16 px
-    b = _square(2, 6, 2, 6)        # 16 px, overlap 4 -> IoU 4/28
+    a = _square(0, 4, 0, 4)  # 16 px
+    b = _square(2, 6, 2, 6)  # 16 px, overlap 4 -> IoU 4/28
     assert mask_iou(a, b).item() == 4 / 28
     assert mask_iou(a, a).item() == 1.0
     empty = torch.zeros(8, 8, dtype=torch.bool)
@@ -42,10 +42,16 @@ def test_iou_exact_on_hand_made_masks():
 def test_miou_single_and_oracle():
     gt = torch.stack([_square(0, 4, 0, 4), _square(4, 8, 4, 8)])
     # object 0: masks = [exact, empty, half]; object 1: [quarter, exact, empty]
-    m = torch.stack([
-        torch.stack([gt[0], torch.zeros_like(gt[0]), _square(0, 4, 0, 2)]),
-        torch.stack([_square(4, 6, 4, 6), gt[1], torch.zeros_like(gt[1])]),
-    ]).float() * 2 - 1
+    m = (
+        torch.stack(
+            [
+                torch.stack([gt[0], torch.zeros_like(gt[0]), _square(0, 4, 0, 2)]),
+                torch.stack([_square(4, 6, 4, 6), gt[1], torch.zeros_like(gt[1])]),
+            ]
+        ).float()
+        * 2
+        - 1
+    )
     ious = object_ious(m, gt)
     assert ious.tolist() == [[1.0, 0.0, 0.5], [0.25, 1.0, 0.0]]
     meter = MiouMeter()
@@ -60,14 +66,14 @@ def test_ignore_pixels_leave_intersection_and_union():
     import numpy as np
     import pycocotools.mask as mask_utils
 
-    gt = _square(0, 4, 0, 4)           # 16 px
-    pred = _square(0, 4, 2, 8)         # 24 px, overlap 8 -> IoU 8/32 without ignore
-    void = _square(0, 8, 6, 8)         # 16 px, 8 of them predicted, none in gt
+    gt = _square(0, 4, 0, 4)  # 16 px
+    pred = _square(0, 4, 2, 8)  # 24 px, overlap 8 -> IoU 8/32 without ignore
+    void = _square(0, 8, 6, 8)  # 16 px, 8 of them predicted, none in gt
     assert mask_iou(pred, gt).item() == 8 / 32
     assert mask_iou(pred, gt, void).item() == 8 / 24
     enc = lambda m: mask_utils.encode(np.asfortranarray((m & ~void).numpy().astype(np.uint8)))  # noqa: E731
     assert abs(mask_utils.iou([enc(pred)], [enc(gt)], [0])[0, 0] - 8 / 24) < 1e-12
-    logits = (torch.stack([pred, gt])[:, None].float() * 2 - 1)  # 2 objects x 1 mask
+    logits = torch.stack([pred, gt])[:, None].float() * 2 - 1  # 2 objects x 1 mask
     meter = MiouMeter()
     meter.add_single(logits, torch.stack([gt, gt]), void)
     assert meter.result()["miou"] == (8 / 24 + 1.0) / 2
@@ -76,7 +82,7 @@ def test_ignore_pixels_leave_intersection_and_union():
 def test_void_pixels_leave_the_training_losses():
     """Dice (train) and SAM's focal + Dice + IoU loss (pretrain) ignore void pixels: a hand-computed
     Dice, and any prediction on the void pixels leaves both losses unchanged."""
-    from supersam.losses import SamLossWeights, low_res_valid, sam_loss
+    from supersam.measure.losses import SamLossWeights, low_res_valid, sam_loss
 
     logits = torch.full((1, 2, 2), 20.0)  # predicts foreground everywhere
     target = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])

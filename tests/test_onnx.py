@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from supersam.artifacts import SupernetMeta
-from supersam.checkpoint import load_model, save_supernet
+from supersam.artifacts.records import SupernetMeta
 from supersam.data.prepare import preprocess_image
-from supersam.elastic import SuperSam
-from supersam.export import ExportConfig, export
-from supersam.onnx_export import box_prompt
-from supersam.sam import build_sam_model
-from supersam.space import SearchSpace, SubnetConfig
+from supersam.model.checkpoint import load_model, save_supernet
+from supersam.model.elastic import SuperSam
+from supersam.model.onnx import box_prompt
+from supersam.model.sam import build_sam_model
+from supersam.model.space import SearchSpace, SubnetConfig
+from supersam.stages.export import ExportConfig, export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,9 +32,17 @@ def exported(tmp_path_factory):
     with torch.no_grad():  # a non-trivial position embedding (SAM's is zero at init)
         sam.image_encoder.pos_embed.add_(0.05 * torch.randn_like(sam.image_encoder.pos_embed))
     root = tmp_path_factory.mktemp("onnx")
-    save_supernet(root / "supernet.pt", SuperSam(sam, SearchSpace.for_arch("tiny")), SupernetMeta("tiny", 128, False, "none"))
-    out = export(ExportConfig(supernet=str(root / "supernet.pt"), subnet=json.dumps(MIXED.to_dict()),
-                              out=str(root / "model"), format="onnx"))
+    save_supernet(
+        root / "supernet.pt", SuperSam(sam, SearchSpace.for_arch("tiny")), SupernetMeta("tiny", 128, False, "none")
+    )
+    out = export(
+        ExportConfig(
+            supernet=str(root / "supernet.pt"),
+            subnet=json.dumps(MIXED.to_dict()),
+            out=str(root / "model"),
+            format="onnx",
+        )
+    )
     return out
 
 
@@ -50,7 +58,11 @@ def _real_images(shared_data, img_size):
 
 def test_onnxruntime_matches_pytorch_on_real_images(exported, shared_data):
     meta = json.loads((exported / "onnx" / "onnx.json").read_text())
-    assert meta["opset"] == 17 and meta["img_size"] == 128 and meta["encoder"]["outputs"]["image_embeddings"] == [1, 32, 8, 8]
+    assert (
+        meta["opset"] == 17
+        and meta["img_size"] == 128
+        and meta["encoder"]["outputs"]["image_embeddings"] == [1, 32, 8, 8]
+    )
     assert sorted(p.name for p in (exported / "onnx").iterdir()) == ["decoder.onnx", "encoder.onnx", "onnx.json"]
     model = load_model(exported)  # the PyTorch export in the same folder
     encoder = ort.InferenceSession(str(exported / "onnx" / "encoder.onnx"), providers=["CPUExecutionProvider"])
@@ -68,16 +80,20 @@ def test_onnxruntime_matches_pytorch_on_real_images(exported, shared_data):
             pts = torch.tensor([[[40.0, 40.0], [100.0, 20.0]]]).expand(3, 2, 2).contiguous()
             lbl = torch.tensor([[1.0, 0.0]]).expand(3, 2).contiguous()
             sp_pts, dn_pts = model.prompt_encoder(points=(pts, lbl), boxes=None, masks=None)
-            low_pts, iou_pts = model.mask_decoder.predict_masks(emb, model.prompt_encoder.get_dense_pe(), sp_pts, dn_pts)
+            low_pts, iou_pts = model.mask_decoder.predict_masks(
+                emb, model.prompt_encoder.get_dense_pe(), sp_pts, dn_pts
+            )
         assert np.abs(emb_ort - emb.numpy()).max() <= 1e-3
         coords, labels = box_prompt(boxes)
         # points are padded with one label -1 point, as SamPredictor/PromptEncoder pad them without a box
-        for (c, l), ref, ref_iou in (((coords, labels), low, iou),
-                                     ((torch.cat([pts, torch.zeros(3, 1, 2)], 1), torch.cat([lbl, -torch.ones(3, 1)], 1)),
-                                      low_pts, iou_pts)):
+        for (c, l), ref, ref_iou in (
+            ((coords, labels), low, iou),
+            ((torch.cat([pts, torch.zeros(3, 1, 2)], 1), torch.cat([lbl, -torch.ones(3, 1)], 1)), low_pts, iou_pts),
+        ):
             # ONNX decoder on onnxruntime's own embedding: the deployed chain end to end
-            logits, iou_ort = decoder.run(None, {"image_embeddings": emb_ort, "point_coords": c.numpy(),
-                                                 "point_labels": l.numpy()})
+            logits, iou_ort = decoder.run(
+                None, {"image_embeddings": emb_ort, "point_coords": c.numpy(), "point_labels": l.numpy()}
+            )
             assert logits.shape == tuple(ref.shape) == (3, 4, 32, 32)
             worst = max(worst, float(np.abs(logits - ref.numpy()).max()))
             assert np.abs(iou_ort - ref_iou.numpy()).max() <= 1e-3

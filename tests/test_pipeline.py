@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.slow  # a whole `dvc repro` (~3 min on 2 cores)
@@ -91,7 +90,7 @@ def test_every_stage_writes_its_artifacts(project):
     assert base["iterations"] == 4 and base["model_type"] == "tiny" and (out / "pretrain" / "model.pt").is_file()
     ranking = _json(out / "rank_layers" / "ranking.json")
     assert len(ranking["importance"]) == 12 and 0 not in ranking["prunable"]
-    assert (out / "calibration" / "wanda_stats.pt").stat().st_size > 0
+    assert (out / "calibration" / "calibration_stats.pt").stat().st_size > 0
     for variant in VARIANTS:
         assert (out / "supernet" / variant / "supernet.pt").is_file()
         space = _json(out / "supernet" / variant / "search_space.json")
@@ -162,19 +161,26 @@ def test_a_bad_param_is_refused_before_dvc_deletes_any_output(project):
     """DVC removes a stage's outputs before running its command; the validate stage runs first and
     stops `dvc repro` on a bad value, so the previous search results survive (issue 29)."""
     outputs = project / "outputs"
-    before = {str(p.relative_to(outputs)): p.read_bytes() for p in sorted(outputs.rglob("*"))
-              if p.is_file() and p.name != "valid.json"}
+    before = {
+        str(p.relative_to(outputs)): p.read_bytes()
+        for p in sorted(outputs.rglob("*"))
+        if p.is_file() and p.name != "valid.json"
+    }
     text = (project / "params.yaml").read_text()
     params = yaml.safe_load(text)
     params["search"]["budget"] = -1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([str(BIN / "dvc"), "repro"], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "dvc"), "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode != 0
     assert "search.budget and search.time_limit must be >= 0" in proc.stdout + proc.stderr
-    after = {str(p.relative_to(outputs)): p.read_bytes() for p in sorted(outputs.rglob("*"))
-             if p.is_file() and p.name != "valid.json"}
+    after = {
+        str(p.relative_to(outputs)): p.read_bytes()
+        for p in sorted(outputs.rglob("*"))
+        if p.is_file() and p.name != "valid.json"
+    }
     assert after == before  # nothing deleted, nothing rewritten
     (project / "params.yaml").write_text(text)
     proc = _run([str(BIN / "dvc"), "repro"], project)
@@ -197,9 +203,22 @@ def _post(url: str, body: dict) -> dict:
 def test_mlflow_server_serves_one_train_run_per_variant(project):
     port = _free_port()
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{project / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
@@ -230,11 +249,20 @@ def test_mlflow_server_serves_one_train_run_per_variant(project):
     assert all(t["mlflow.parentRunId"] == parents[0] for t in tags if t["stage"] != "pipeline")
     runs, tags = zip(*[(run, t) for run, t in zip(runs, tags) if t["stage"] != "pipeline"])
     for run, t in zip(runs, tags):
-        if t["stage"] in ("pretrain", "rank-layers", "calibrate-wanda", "train", "finetune", "search", "compare", "eval"):
+        if t["stage"] in (
+            "pretrain",
+            "rank-layers",
+            "calibrate",
+            "train",
+            "finetune",
+            "search",
+            "compare",
+            "eval",
+        ):
             assert run.get("inputs", {}).get("dataset_inputs"), f"{t['stage']} run has no dataset input"
     stages = sorted(t["stage"] for t in tags)
     assert stages.count("train") == stages.count("search") == stages.count("build-supernet") == len(VARIANTS)
-    assert {"pretrain", "rank-layers", "calibrate-wanda", "finetune", "compare", "eval"} <= set(stages)
+    assert {"pretrain", "rank-layers", "calibrate", "finetune", "compare", "eval"} <= set(stages)
     assert len({t.get("pipeline_run") for t in tags}) == 1
     train = [run for run, t in zip(runs, tags) if t["stage"] == "train"]
     assert sorted(t["variant"] for t in tags if t["stage"] == "train") == sorted(VARIANTS)

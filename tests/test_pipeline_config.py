@@ -8,16 +8,27 @@ import shlex
 import pytest
 import typer.main
 import yaml
-
-from supersam.cli.main import app
-from supersam.cli.validate import section_classes
-from supersam.config import build_config
-
 from conftest import ROOT
 
+from supersam.cli.app import READS
+from supersam.cli.main import app
+from supersam.cli.schema import section_classes
+from supersam.schema import build_config
+
 SECTIONS = section_classes()  # the one map from section to config class
-STAGES = ["validate", "pretrain", "rank-layers", "calibrate-wanda", "build-supernet", "train", "finetune", "search", "compare",
-          "export", "eval"]
+STAGES = [
+    "validate",
+    "pretrain",
+    "rank-layers",
+    "calibrate",
+    "build-supernet",
+    "train",
+    "finetune",
+    "search",
+    "compare",
+    "export",
+    "eval",
+]
 # stages that run another stage's command: finetune is `supersam train --set train.mode=finetune`
 STAGE_COMMAND = {"finetune": "train"}
 
@@ -78,6 +89,39 @@ def test_dvc_params_name_existing_keys():
                 node = node[part]
 
 
+def _templated_sections(body: dict) -> set[str]:
+    """params sections dvc.yaml itself substitutes into a stage (``${export.variant}`` in eval's commands)."""
+    import re
+
+    text = json.dumps({k: body.get(k) for k in ("cmd", "deps", "outs", "metrics", "plots")})
+    return {m.split(".")[0] for m in re.findall(r"\$\{([a-z_.]+)\}", text)} - {"item", "variants"}
+
+
+@pytest.mark.parametrize("stage", [s for s in STAGES if s != "validate"])
+def test_dvc_params_are_the_sections_the_command_reads(stage):
+    """A stage re-runs when, and only when, a section its command reads changes: dvc.yaml's ``params:``
+    are supersam.cli.schema.READS of its command, plus the sections dvc.yaml substitutes itself."""
+    body = _dvc()["stages"][stage]
+    body = body.get("do", body)
+    listed = {key.split(".")[0] for key in body["params"]}
+    reads = set(READS[STAGE_COMMAND.get(stage, stage)])
+    assert listed == reads | (_templated_sections(body) & set(SECTIONS)), stage
+
+
+def test_params_build_every_section_with_its_class():
+    from supersam.cli.schema import Params
+    from supersam.schema import SECTIONS as SCHEMA_SECTIONS
+    from supersam.schema import apply_metric, read_params
+
+    built = Params.from_values(apply_metric(read_params(ROOT / "params.yaml")))
+    assert set(SECTIONS) | {"variants", "metric"} == set(SCHEMA_SECTIONS)
+    for section, cls in SECTIONS.items():
+        assert isinstance(getattr(built, section), cls), section
+    assert built.variants == ["none", "magnitude", "wanda", "taylor"] and built.train.metric == "single"
+    assert set(READS) >= {"pretrain", "rank-layers", "calibrate", "build-supernet", "train", "search", "compare"}
+    assert all(set(reads) <= set(SCHEMA_SECTIONS) for reads in READS.values())
+
+
 def test_validate_checks_every_section_and_writes_a_marker_that_never_changes(tmp_path, monkeypatch, capsys):
     from conftest import run_cli
 
@@ -91,13 +135,19 @@ def test_validate_checks_every_section_and_writes_a_marker_that_never_changes(tm
     code, err = run_cli(["validate", "--set", "eval.overlays=2", "--out", str(marker)], monkeypatch, capsys)
     assert code == 0 and marker.read_bytes() == first, err  # a valid change leaves the marker's bytes alone
     refused = {  # a bad value of any section, read by any stage, is refused by the one command
-        "search.budget=-1": "search.budget", "search.budget=abc": "search.budget", "train.lr=0": "train.lr",
-        "data.patch=1": "data.patch", "eval.split=tset": "eval.split", "bench.repeats=0": "bench",
-        "compare.no_such_key=1": "compare.no_such_key", "model.img_size=65536": "above the limit",
+        "search.budget=-1": "search.budget",
+        "search.budget=abc": "search.budget",
+        "train.lr=0": "train.lr",
+        "data.patch=1": "data.patch",
+        "eval.split=tset": "eval.split",
+        "bench.repeats=0": "bench",
+        "compare.no_such_key=1": "compare.no_such_key",
+        "model.img_size=65536": "above the limit",
     }
     for item, needle in refused.items():
-        code, err = run_cli(["validate", "--set", item, "--out", str(tmp_path / "new" / "valid.json")],
-                            monkeypatch, capsys)
+        code, err = run_cli(
+            ["validate", "--set", item, "--out", str(tmp_path / "new" / "valid.json")], monkeypatch, capsys
+        )
         assert code == 1 and needle in err and "Traceback" not in err, (item, err)
     assert not (tmp_path / "new" / "valid.json").exists()
     bad = tmp_path / "variants.yaml"

@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
-import torch
+from conftest import CUSTOM_PIXEL_MEAN, CUSTOM_PIXEL_STD, run_cli
 from PIL import Image
 from segment_anything import SamPredictor
 
 import supersam
-from conftest import CUSTOM_PIXEL_MEAN, CUSTOM_PIXEL_STD, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,17 +25,36 @@ def image_file(shared_data, tmp_path_factory):
     return path
 
 
-def test_predict_boxes_write_masks_at_image_size_with_the_models_pixel_stats(tiny_export, image_file, tmp_path,
-                                                                             monkeypatch, capsys):
+def test_predict_boxes_write_masks_at_image_size_with_the_models_pixel_stats(
+    tiny_export, image_file, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "pred"
-    code, err = run_cli(["predict", str(tiny_export), str(image_file), "--box", "10,20,200,180",
-                         "--box", "150.5,100,400,300", "--rle", "--out", str(out), "--device", "cpu"], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "predict",
+            str(tiny_export),
+            str(image_file),
+            "--box",
+            "10,20,200,180",
+            "--box",
+            "150.5,100,400,300",
+            "--rle",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((out / "prediction.json").read_text())
     image = np.array(Image.open(image_file).convert("RGB"))
     h, w = image.shape[:2]
     assert report["size"] == [h, w] and [o["mask"] for o in report["objects"]] == ["mask_00.png", "mask_01.png"]
-    assert report["pixel_mean"] == pytest.approx(CUSTOM_PIXEL_MEAN) and report["pixel_std"] == pytest.approx(CUSTOM_PIXEL_STD)
+    assert report["pixel_mean"] == pytest.approx(CUSTOM_PIXEL_MEAN) and report["pixel_std"] == pytest.approx(
+        CUSTOM_PIXEL_STD
+    )
     model = supersam.load_model(tiny_export)
     assert model.pixel_mean.flatten().tolist() == CUSTOM_PIXEL_MEAN  # SamPredictor normalises with these
     reference = SamPredictor(model)
@@ -51,8 +69,8 @@ def test_predict_boxes_write_masks_at_image_size_with_the_models_pixel_stats(tin
         assert (mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool) == mask).all()
     assert Image.open(out / "overlay.png").size == (w, h)
     # the default SAM statistics would give another prediction: the model's own are used
-    from supersam.checkpoint import set_pixel_stats
-    from supersam.sam import PIXEL_MEAN, PIXEL_STD
+    from supersam.model.checkpoint import set_pixel_stats
+    from supersam.model.sam import PIXEL_MEAN, PIXEL_STD
 
     set_pixel_stats(model, list(PIXEL_MEAN), list(PIXEL_STD))
     other = SamPredictor(model)
@@ -63,8 +81,25 @@ def test_predict_boxes_write_masks_at_image_size_with_the_models_pixel_stats(tin
 
 def test_predict_points_make_one_object(tiny_export, image_file, tmp_path, monkeypatch, capsys):
     out = tmp_path / "pts"
-    code, err = run_cli(["predict", str(tiny_export), str(image_file), "--point", "100,120", "--point", "300,50,0",
-                         "--multimask", "--no-overlay", "--out", str(out), "--device", "cpu"], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "predict",
+            str(tiny_export),
+            str(image_file),
+            "--point",
+            "100,120",
+            "--point",
+            "300,50,0",
+            "--multimask",
+            "--no-overlay",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((out / "prediction.json").read_text())
     assert len(report["objects"]) == 1 and report["objects"][0]["mask"] == "mask.png"
@@ -72,30 +107,37 @@ def test_predict_points_make_one_object(tiny_export, image_file, tmp_path, monke
     assert not (out / "overlay.png").exists() and not (out / "masks_rle.json").exists()
     reference = SamPredictor(supersam.load_model(tiny_export))
     reference.set_image(np.array(Image.open(image_file).convert("RGB")))
-    masks, scores, _ = reference.predict(point_coords=np.array([[100.0, 120.0], [300.0, 50.0]]),
-                                         point_labels=np.array([1, 0]), multimask_output=True)
+    masks, scores, _ = reference.predict(
+        point_coords=np.array([[100.0, 120.0], [300.0, 50.0]]), point_labels=np.array([1, 0]), multimask_output=True
+    )
     best = int(np.argmax(scores))
     assert (np.array(Image.open(out / "mask.png")) > 0).tolist() == masks[best].tolist()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--box", "1,2,3"], "error: --box '1,2,3' must be x0,y0,x1,y1"),
-    (["--box", "0,0,9000,20"], "lies outside the"),
-    (["--box", "50,50,10,10"], "x0 <= x1"),
-    (["--point", "10,10,2"], "the label is 1 (foreground) or 0 (background)"),
-    (["--point", "-5,10"], "lies outside the"),
-    ([], "give at least one prompt"),
-    (["--box", "0,0,10,10", "--box", "0,0,20,20", "--point", "5,5"], "at most one --box"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--box", "1,2,3"], "error: --box '1,2,3' must be x0,y0,x1,y1"),
+        (["--box", "0,0,9000,20"], "lies outside the"),
+        (["--box", "50,50,10,10"], "x0 <= x1"),
+        (["--point", "10,10,2"], "the label is 1 (foreground) or 0 (background)"),
+        (["--point", "-5,10"], "lies outside the"),
+        ([], "give at least one prompt"),
+        (["--box", "0,0,10,10", "--box", "0,0,20,20", "--point", "5,5"], "at most one --box"),
+    ],
+)
 def test_predict_bad_prompts_are_one_line_errors(tiny_export, image_file, tmp_path, monkeypatch, capsys, args, message):
-    code, err = run_cli(["predict", str(tiny_export), str(image_file), *args, "--out", str(tmp_path / "x")],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        ["predict", str(tiny_export), str(image_file), *args, "--out", str(tmp_path / "x")], monkeypatch, capsys
+    )
     assert code == 1 and message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
     assert not (tmp_path / "x").exists()
 
 
 def test_predict_missing_image_or_model(tiny_export, image_file, tmp_path, monkeypatch, capsys):
-    code, err = run_cli(["predict", str(tiny_export), str(tmp_path / "none.png"), "--point", "1,1"], monkeypatch, capsys)
+    code, err = run_cli(
+        ["predict", str(tiny_export), str(tmp_path / "none.png"), "--point", "1,1"], monkeypatch, capsys
+    )
     assert code == 1 and "none.png not found" in err and "Traceback" not in err
     code, err = run_cli(["predict", str(tmp_path), str(image_file), "--point", "1,1"], monkeypatch, capsys)
     assert code == 1 and "not an exported supersam model" in err

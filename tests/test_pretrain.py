@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from supersam.baselines import trivial_baselines
-from supersam.config import ModelConfig, TrackingConfig
 from supersam.data import DataConfig, load_split, prepare_sample, prepare_split
 from supersam.data.augment import augment_sample
 from supersam.data.prepare import center_points, padded_boxes
 from supersam.data.types import Sample
-from supersam.errors import CheckpointError, ConfigError
-from supersam.losses import low_res_targets, sam_loss
-from supersam.metrics import per_mask_dice
-from supersam.pretrain import PretrainConfig, pretrain
-from supersam.pretrain.loop import lr_factor
-from supersam.sam import build_sam, read_state_dict
+from supersam.measure.baselines import trivial_baselines
+from supersam.measure.losses import low_res_targets, sam_loss
+from supersam.measure.metrics import per_mask_dice
+from supersam.model.sam import build_sam, read_state_dict
+from supersam.runtime.errors import CheckpointError, ConfigError
+from supersam.schema import ModelConfig, TrackingConfig
+from supersam.stages.pretrain import PretrainConfig, pretrain
+from supersam.stages.pretrain.loop import lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 OFF = TrackingConfig(enabled=False)
@@ -28,9 +28,19 @@ TINY = ModelConfig(type="tiny", img_size=128, seed=0)
 
 
 def em_data(shared_data, **kw) -> DataConfig:
-    base = dict(root=str(shared_data / "isbi2012_em"), patch=256, max_objects=0, prompt="box", point="center",
-                box_pad=0, train_prompt="mixed", box_jitter=3, val_fraction=0.134, test_fraction=0.334,
-                split_mode="ordered")
+    base = dict(
+        root=str(shared_data / "isbi2012_em"),
+        patch=256,
+        max_objects=0,
+        prompt="box",
+        point="center",
+        box_pad=0,
+        train_prompt="mixed",
+        box_jitter=3,
+        val_fraction=0.134,
+        test_fraction=0.334,
+        split_mode="ordered",
+    )
     return DataConfig(**{**base, **kw})
 
 
@@ -55,8 +65,8 @@ def test_split_fractions_are_validated(shared_data):
 
 def test_center_point_is_farthest_from_the_boundary():
     masks = np.zeros((2, 9, 9), bool)
-    masks[0, 1:8, 1:8] = True            # 7x7 square: centre (4, 4)
-    masks[1, 0:3, 0:9] = True            # strip on the top border: the border counts as boundary
+    masks[0, 1:8, 1:8] = True  # 7x7 square: centre (4, 4)
+    masks[1, 0:3, 0:9] = True  # strip on the top border: the border counts as boundary
     points = center_points(masks)
     assert points[0].tolist() == [4.0, 4.0]
     assert points[1][1] == 1.0
@@ -93,8 +103,8 @@ def test_augmentation_moves_image_and_masks_together():
 
 def test_low_res_targets_area_average_in_the_input_frame():
     gt = torch.zeros(1, 8, 8, dtype=torch.bool)
-    gt[0, 0:4, 0:2] = True                 # half of the top-left 4x4 cell
-    target = low_res_targets(gt, (8, 8), 16)   # padded to 16 x 16 -> 4 x 4
+    gt[0, 0:4, 0:2] = True  # half of the top-left 4x4 cell
+    target = low_res_targets(gt, (8, 8), 16)  # padded to 16 x 16 -> 4 x 4
     assert target.shape == (1, 4, 4)
     assert target[0, 0, 0].item() == 0.5 and target.sum().item() == 0.5
 
@@ -102,12 +112,12 @@ def test_low_res_targets_area_average_in_the_input_frame():
 def test_sam_loss_terms_on_hand_made_masks():
     target = torch.zeros(1, 4, 4)
     target[0, :2, :2] = 1.0
-    perfect = (target * 40 - 20)[:, None].repeat(1, 4, 1, 1)        # +-20 logits, exactly the mask
+    perfect = (target * 40 - 20)[:, None].repeat(1, 4, 1, 1)  # +-20 logits, exactly the mask
     iou_right = torch.ones(1, 4)
     loss, terms = sam_loss(perfect, iou_right, target)
     assert terms["iou_mse"] == 0.0 and terms["focal"] < 1e-8 and terms["dice"] < 1e-6
     assert loss.item() < 1e-5
-    wrong = -perfect                                                  # exactly the complement
+    wrong = -perfect  # exactly the complement
     loss_w, terms_w = sam_loss(wrong, torch.zeros(1, 4), target)
     assert terms_w["iou_mse"] == 0.0 and terms_w["dice"] > 0.9 and loss_w > 1.0
     # dice with eps 1: 1 - (2*0 + 1) / (4 + 12 + 1) for the complement, per mask
@@ -120,12 +130,15 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(10, 100, 10, 0.05) == pytest.approx(1.0)
     assert lr_factor(99, 100, 10, 0.05) == pytest.approx(0.05)
     middle = 10 + (100 - 10 - 1) / 2
-    assert lr_factor(int(middle), 100, 10, 0.05) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * int(middle - 10) / 89)))
+    assert lr_factor(int(middle), 100, 10, 0.05) == pytest.approx(
+        0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * int(middle - 10) / 89))
+    )
 
 
 def _cfg(tmp_path, **kw) -> PretrainConfig:
-    base = dict(out=str(tmp_path / "pre"), iterations=4, batch_size=2, max_objects=4, eval_every=2,
-                val_images=1, save_every=2)
+    base = dict(
+        out=str(tmp_path / "pre"), iterations=4, batch_size=2, max_objects=4, eval_every=2, val_images=1, save_every=2
+    )
     return PretrainConfig(**{**base, **kw})
 
 
@@ -153,7 +166,7 @@ def test_auto_resume_continues_only_a_matching_unfinished_run(shared_data, tmp_p
     resumed = pretrain(TINY, data, _cfg(tmp_path / "b"), OFF, resume="auto")
     a, b = read_state_dict(full.checkpoint), read_state_dict(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a) and resumed.metrics["iterations"] == 4
-    caplog.set_level("INFO", logger="supersam.resume")
+    caplog.set_level("INFO", logger="supersam.runtime.resume")
     again = pretrain(TINY, data, _cfg(tmp_path / "b"), OFF, resume="auto")  # finished: a fresh run, same result
     assert "finished run" in caplog.text
     assert all(torch.equal(a[k], v) for k, v in read_state_dict(again.checkpoint).items())
@@ -164,11 +177,12 @@ def test_auto_resume_continues_only_a_matching_unfinished_run(shared_data, tmp_p
     other = pretrain(TINY, data, _cfg(tmp_path / "d", lr=2e-3), OFF, resume="auto")
     assert "starting afresh, not resuming" in caplog.text and "pretrain.lr" in caplog.text
     fresh_other = pretrain(TINY, data, _cfg(tmp_path / "e", lr=2e-3), OFF)
-    assert all(torch.equal(v, read_state_dict(fresh_other.checkpoint)[k])
-               for k, v in read_state_dict(other.checkpoint).items())
+    assert all(
+        torch.equal(v, read_state_dict(fresh_other.checkpoint)[k]) for k, v in read_state_dict(other.checkpoint).items()
+    )
 
     # a random-init checkpoint written before init_digest existed is still resumable
-    from supersam.resume import checkpoint_path
+    from supersam.runtime.resume import checkpoint_path
 
     assert pretrain(TINY, data, _cfg(tmp_path / "f"), OFF, stop_after=2) is None
     state = torch.load(checkpoint_path(tmp_path / "f" / "pre"), weights_only=True)
@@ -204,8 +218,17 @@ def test_zero_iterations_pass_a_checkpoint_through(shared_data, tmp_path):
 def test_short_pretraining_on_real_data_beats_all_foreground(shared_data, tmp_path):
     """~3 min: the tiny SAM, 600 steps on ISBI EM train sections, val mIoU (box prompts) far above all-foreground."""
     data = em_data(shared_data, train_prompt="box")
-    cfg = _cfg(tmp_path, iterations=600, batch_size=4, max_objects=16, eval_every=0, val_images=8, save_every=0,
-               lr=1e-3, warmup=20)
+    cfg = _cfg(
+        tmp_path,
+        iterations=600,
+        batch_size=4,
+        max_objects=16,
+        eval_every=0,
+        val_images=8,
+        save_every=0,
+        lr=1e-3,
+        warmup=20,
+    )
     result = pretrain(ModelConfig(type="tiny", img_size=256, seed=0), data, cfg, OFF)
     inputs = prepare_split(data, "val", 256, n_images=8, seed=0, repeat=False, prompt="box")
     baselines = trivial_baselines(inputs)

@@ -34,9 +34,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 from test_pipeline import _run, _tiny_params  # the whole-pipeline test's dvc invocation and tiny profile
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -89,8 +88,14 @@ def paper_project(tmp_path_factory, shared_data):
     test_pipeline.py covers tracking under dvc repro) after one `dvc repro` through gpu_check.run_dvc,
     whose per-stage times go to ../repro_stages.json. Big files are removed afterwards."""
     project = tmp_path_factory.mktemp("paper") / "project"
-    gpu_check.prepare_paper_project(project, shared_data / "tiny_coco", 128, gpu_check.CPU_COUNTS,
-                                    gpu_check.CPU_SPLITS, extra={"mlflow": {"enabled": False}})
+    gpu_check.prepare_paper_project(
+        project,
+        shared_data / "tiny_coco",
+        128,
+        gpu_check.CPU_COUNTS,
+        gpu_check.CPU_SPLITS,
+        extra={"mlflow": {"enabled": False}},
+    )
     env = gpu_check.init_dvc(project)
     env["OMP_NUM_THREADS"] = "1"
     stages = gpu_check.run_dvc(project, env, project.parent / "repro.log")
@@ -118,8 +123,9 @@ def test_paper_params_differ_from_the_profile_only_in_counts(paper_project):
 @slow
 def test_every_stage_of_the_paper_profile_writes_its_declared_outputs(paper_project):
     project = paper_project
-    listed = subprocess.run([DVC, "stage", "list", "--name-only"], cwd=project, capture_output=True, text=True,
-                            check=True).stdout.split()
+    listed = subprocess.run(
+        [DVC, "stage", "list", "--name-only"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout.split()
     lock = _lock(project)
     assert sorted(lock) == sorted(listed)  # every stage of dvc.yaml ran (and was recorded)
     timed = [s["stage"] for s in _json(project.parent / "repro_stages.json")]
@@ -167,10 +173,17 @@ def _plain_sam(config: dict):
     assert config["model_type"] == "vit_b"
     enc, size = config["encoder"], config["img_size"]
     encoder = ImageEncoderViT(
-        depth=len(config["block_mlp_dims"]), embed_dim=enc["embed_dim"], img_size=size, mlp_ratio=4,
-        norm_layer=partial(torch.nn.LayerNorm, eps=enc["norm_eps"]), num_heads=enc["num_heads"],
-        patch_size=enc["patch_size"], qkv_bias=enc["qkv_bias"], use_rel_pos=enc["use_rel_pos"],
-        global_attn_indexes=tuple(config["global_attn_indexes"]), window_size=enc["window_size"],
+        depth=len(config["block_mlp_dims"]),
+        embed_dim=enc["embed_dim"],
+        img_size=size,
+        mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=enc["norm_eps"]),
+        num_heads=enc["num_heads"],
+        patch_size=enc["patch_size"],
+        qkv_bias=enc["qkv_bias"],
+        use_rel_pos=enc["use_rel_pos"],
+        global_attn_indexes=tuple(config["global_attn_indexes"]),
+        window_size=enc["window_size"],
         out_chans=enc["out_chans"],
     )
     for block, width in zip(encoder.blocks, config["block_mlp_dims"]):
@@ -178,12 +191,18 @@ def _plain_sam(config: dict):
     grid = size // enc["patch_size"]
     return Sam(
         image_encoder=encoder,
-        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(size, size),
-                                     mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
-            depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8), transformer_dim=256, iou_head_depth=3,
-            iou_head_hidden_dim=256),
-        pixel_mean=config["pixel_mean"], pixel_std=config["pixel_std"],
+        prompt_encoder=PromptEncoder(
+            embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(size, size), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+        pixel_mean=config["pixel_mean"],
+        pixel_std=config["pixel_std"],
     ).eval()
 
 
@@ -224,20 +243,41 @@ def test_gpu_check_dry_run_measures_the_finished_paper_project(paper_project, tm
     project the fixture's `dvc repro` finished (no second pipeline); what needs CUDA says `skipped: no CUDA`."""
     out = tmp_path / "summary"
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry", "--project", str(paper_project),
-                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "benchmarks" / "gpu_check.sh"),
+            "--dry",
+            "--project",
+            str(paper_project),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "skipped: no CUDA" in proc.stdout
     summary = _json(out / "gpu_check.json")
     assert summary["format"] == gpu_check.SUMMARY_FORMAT and summary["ok"] is True and not summary["errors"]
-    assert (summary["mode"], summary["device"], summary["img_size"], summary["model_type"]) == ("dry", "cpu", 128, "vit_b")
+    assert (summary["mode"], summary["device"], summary["img_size"], summary["model_type"]) == (
+        "dry",
+        "cpu",
+        128,
+        "vit_b",
+    )
     steps = summary["steps"]
     assert steps["pipeline"] == {"reused": str(paper_project)}
     changed = steps["params_changed"]
     assert changed.pop("mlflow.enabled") == [None, False]
     assert {k.rsplit(".", 1)[-1] for k in changed} <= gpu_check.COUNT_NAMES
     lock = _lock(paper_project)
-    assert set(steps["pipeline_train"]) == {n for n, s in lock.items() if any(c.startswith("supersam train ") for c in _cmds(s))}
+    assert set(steps["pipeline_train"]) == {
+        n for n, s in lock.items() if any(c.startswith("supersam train ") for c in _cmds(s))
+    }
     assert all(fig["iterations"] == 2 and fig["s_per_iteration"] > 0 for fig in steps["pipeline_train"].values())
     train = steps["train"]
     assert train["iterations"] == 2 and train["s_per_iteration"] > 0 and train["s_per_iteration_steady"] > 0
@@ -276,7 +316,7 @@ def _set_pretrain(project: Path, **values) -> None:
 
 
 def _tiny_sam(seed: int = 3):
-    from supersam.sam import build_sam_model
+    from supersam.model.sam import build_sam_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -318,15 +358,26 @@ def test_hugging_face_sammodel_folder_passes_through_pretrain(tmp_path):
     writer, no transformers needed) as pretrain.init with pretrain.iterations 0."""
     from safetensors.torch import load_file
 
-    from supersam.hf_checkpoint import is_hf_state, save_hf
+    from supersam.model.hf import is_hf_state, save_hf
 
     sam = _tiny_sam()  # HF mapping is key renaming only: any model type works, vit_b is not needed
     state = sam.state_dict()
     project = _tiny_project(tmp_path / "project")
     hf = save_hf(sam, project / "data" / "hf_sam")
     assert is_hf_state(load_file(str(hf / "model.safetensors"))) and (hf / "config.json").is_file()
-    _run([str(BIN / "supersam"), "pretrain", "--set", "pretrain.iterations=0", "--set", "pretrain.init=data/hf_sam",
-          "--out", "runs/hf_pretrain"], project)
+    _run(
+        [
+            str(BIN / "supersam"),
+            "pretrain",
+            "--set",
+            "pretrain.iterations=0",
+            "--set",
+            "pretrain.init=data/hf_sam",
+            "--out",
+            "runs/hf_pretrain",
+        ],
+        project,
+    )
     _assert_same_weights(project / "runs" / "hf_pretrain" / "model.pt", state)
     _set_pretrain(project, iterations=0, init="data/hf_sam")
     _run([DVC, "repro", "pretrain"], project)
@@ -355,7 +406,7 @@ def _em_tiff_stacks(isbi: Path, dest: Path) -> int:
 
 def _data_kind_run(project: Path, data: dict) -> dict:
     """The tiny profile with ``data`` updated: `dvc repro train@wanda` (pretrain, rank-layers,
-    calibrate-wanda, build-supernet and train: the train and val splits) and `supersam eval`
+    calibrate, build-supernet and train: the train and val splits) and `supersam eval`
     of the trained supernet (the test split). Returns the eval metrics."""
     gpu_check.copy_project(project)
     params = _tiny_params()
@@ -366,17 +417,28 @@ def _data_kind_run(project: Path, data: dict) -> dict:
     gpu_check.write_params(project, params)
     gpu_check.init_dvc(project)
     _run([DVC, "repro", "train@wanda"], project)
-    assert {"pretrain", "rank-layers", "calibrate-wanda", "build-supernet@wanda", "train@wanda"} <= set(_lock(project))
+    assert {"pretrain", "rank-layers", "calibrate", "build-supernet@wanda", "train@wanda"} <= set(_lock(project))
     out = project / "outputs"
     base = _json(out / "pretrain" / "metrics.json")
     assert base["iterations"] == 2 and base["prompt"] == data["prompt"]
     assert base["val_images"] == 2 and base["val_objects"] > 0
     assert len(_json(out / "rank_layers" / "ranking.json")["importance"]) == 12
-    assert (out / "calibration" / "wanda_stats.pt").stat().st_size > 0
+    assert (out / "calibration" / "calibration_stats.pt").stat().st_size > 0
     train = _json(out / "train" / "wanda" / "metrics.json")
     assert train["iterations"] == 2 and 0.0 <= train["miou_min"] <= 1.0
-    _run([str(BIN / "supersam"), "eval", "--supernet", "outputs/train/wanda/supernet.pt", "--name", "kind",
-          "--out", "runs/eval/kind"], project)
+    _run(
+        [
+            str(BIN / "supersam"),
+            "eval",
+            "--supernet",
+            "outputs/train/wanda/supernet.pt",
+            "--name",
+            "kind",
+            "--out",
+            "runs/eval/kind",
+        ],
+        project,
+    )
     metrics = _json(project / "runs" / "eval" / "kind" / "metrics.json")
     assert metrics["n_images"] == 2 and metrics["n_objects"] > 0 and 0.0 <= metrics["miou"] <= 1.0
     return metrics
@@ -386,10 +448,20 @@ def _data_kind_run(project: Path, data: dict) -> dict:
 def test_coco_layout_runs_the_first_stages_and_eval(tmp_path, shared_data):
     """README's COCO row on tiny COCO (val from val2017; the held-out test split from train2017 by test_fraction)."""
     coco = shared_data / "tiny_coco"
-    metrics = _data_kind_run(tmp_path / "project", {
-        "kind": "coco", "root": str(coco), "images": "train2017", "labels": "annotations/instances_train2017.json",
-        "val_images": "val2017", "val_labels": "annotations/instances_val2017.json", "max_objects": 8,
-        "prompt": "point", "patch": 0})  # whole images: the default profile's 256 px EM tiles do not apply
+    metrics = _data_kind_run(
+        tmp_path / "project",
+        {
+            "kind": "coco",
+            "root": str(coco),
+            "images": "train2017",
+            "labels": "annotations/instances_train2017.json",
+            "val_images": "val2017",
+            "val_labels": "annotations/instances_val2017.json",
+            "max_objects": 8,
+            "prompt": "point",
+            "patch": 0,
+        },
+    )  # whole images: the default profile's 256 px EM tiles do not apply
     rows = (tmp_path / "project" / "runs" / "eval" / "kind" / "objects.csv").read_text().splitlines()[1:]
     train_names = {p.name for p in (coco / "train2017").glob("*.jpg")}
     assert rows and all(row.split(",")[0] in train_names for row in rows)
@@ -401,9 +473,18 @@ def test_em_tiff_stack_layout_runs_the_first_stages_and_eval(tmp_path, shared_da
     """README's EM TIFF row: training.tif + training_groundtruth.tif, binary labels, 256 px patches, boxes."""
     pages = _em_tiff_stacks(shared_data / "isbi2012_em", tmp_path / "em")
     assert pages == 30
-    metrics = _data_kind_run(tmp_path / "project", {
-        "kind": "image_label", "root": str(tmp_path / "em"), "images": "training.tif",
-        "labels": "training_groundtruth.tif", "label_mode": "binary", "patch": 256, "prompt": "box"})
+    metrics = _data_kind_run(
+        tmp_path / "project",
+        {
+            "kind": "image_label",
+            "root": str(tmp_path / "em"),
+            "images": "training.tif",
+            "labels": "training_groundtruth.tif",
+            "label_mode": "binary",
+            "patch": 256,
+            "prompt": "box",
+        },
+    )
     rows = (tmp_path / "project" / "runs" / "eval" / "kind" / "objects.csv").read_text().splitlines()[1:]
     assert rows and all(row.startswith("training.tif:p") for row in rows)  # pages of the stack
     assert metrics["prompt"] == "box"

@@ -11,15 +11,20 @@ import torch
 import yaml
 from torch import nn
 
-from supersam.artifacts import LayerRanking
-from supersam.config import ModelConfig, TrackingConfig
+from supersam.artifacts.records import LayerRanking
 from supersam.data import DataConfig, prepare_split
-from supersam.errors import ConfigError
-from supersam.scoring import run_eval
-from supersam.rank_layers import (
-    RankLayersConfig, _BlockSkipper, choose_prunable, drop_probabilities, greedy_curve, rank_layers,
+from supersam.measure.scoring import run_eval
+from supersam.model.sam import build_sam_model
+from supersam.runtime.errors import ConfigError
+from supersam.schema import ModelConfig, TrackingConfig
+from supersam.stages.rank_layers import (
+    RankLayersConfig,
+    _BlockSkipper,
+    choose_prunable,
+    drop_probabilities,
+    greedy_curve,
+    rank_layers,
 )
-from supersam.sam import build_sam_model
 
 OFF = TrackingConfig(enabled=False)
 TINY = ModelConfig(type="tiny", img_size=128)
@@ -27,9 +32,11 @@ TINY = ModelConfig(type="tiny", img_size=128)
 
 def fake_evaluate(importance: list[float], block_params: int = 100):
     """Additive synthetic measurement: each removed block costs its importance."""
+
     def evaluate(dropped):
         miou = 0.9 - sum(importance[b] for b in dropped)
         return {"params": 10_000 - block_params * len(dropped), "miou": miou, "miou_oracle": miou + 0.01}
+
     return evaluate
 
 
@@ -59,17 +66,26 @@ def test_rules_never_pick_block_0_and_follow_the_curve(tmp_path):
 
 def interacting_evaluate(table: dict[frozenset, float]):
     """A hand-made importance table: the mIoU of each removed set (non-additive on purpose)."""
+
     def evaluate(dropped):
         return {"params": 1000 - 10 * len(dropped), "miou": table[frozenset(dropped)], "miou_oracle": 0.0}
+
     return evaluate
 
 
 def test_greedy_curve_reevaluates_every_remaining_block_after_each_removal():
     # Alone, block 1 costs least (0.79) and block 3 most (0.70); but once 1 is removed,
     # block 3 becomes harmless (0.78) and 2 costly (0.50): drop-one order would take 2 next.
-    table = {frozenset(): 0.80, frozenset({1}): 0.79, frozenset({2}): 0.75, frozenset({3}): 0.70,
-             frozenset({1, 2}): 0.50, frozenset({1, 3}): 0.78, frozenset({2, 3}): 0.60,
-             frozenset({1, 2, 3}): 0.40}
+    table = {
+        frozenset(): 0.80,
+        frozenset({1}): 0.79,
+        frozenset({2}): 0.75,
+        frozenset({3}): 0.70,
+        frozenset({1, 2}): 0.50,
+        frozenset({1, 3}): 0.78,
+        frozenset({2, 3}): 0.60,
+        frozenset({1, 2, 3}): 0.40,
+    }
     evaluate = interacting_evaluate(table)
     curve = greedy_curve(evaluate, [1, 2, 3], evaluate(()))
     assert [p["removed"] for p in curve[1:]] == [1, 3, 2]
@@ -81,8 +97,16 @@ def test_greedy_curve_reevaluates_every_remaining_block_after_each_removal():
     # budget: stop before the first step that costs more than the budget
     assert choose_prunable(curve, "budget", 0, 0.05, "miou") == (1, 3)
     # ... even when a later step recovers within the budget (greedy removal has stopped there)
-    dip = {frozenset(): 0.80, frozenset({1}): 0.79, frozenset({2}): 0.70, frozenset({3}): 0.60,
-           frozenset({1, 2}): 0.60, frozenset({1, 3}): 0.65, frozenset({2, 3}): 0.50, frozenset({1, 2, 3}): 0.78}
+    dip = {
+        frozenset(): 0.80,
+        frozenset({1}): 0.79,
+        frozenset({2}): 0.70,
+        frozenset({3}): 0.60,
+        frozenset({1, 2}): 0.60,
+        frozenset({1, 3}): 0.65,
+        frozenset({2, 3}): 0.50,
+        frozenset({1, 2, 3}): 0.78,
+    }
     dip_curve = greedy_curve(interacting_evaluate(dip), [1, 2, 3], interacting_evaluate(dip)(()))
     assert [p["miou"] for p in dip_curve] == [0.80, 0.79, 0.65, 0.78]
     assert choose_prunable(dip_curve, "budget", 0, 0.05, "miou") == (1,)

@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from conftest import coco_images
 from segment_anything.modeling.common import MLPBlock
 from torch import nn
 
-from supersam.activation_stats import ActivationStats, SquaredNormAccumulator, collect_mlp_sq_norms
-from supersam.errors import ConfigError
-from supersam.reorder import (
-    VARIANTS, UnitScores, combine_scores, magnitude_scores, permute_mlp_, ranks, register_variant,
-    reorder_sam, unit_order, wanda_scores,
+from supersam.model.activation_stats import CalibrationStats, SquaredNormAccumulator, collect_mlp_sq_norms
+from supersam.model.reorder import (
+    VARIANTS,
+    UnitScores,
+    combine_scores,
+    magnitude_scores,
+    permute_mlp_,
+    ranks,
+    register_variant,
+    reorder_sam,
+    unit_order,
+    wanda_scores,
 )
-from supersam.sam import build_sam_model
-from supersam.taylor import disturbed_taylor_importance
+from supersam.model.sam import build_sam_model
+from supersam.model.taylor import disturbed_taylor_importance
+from supersam.runtime.errors import ConfigError
 
-from conftest import coco_images
 
-
-def stats_for(sam: nn.Module, images: list[torch.Tensor], model_type: str = "tiny", taylor: bool = False) -> ActivationStats:
+def stats_for(
+    sam: nn.Module, images: list[torch.Tensor], model_type: str = "tiny", taylor: bool = False
+) -> CalibrationStats:
     blocks, n_tokens = collect_mlp_sq_norms(sam, images, batch_size=2)
     if not taylor:
-        return ActivationStats("wanda", model_type, sam.image_encoder.img_size, False, "", "-", len(images), n_tokens, blocks)
+        return CalibrationStats(
+            "wanda", model_type, sam.image_encoder.img_size, False, "", "-", len(images), n_tokens, blocks
+        )
     importance = disturbed_taylor_importance(sam, images, noise_std=0.01, seed=0)
     blocks = [{**b, **t} for b, t in zip(blocks, importance)]
-    return ActivationStats(("wanda", "taylor"), model_type, sam.image_encoder.img_size, False, "", "-", len(images),
-                           n_tokens, blocks)
+    return CalibrationStats(
+        ("wanda", "taylor"), model_type, sam.image_encoder.img_size, False, "", "-", len(images), n_tokens, blocks
+    )
 
 
 def one_block_model(mlp: nn.Module) -> nn.Module:
@@ -62,7 +73,7 @@ def test_wanda_scores_by_hand():
     mag = magnitude_scores(mlp, None)
     assert mag.lin1.tolist() == [3.0, 1.5, 3.0] and mag.lin2.tolist() == [2.0, 0.5, 4.0]
 
-    stats = ActivationStats("wanda", "hand", 0, False, "", "-", 1, 2, [block_stats])
+    stats = CalibrationStats("wanda", "hand", 0, False, "", "-", 1, 2, [block_stats])
     w1, b1, w2 = mlp.lin1.weight.clone(), mlp.lin1.bias.clone(), mlp.lin2.weight.clone()
     orders = reorder_sam(one_block_model(mlp), "wanda", stats, combine="rank")
     assert orders[0].tolist() == [2, 0, 1]  # ranks lin1 (1, 0, 2) + lin2 (1, 0, 2)
@@ -92,8 +103,17 @@ def test_permute_keeps_parameter_identity():
     assert mlp.lin1.bias.tolist() == pytest.approx([0.2, 0.3, 0.1])
 
 
-@pytest.mark.parametrize("variant,combine", [("none", "rank"), ("magnitude", "rank"), ("wanda", "rank"), ("wanda", "score"),
-                                             ("taylor", "rank"), ("taylor", "score")])
+@pytest.mark.parametrize(
+    "variant,combine",
+    [
+        ("none", "rank"),
+        ("magnitude", "rank"),
+        ("wanda", "rank"),
+        ("wanda", "score"),
+        ("taylor", "rank"),
+        ("taylor", "score"),
+    ],
+)
 def test_tiny_reordering_preserves_function(shared_data, variant, combine):
     sam = build_sam_model("tiny")
     images = coco_images(shared_data, "val", sam.image_encoder.img_size, 3)
@@ -138,24 +158,31 @@ def test_vit_b_256_wanda_reordering_preserves_function(shared_data):
 
 def test_bad_inputs_are_one_line_config_errors(shared_data):
     sam = build_sam_model("tiny")
-    with pytest.raises(ConfigError, match="unknown reordering variant 'random'; use one of none, magnitude, wanda, taylor"):
+    with pytest.raises(
+        ConfigError, match="unknown reordering variant 'random'; use one of none, magnitude, wanda, taylor"
+    ):
         reorder_sam(sam, "random")
     with pytest.raises(ConfigError, match="needs calibration stats"):
         reorder_sam(sam, "wanda", None)
     stats = stats_for(sam, coco_images(shared_data, "val", sam.image_encoder.img_size, 1))
-    short = ActivationStats(**{**stats.__dict__, "blocks": stats.blocks[:5]})
+    short = CalibrationStats(**{**stats.__dict__, "blocks": stats.blocks[:5]})
     with pytest.raises(ConfigError, match="stats have 5 blocks, the model 12"):
         reorder_sam(sam, "wanda", short)
-    wrong = ActivationStats(**{**stats.__dict__, "blocks": [{"lin1": b["lin1"], "lin2": b["lin2"][:100]} for b in stats.blocks]})
+    wrong = CalibrationStats(
+        **{**stats.__dict__, "blocks": [{"lin1": b["lin1"], "lin2": b["lin2"][:100]} for b in stats.blocks]}
+    )
     with pytest.raises(ConfigError, match=r"block 0 do not fit its MLP \(lin2: expected 256 features\)"):
         reorder_sam(sam, "wanda", wrong)
-    other_kind = ActivationStats(**{**stats.__dict__, "criteria": ("taylor",)})
+    other_kind = CalibrationStats(**{**stats.__dict__, "criteria": ("taylor",)})
     with pytest.raises(ConfigError, match="needs wanda stats, the calibration stats hold taylor only"):
         reorder_sam(sam, "wanda", other_kind)
-    with pytest.raises(ConfigError, match=r"variant taylor needs taylor stats, the calibration stats hold wanda only; "
-                                          r"rerun `supersam calibrate-wanda` with taylor in calibrate.criteria"):
+    with pytest.raises(
+        ConfigError,
+        match=r"variant taylor needs taylor stats, the calibration stats hold wanda only; "
+        r"rerun `supersam calibrate` with taylor in calibrate.criteria",
+    ):
         reorder_sam(sam, "taylor", stats)
-    no_taylor_values = ActivationStats(**{**stats.__dict__, "criteria": ("wanda", "taylor")})
+    no_taylor_values = CalibrationStats(**{**stats.__dict__, "criteria": ("wanda", "taylor")})
     with pytest.raises(ConfigError, match=r"block 0 do not fit its MLP \(taylor_lin1: expected 256 features\)"):
         reorder_sam(sam, "taylor", no_taylor_values)
 

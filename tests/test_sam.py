@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from supersam.errors import CheckpointError, ConfigError
-from supersam.sam import build_sam, build_sam_model, count_params, read_state_dict
+from supersam.model.sam import build_sam, build_sam_model, count_params, read_state_dict
+from supersam.runtime.errors import CheckpointError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,9 @@ def test_official_checkpoint_loads_at_256_with_resized_positions(vit_b_ckpt):
     loaded = build_sam("vit_b", 256, path)
     sd = loaded.model.state_dict()
     assert sd["image_encoder.pos_embed"].shape == (1, 16, 16, 768)
-    expected = F.interpolate(state["image_encoder.pos_embed"].permute(0, 3, 1, 2), size=(16, 16),
-                             mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    expected = F.interpolate(
+        state["image_encoder.pos_embed"].permute(0, 3, 1, 2), size=(16, 16), mode="bicubic", align_corners=False
+    ).permute(0, 2, 3, 1)
     assert torch.allclose(sd["image_encoder.pos_embed"], expected)
     # global block 2: relative positions over the 16x16 grid; windowed block 0 keeps 2*14-1
     assert sd["image_encoder.blocks.2.attn.rel_pos_h"].shape == (31, 64)
@@ -109,9 +110,23 @@ def test_cli_wrong_checkpoint_is_one_line_and_exit_1(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("{}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "supersam.cli.main", "eval", "--set", "model.type=vit_b", "--set", "model.img_size=256",
-         "--checkpoint", str(path), "--params", str(params)],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "supersam.cli.main",
+            "eval",
+            "--set",
+            "model.type=vit_b",
+            "--set",
+            "model.img_size=256",
+            "--checkpoint",
+            str(path),
+            "--params",
+            str(params),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr

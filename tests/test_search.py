@@ -11,18 +11,17 @@ import mlflow
 import pytest
 import torch
 import yaml
-
-from supersam.artifacts import SupernetMeta
-from supersam.checkpoint import save_supernet
-from supersam.data import DataConfig, prepare_split
-from supersam.elastic import SuperSam
-from supersam.errors import ConfigError
-from supersam.scoring import SubnetEvaluator
-from supersam.sam import build_sam_model
-from supersam.search import Constraints, SearchState, SubnetEncoding, parse_count, run_search
-from supersam.space import SearchSpace, SubnetConfig
-
 from conftest import run_cli
+
+from supersam.artifacts.records import SupernetMeta
+from supersam.data import DataConfig, prepare_split
+from supersam.measure.scoring import SubnetEvaluator
+from supersam.model.checkpoint import save_supernet
+from supersam.model.elastic import SuperSam
+from supersam.model.sam import build_sam_model
+from supersam.model.space import SearchSpace, SubnetConfig
+from supersam.runtime.errors import ConfigError
+from supersam.stages.search import Constraints, SearchState, SubnetEncoding, parse_count, run_search
 
 TINY_MLP_DIMS = (64, 128, 256)
 
@@ -42,7 +41,7 @@ def supernet_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluator(supernet_path, shared_data) -> SubnetEvaluator:
-    from supersam.checkpoint import load_supernet
+    from supersam.model.checkpoint import load_supernet
 
     supernet = load_supernet(supernet_path)
     inputs = prepare_split(em_data(shared_data), "val", 128, n_images=2)
@@ -152,7 +151,9 @@ def write_params(tmp_path: Path, shared_data: Path, mlflow_on: bool = False, **s
     return path
 
 
-def test_cli_defaults_after_pipeline_writes_artifacts_and_mlflow(supernet_path, shared_data, tmp_path, monkeypatch, capsys):
+def test_cli_defaults_after_pipeline_writes_artifacts_and_mlflow(
+    supernet_path, shared_data, tmp_path, monkeypatch, capsys
+):
     project = supernet_path.parents[3]
     monkeypatch.chdir(project)
     write_params(project, shared_data, mlflow_on=True)
@@ -166,12 +167,18 @@ def test_cli_defaults_after_pipeline_writes_artifacts_and_mlflow(supernet_path, 
     evaluator_space = SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS)
     evaluator_space.validate(best)
     assert metrics["feasible"] is True and metrics["n_evaluations"] == len(candidates) == 6
-    assert metrics["constraints"] == {"max_params": 60_000_000, "min_miou": 0.0, "objective": "min-params", "metric": "miou",
-                                      "max_macs": 0, "max_latency_ms": 0.0}
+    assert metrics["constraints"] == {
+        "max_params": 60_000_000,
+        "min_miou": 0.0,
+        "objective": "min-params",
+        "metric": "miou",
+        "max_macs": 0,
+        "max_latency_ms": 0.0,
+    }
     assert metrics["metric"] == "single" and metrics["params_input_size"] == 128 and metrics["n_objects"] > 0
     # the constraint is checked on exactly the params of the model `export` writes
-    from supersam.checkpoint import load_model
-    from supersam.export import export_subnet
+    from supersam.model.checkpoint import load_model
+    from supersam.stages.export import export_subnet
 
     exported = load_model(export_subnet(supernet_path, best, tmp_path / "export"))
     assert sum(p.numel() for p in exported.parameters()) == metrics["best_params"]
@@ -219,26 +226,55 @@ def test_evaluator_gives_identical_miou_on_repeated_calls(evaluator):
     assert first["params"] == 712_931 and evaluator.supernet.active_subnet == space.max_subnet()
 
 
-def test_cli_hf_compatible_search_finds_only_subnets_transformers_can_hold(supernet_path, shared_data, tmp_path,
-                                                                           monkeypatch, capsys):
+def test_cli_hf_compatible_search_finds_only_subnets_transformers_can_hold(
+    supernet_path, shared_data, tmp_path, monkeypatch, capsys
+):
     """--hf-compatible: every candidate keeps full-width MLPs (blocks only dropped), the space is the 2^5
     keep/drop choices, and the best subnet exports with --format hf."""
     params = str(write_params(tmp_path, shared_data, supernet=str(supernet_path), budget=6))
-    code, err = run_cli(["search", "--params", params, "--min-miou", "0.0", "--max-params", "60e6", "--hf-compatible",
-                         "--out", str(tmp_path / "hf")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "search",
+            "--params",
+            params,
+            "--min-miou",
+            "0.0",
+            "--max-params",
+            "60e6",
+            "--hf-compatible",
+            "--out",
+            str(tmp_path / "hf"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "hf" / "metrics.json").read_text())
     candidates = json.loads((tmp_path / "hf" / "candidates.json").read_text())
-    assert metrics["hf_compatible"] is True and metrics["space_size"] == 2 ** 5 and len(candidates) == 6
+    assert metrics["hf_compatible"] is True and metrics["space_size"] == 2**5 and len(candidates) == 6
     for cand in candidates:
         sub = SubnetConfig.from_dict(cand["subnet"])
         assert {sub.mlp_dims[b] for b in sub.kept_layers} == {256}, cand["subnet"]
-    from supersam.export import ExportConfig, export
+    from supersam.stages.export import ExportConfig, export
 
     best = tmp_path / "hf" / "best_subnet.json"
     out = export(ExportConfig(supernet=str(supernet_path), subnet=str(best), out=str(tmp_path / "model"), format="hf"))
     assert json.loads((out / "hf" / "config.json").read_text())["vision_config"]["mlp_dim"] == 256
     # the unrestricted space's smallest subnet (311,139 params) is below the restricted one's
-    code, err = run_cli(["search", "--params", params, "--min-miou", "0.0", "--max-params", "400k", "--hf-compatible",
-                         "--out", str(tmp_path / "small")], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "search",
+            "--params",
+            params,
+            "--min-miou",
+            "0.0",
+            "--max-params",
+            "400k",
+            "--hf-compatible",
+            "--out",
+            str(tmp_path / "small"),
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 1 and "below the smallest subnet of this space" in err and "Traceback" not in err

@@ -13,16 +13,18 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from supersam.elastic import SuperSam
-from supersam.errors import ConfigError
-from supersam.sam import build_sam_model, count_params
-from supersam.space import SearchSpace, SubnetConfig, subnet_macs, subnet_params
+from supersam.model.elastic import SuperSam
+from supersam.model.sam import build_sam_model, count_params
+from supersam.model.space import SearchSpace, SubnetConfig, subnet_macs, subnet_params
+from supersam.runtime.errors import ConfigError
 
 VIT_B = SearchSpace.for_arch("vit_b")
 TINY = SearchSpace.for_arch("tiny")
 DROP5 = SubnetConfig.from_mlp_dims([3072, 0, 0, 3072, 3072, 0, 0, 3072, 3072, 0, 3072, 3072])
-DESIGN_EXAMPLE = {"kept_layers": [0, 3, 4, 7, 8, 10, 11],
-                  "mlp_dims": [3072, 0, 0, 768, 1536, 0, 0, 2304, 768, 0, 3072, 1020]}
+DESIGN_EXAMPLE = {
+    "kept_layers": [0, 3, 4, 7, 8, 10, 11],
+    "mlp_dims": [3072, 0, 0, 768, 1536, 0, 0, 2304, 768, 0, 3072, 1020],
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,6 +107,7 @@ def test_size_formula_and_brute_force():
 def test_max_min_and_seeded_sampling():
     assert TINY.max_subnet() == SubnetConfig(tuple(range(12)), (256,) * 12)
     assert TINY.min_subnet().kept_layers == (0, 3, 4, 7, 8, 10, 11)
+
     def draws(seed: int) -> list[SubnetConfig]:
         gen = torch.Generator().manual_seed(seed)
         return [TINY.sample(gen) for _ in range(20)]
@@ -129,17 +132,20 @@ def test_random_sampling_follows_theta_and_uniform_mlp_dims():
         assert abs(widths.count(w) / len(widths) - 0.2) < 0.02
 
 
-@pytest.mark.parametrize("dims,kept,match", [
-    ([0, 256, 256, 256, 256, 256, 256, 256, 256, 256, 256, 256], None, "drops block 0"),
-    ([128] + [256] * 11, None, r"slices block 0 \(mlp_dims\[0\]=128\)"),
-    ([256, 256, 256, 0] + [256] * 8, None, "drops block 3, which is not prunable"),
-    ([256, 256, 256, 100] + [256] * 8, None, r"mlp_dims\[3\]=100 is not an allowed MLP dim"),
-    ([256] * 11, None, "mlp_dims has 11 entries but the encoder has 12 blocks"),
-    ([256] * 12, [0, 1, 2], r"mlp_dims\[3\]=256 but block 3 is not in kept_layers"),
-    ([256, 0] + [256] * 10, list(range(12)), r"mlp_dims\[1\]=0 but block 1 is in kept_layers"),
-    ([256] * 12, [0, 2, 1] + list(range(3, 12)), "strictly ascending"),
-    ([256] * 12, list(range(13)), "kept_layers entry 12 is not a block"),
-])
+@pytest.mark.parametrize(
+    "dims,kept,match",
+    [
+        ([0, 256, 256, 256, 256, 256, 256, 256, 256, 256, 256, 256], None, "drops block 0"),
+        ([128] + [256] * 11, None, r"slices block 0 \(mlp_dims\[0\]=128\)"),
+        ([256, 256, 256, 0] + [256] * 8, None, "drops block 3, which is not prunable"),
+        ([256, 256, 256, 100] + [256] * 8, None, r"mlp_dims\[3\]=100 is not an allowed MLP dim"),
+        ([256] * 11, None, "mlp_dims has 11 entries but the encoder has 12 blocks"),
+        ([256] * 12, [0, 1, 2], r"mlp_dims\[3\]=256 but block 3 is not in kept_layers"),
+        ([256, 0] + [256] * 10, list(range(12)), r"mlp_dims\[1\]=0 but block 1 is in kept_layers"),
+        ([256] * 12, [0, 2, 1] + list(range(3, 12)), "strictly ascending"),
+        ([256] * 12, list(range(13)), "kept_layers entry 12 is not a block"),
+    ],
+)
 def test_validation_names_the_offending_entry(dims, kept, match):
     cfg = SubnetConfig(tuple(kept), tuple(dims)) if kept is not None else SubnetConfig.from_mlp_dims(dims)
     with pytest.raises(ConfigError, match=match) as err:
@@ -147,15 +153,18 @@ def test_validation_names_the_offending_entry(dims, kept, match):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"prunable": [0, 1]}, "block 0 as prunable"),
-    ({"prunable": [1, 12]}, "prunable block 12 does not exist"),
-    ({"prunable": [1, 1]}, "repeats a block"),
-    ({"prunable": [1, 2], "drop_probs": [0.5]}, "one probability per prunable block"),
-    ({"drop_probs": 1.5}, "outside \\[0, 1\\]"),
-    ({"mlp_dim_choices": [128, 64, 256]}, "strictly ascending"),
-    ({"mlp_dim_choices": [64, 128]}, "must end with the full MLP width 256"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"prunable": [0, 1]}, "block 0 as prunable"),
+        ({"prunable": [1, 12]}, "prunable block 12 does not exist"),
+        ({"prunable": [1, 1]}, "repeats a block"),
+        ({"prunable": [1, 2], "drop_probs": [0.5]}, "one probability per prunable block"),
+        ({"drop_probs": 1.5}, "outside \\[0, 1\\]"),
+        ({"mlp_dim_choices": [128, 64, 256]}, "strictly ascending"),
+        ({"mlp_dim_choices": [64, 128]}, "must end with the full MLP width 256"),
+    ],
+)
 def test_invalid_search_spaces(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         SearchSpace.for_arch("tiny", **kwargs)

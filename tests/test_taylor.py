@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import coco_images
 from torch.func import functional_call
 
-from supersam.errors import ConfigError
-from supersam.sam import build_sam_model
-from supersam.taylor import TaylorAccumulator, disturbed_taylor_importance
-
-from conftest import coco_images
+from supersam.model.sam import build_sam_model
+from supersam.model.taylor import TaylorAccumulator, disturbed_taylor_importance
+from supersam.runtime.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,14 +46,19 @@ def test_taylor_matches_autograd_functional_recomputation(tiny64):
     enc = sam.image_encoder
     names = [n for n, _ in enc.named_parameters() if ".mlp.lin1." in n or ".mlp.lin2.weight" in n]
     base = dict(enc.named_parameters())
-    want = [{"lin1": torch.zeros(256, dtype=torch.float64), "lin2": torch.zeros(256, dtype=torch.float64)}
-            for _ in enc.blocks]
+    want = [
+        {"lin1": torch.zeros(256, dtype=torch.float64), "lin2": torch.zeros(256, dtype=torch.float64)}
+        for _ in enc.blocks
+    ]
     for image, noise in zip(images, noises(sam, images)):
         with torch.no_grad():
             target = enc(image[None]) + noise  # the undisturbed embedding + noise, a constant
         values = tuple(base[n].detach().clone() for n in names)
         _, grads = torch.autograd.functional.vjp(
-            lambda *ws: loss_with(sam, image, target, dict(zip(names, ws))), values, torch.tensor(1.0, dtype=torch.float64))
+            lambda *ws: loss_with(sam, image, target, dict(zip(names, ws))),
+            values,
+            torch.tensor(1.0, dtype=torch.float64),
+        )
         by_name = dict(zip(names, grads))
         for i in range(len(enc.blocks)):
             p = f"blocks.{i}.mlp."
@@ -89,7 +93,9 @@ def test_taylor_matches_central_finite_differences(tiny64):
                 plus, minus = w.clone(), w.clone()
                 plus[index] += h
                 minus[index] -= h
-                grad = (loss_with(sam, image, target, {name: plus}) - loss_with(sam, image, target, {name: minus})) / (2 * h)
+                grad = (loss_with(sam, image, target, {name: plus}) - loss_with(sam, image, target, {name: minus})) / (
+                    2 * h
+                )
                 return abs(float(w[index] * grad))
 
             lin1 += sum(d_loss(p + "lin1.weight", (unit, j)) for j in range(64)) + d_loss(p + "lin1.bias", (unit,))

@@ -8,21 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from supersam.artifacts import SupernetMeta
-from supersam.checkpoint import save_supernet
-from supersam.config import build_config
-from supersam.data import DataConfig, prepare_split
-from supersam.elastic import SuperSam
-from supersam.errors import ConfigError
-from supersam.scoring import SubnetEvaluator, run_eval
-from supersam.sam import build_sam, build_sam_model
-from supersam.search import SearchConfig
-from supersam.space import SearchSpace
-from supersam.thresholds import MiouThreshold, ResolvedThreshold
-from supersam.train import TrainConfig
-
 from conftest import run_cli
+
+from supersam.artifacts.records import SupernetMeta
+from supersam.data import DataConfig, prepare_split
+from supersam.measure.scoring import SubnetEvaluator, run_eval
+from supersam.measure.thresholds import MiouThreshold, ResolvedThreshold
+from supersam.model.checkpoint import save_supernet
+from supersam.model.elastic import SuperSam
+from supersam.model.sam import build_sam, build_sam_model
+from supersam.model.space import SearchSpace
+from supersam.runtime.errors import ConfigError
+from supersam.schema import build_config
+from supersam.stages.search import SearchConfig
+from supersam.stages.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,11 +32,23 @@ CPU = torch.device("cpu")
 # -- parsing -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, value, relative", [
-    (0.8, 0.8, False), ("0.8", 0.8, False), (0, 0.0, False), (1, 1.0, False), ("0.029", 0.029, False),
-    ("0.95x", 0.95, True), ("0.95X", 0.95, True), (" 0.95 x ", 0.95, True), ("95%", 0.95, True),
-    ("1.5x", 1.5, True), (".5x", 0.5, True), ("1e-2", 0.01, False),
-])
+@pytest.mark.parametrize(
+    "text, value, relative",
+    [
+        (0.8, 0.8, False),
+        ("0.8", 0.8, False),
+        (0, 0.0, False),
+        (1, 1.0, False),
+        ("0.029", 0.029, False),
+        ("0.95x", 0.95, True),
+        ("0.95X", 0.95, True),
+        (" 0.95 x ", 0.95, True),
+        ("95%", 0.95, True),
+        ("1.5x", 1.5, True),
+        (".5x", 0.5, True),
+        ("1e-2", 0.01, False),
+    ],
+)
 def test_parse_accepts_absolute_and_relative_forms(text, value, relative):
     threshold = MiouThreshold.parse(text, "search.min_miou")
     assert threshold == MiouThreshold(value, relative)
@@ -58,7 +69,9 @@ def test_resolve_and_str():
     assert ResolvedThreshold(0.8, "0.8").report("target_miou") == {"target_miou": 0.8, "target_miou_setting": "0.8"}
 
 
-@pytest.mark.parametrize("bad", ["1.2", "x", "-0.1x", "abc", "", "0x", "1.6x", "-0.1", "nan", "inf", "0.9xx", True, None])
+@pytest.mark.parametrize(
+    "bad", ["1.2", "x", "-0.1x", "abc", "", "0x", "1.6x", "-0.1", "nan", "inf", "0.9xx", True, None]
+)
 def test_parse_rejects_bad_values_naming_the_setting(bad):
     with pytest.raises(ConfigError) as exc:
         MiouThreshold.parse(bad, "search.min_miou")
@@ -103,15 +116,18 @@ def supernet_from_checkpoint(folder: Path, space: SearchSpace, perturb: bool) ->
                 for p in block.parameters():
                     p.add_(0.5 * torch.randn_like(p))
     path = folder / "supernet.pt"
-    save_supernet(path, supernet, SupernetMeta(loaded.model_type, loaded.img_size, loaded.pretrained, "none", loaded.checkpoint or ""))
+    save_supernet(
+        path,
+        supernet,
+        SupernetMeta(loaded.model_type, loaded.img_size, loaded.pretrained, "none", loaded.checkpoint or ""),
+    )
     return base, path
 
 
 def random_init_supernet(folder: Path, space: SearchSpace) -> Path:
     torch.manual_seed(0)
     path = folder / "random_supernet.pt"
-    save_supernet(path, SuperSam(build_sam_model("tiny", 128), space),
-                  SupernetMeta("tiny", 128, False, "none"))
+    save_supernet(path, SuperSam(build_sam_model("tiny", 128), space), SupernetMeta("tiny", 128, False, "none"))
     return path
 
 
@@ -119,14 +135,33 @@ def test_search_resolves_relative_min_miou_against_the_base_checkpoint(shared_da
     space = SearchSpace.for_arch("tiny", mlp_dim_choices=TINY_MLP_DIMS)
     base, supernet_path = supernet_from_checkpoint(tmp_path, space, perturb=True)
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({
-        "data": {"root": str(shared_data / "isbi2012_em"), "patch": 256, "max_objects": 4},
-        "search": {"n_images": 2, "budget": 4, "device": "cpu", "technique": "random"},
-        "mlflow": {"enabled": False},
-    }))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"root": str(shared_data / "isbi2012_em"), "patch": 256, "max_objects": 4},
+                "search": {"n_images": 2, "budget": 4, "device": "cpu", "technique": "random"},
+                "mlflow": {"enabled": False},
+            }
+        )
+    )
     out = tmp_path / "out"
-    code, err = run_cli(["search", "--params", str(params), "--supernet", str(supernet_path), "--out", str(out),
-                         "--max-params", "60M", "--min-miou", "0.95x"], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "search",
+            "--params",
+            str(params),
+            "--supernet",
+            str(supernet_path),
+            "--out",
+            str(out),
+            "--max-params",
+            "60M",
+            "--min-miou",
+            "0.95x",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     # the base model, measured independently on the same validation sample
@@ -139,38 +174,88 @@ def test_search_resolves_relative_min_miou_against_the_base_checkpoint(shared_da
     for c in json.loads((out / "candidates.json").read_text()):
         assert c["feasible"] == (c["miou"] >= metrics["min_miou"])
     # the trained (here: perturbed) supernet's max subnet is not the base model
-    from supersam.checkpoint import load_supernet
+    from supersam.model.checkpoint import load_supernet
 
     supernet = load_supernet(supernet_path)
     max_miou = SubnetEvaluator(supernet, inputs, CPU).evaluate(space.max_subnet())["miou"]
     assert abs(max_miou - expected) > 1e-4
 
     # an absolute threshold is reported as given, without a base model
-    code, err = run_cli(["search", "--params", str(params), "--supernet", str(supernet_path), "--out",
-                         str(tmp_path / "abs"), "--max-params", "60M", "--min-miou", "0.01"], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "search",
+            "--params",
+            str(params),
+            "--supernet",
+            str(supernet_path),
+            "--out",
+            str(tmp_path / "abs"),
+            "--max-params",
+            "60M",
+            "--min-miou",
+            "0.01",
+        ],
+        monkeypatch,
+        capsys,
+    )
     metrics = json.loads((tmp_path / "abs" / "metrics.json").read_text())
     assert code == 0 and metrics["min_miou"] == 0.01 and metrics["min_miou_setting"] == "0.01"
     assert "base_miou" not in metrics
 
     # a supernet from a randomly initialised SAM has no base model: refused at once, one line
     random_path = random_init_supernet(tmp_path, space)
-    code, err = run_cli(["search", "--params", str(params), "--supernet", str(random_path), "--out",
-                         str(tmp_path / "rand"), "--max-params", "60M", "--min-miou", "95%"], monkeypatch, capsys)
+    code, err = run_cli(
+        [
+            "search",
+            "--params",
+            str(params),
+            "--supernet",
+            str(random_path),
+            "--out",
+            str(tmp_path / "rand"),
+            "--max-params",
+            "60M",
+            "--min-miou",
+            "95%",
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert code == 1 and "search.min_miou 0.95x is relative" in err
     assert "a relative threshold needs a base model checkpoint" in err
     assert "Traceback" not in err and not (tmp_path / "rand").exists()
 
 
 def test_train_resolves_relative_target_once_and_resumes(shared_data, tmp_path):
-    from supersam.config import TrackingConfig
-    from supersam.train import train
+    from supersam.schema import TrackingConfig
+    from supersam.stages.train import train
 
-    data_cfg = DataConfig(kind="image_label", root=str(shared_data / "dsb2018_nuclei"), images="img2d.tif",
-                          labels="mask2d.tif", label_mode="instance", patch=128, min_area=20, max_objects=4,
-                          prompt="box", box_pad=5)
+    data_cfg = DataConfig(
+        kind="image_label",
+        root=str(shared_data / "dsb2018_nuclei"),
+        images="img2d.tif",
+        labels="mask2d.tif",
+        label_mode="instance",
+        patch=128,
+        min_area=20,
+        max_objects=4,
+        prompt="box",
+        box_pad=5,
+    )
     base, supernet_path = supernet_from_checkpoint(tmp_path, SearchSpace.for_arch("tiny"), perturb=False)
-    cfg = TrainConfig(supernet=str(supernet_path), out=str(tmp_path / "run"), iterations=2, batch_size=2, lr=1e-3,
-                      eval_every=0, val_images=2, save_every=1, target_miou="0.5x", device="cpu", seed=3)
+    cfg = TrainConfig(
+        supernet=str(supernet_path),
+        out=str(tmp_path / "run"),
+        iterations=2,
+        batch_size=2,
+        lr=1e-3,
+        eval_every=0,
+        val_images=2,
+        save_every=1,
+        target_miou="0.5x",
+        device="cpu",
+        seed=3,
+    )
     off = TrackingConfig(enabled=False)
     assert train(cfg, data_cfg, off, stop_after=1, show_progress=False).stopped
     metrics = train(cfg, data_cfg, off, resume=True, show_progress=False).metrics
@@ -183,5 +268,16 @@ def test_train_resolves_relative_target_once_and_resumes(shared_data, tmp_path):
 
     random_path = random_init_supernet(tmp_path, SearchSpace.for_arch("tiny"))
     with pytest.raises(ConfigError, match="train.target_miou 0.9x is relative.*needs a base model checkpoint"):
-        train(TrainConfig(supernet=str(random_path), out=str(tmp_path / "rand"), iterations=1, val_images=2,
-                          target_miou="0.9x", device="cpu"), data_cfg, off, show_progress=False)
+        train(
+            TrainConfig(
+                supernet=str(random_path),
+                out=str(tmp_path / "rand"),
+                iterations=1,
+                val_images=2,
+                target_miou="0.9x",
+                device="cpu",
+            ),
+            data_cfg,
+            off,
+            show_progress=False,
+        )

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA
 
 BIN = Path(sys.executable).parent
@@ -31,10 +30,24 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
     import mlflow
@@ -59,11 +72,38 @@ def _eval(uri: str, cwd: Path, name: str, dvc_stage: str | None) -> float:
     env["OMP_NUM_THREADS"] = "1"
     if dvc_stage:
         env["DVC_STAGE"] = dvc_stage
-    args = [str(BIN / "supersam"), "eval", "--set", "model.type=tiny", "--set", "model.img_size=128",
-            "--set", "data.kind=image_label", "--data-root", str(SHARED_DATA / "dsb2018_nuclei"),
-            "--set", "data.images=img2d.tif", "--set", "data.labels=mask2d.tif", "--set", "data.label_mode=instance",
-            "--set", "data.max_objects=4", "--split", "all", "--set", "eval.overlays=1", "--set", "eval.device=cpu",
-            "--set", f"mlflow.tracking_uri={uri}", "--name", name, "--out", str(cwd / name)]
+    args = [
+        str(BIN / "supersam"),
+        "eval",
+        "--set",
+        "model.type=tiny",
+        "--set",
+        "model.img_size=128",
+        "--set",
+        "data.kind=image_label",
+        "--data-root",
+        str(SHARED_DATA / "dsb2018_nuclei"),
+        "--set",
+        "data.images=img2d.tif",
+        "--set",
+        "data.labels=mask2d.tif",
+        "--set",
+        "data.label_mode=instance",
+        "--set",
+        "data.max_objects=4",
+        "--split",
+        "all",
+        "--set",
+        "eval.overlays=1",
+        "--set",
+        "eval.device=cpu",
+        "--set",
+        f"mlflow.tracking_uri={uri}",
+        "--name",
+        name,
+        "--out",
+        str(cwd / name),
+    ]
     start = time.monotonic()
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -73,7 +113,9 @@ def _eval(uri: str, cwd: Path, name: str, dvc_stage: str | None) -> float:
 @pytest.mark.slow
 def test_stage_runs_against_a_real_server(server, tmp_path):
     uri, client = server
-    walls = {name: _eval(uri, tmp_path, name, stage) for name, stage in (("a", "eval"), ("b", "eval"), ("byhand", None))}
+    walls = {
+        name: _eval(uri, tmp_path, name, stage) for name, stage in (("a", "eval"), ("b", "eval"), ("byhand", None))
+    }
     experiment = client.get_experiment_by_name("supersam")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = {r.data.tags.get("name"): r for r in client.search_runs([experiment.experiment_id])}

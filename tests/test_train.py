@@ -11,23 +11,23 @@ import pytest
 import torch
 import yaml
 
-from supersam.artifacts import SupernetMeta
-from supersam.checkpoint import load_supernet, save_supernet
-from supersam.config import TrackingConfig
+from supersam.artifacts.records import SupernetMeta
 from supersam.data import DataConfig, load_split, prepare_sample
-from supersam.elastic import SuperSam
-from supersam.errors import CheckpointError, ConfigError
-from supersam.sam import build_sam_model
-from supersam.space import SearchSpace
-from supersam.train import TrainConfig, train
-from supersam import resume as ckpt
-from supersam.train import energy as energy_mod
-from supersam.train.distributed import DistContext
-from supersam.train.energy import EnergyMeter
-from supersam.train.optim import build_optimizer, build_scheduler, set_trainable
-from supersam.train.probe import empty_target, update_target
-from supersam.sampling import batch_indices, lr_factor
-from supersam.train.sandwich import _optimizer_step, batch_loss, draw_subnets, frozen_prompts, train_step
+from supersam.model.checkpoint import load_supernet, save_supernet
+from supersam.model.elastic import SuperSam
+from supersam.model.sam import build_sam_model
+from supersam.model.space import SearchSpace
+from supersam.runtime import resume as ckpt
+from supersam.runtime.errors import CheckpointError, ConfigError
+from supersam.runtime.sampling import batch_indices, lr_factor
+from supersam.schema import TrackingConfig
+from supersam.stages.train import TrainConfig, train
+from supersam.stages.train import energy as energy_mod
+from supersam.stages.train.distributed import DistContext
+from supersam.stages.train.energy import EnergyMeter
+from supersam.stages.train.optim import build_optimizer, build_scheduler, set_trainable
+from supersam.stages.train.probe import empty_target, update_target
+from supersam.stages.train.sandwich import _optimizer_step, batch_loss, draw_subnets, frozen_prompts, train_step
 
 ITERS = 20
 
@@ -38,9 +38,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def data_cfg(shared_data) -> DataConfig:
     """dsb2018 nuclei cut into 16 tiles of 128 px: 8 train, 8 val; box prompts, 4 objects."""
-    return DataConfig(kind="image_label", root=str(shared_data / "dsb2018_nuclei"), images="img2d.tif",
-                      labels="mask2d.tif", label_mode="instance", patch=128, min_area=20, max_objects=4,
-                      prompt="box", box_pad=5)
+    return DataConfig(
+        kind="image_label",
+        root=str(shared_data / "dsb2018_nuclei"),
+        images="img2d.tif",
+        labels="mask2d.tif",
+        label_mode="instance",
+        patch=128,
+        min_area=20,
+        max_objects=4,
+        prompt="box",
+        box_pad=5,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +63,19 @@ def supernet_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_cfg(supernet_path, tmp_path_factory) -> TrainConfig:
-    return TrainConfig(supernet=str(supernet_path), out=str(tmp_path_factory.mktemp("run") / "out"),
-                       iterations=ITERS, batch_size=2, lr=1e-2, eval_every=10, val_images=2, save_every=10,
-                       target_miou=1.0, device="cpu", seed=3)
+    return TrainConfig(
+        supernet=str(supernet_path),
+        out=str(tmp_path_factory.mktemp("run") / "out"),
+        iterations=ITERS,
+        batch_size=2,
+        lr=1e-2,
+        eval_every=10,
+        val_images=2,
+        save_every=10,
+        target_miou=1.0,
+        device="cpu",
+        seed=3,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +104,20 @@ def test_loss_decreases_and_artifacts(main_run, base_cfg, tracking, supernet_pat
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.02
     out = base_cfg.out
     metrics = json.loads(open(f"{out}/metrics.json").read())
-    for key in ("miou_min", "miou_max", "miou_random", "iterations", "iterations_to_target", "seconds",
-                "energy_kwh", "co2_kg", "energy_method", "pretrained", "params_min", "params_max"):
+    for key in (
+        "miou_min",
+        "miou_max",
+        "miou_random",
+        "iterations",
+        "iterations_to_target",
+        "seconds",
+        "energy_kwh",
+        "co2_kg",
+        "energy_method",
+        "pretrained",
+        "params_min",
+        "params_max",
+    ):
         assert key in metrics
     assert metrics["iterations"] == ITERS and metrics["iterations_to_target"] is None
     assert metrics["energy_kwh"] > 0 and metrics["energy_method"] in ("nvml", "rapl", "estimate")
@@ -126,21 +157,21 @@ def test_loss_decreases_and_artifacts(main_run, base_cfg, tracking, supernet_pat
 
 
 def test_training_batches_use_the_training_prompts_and_object_cap(base_cfg, data_cfg):
-    from supersam.train.distributed import DistContext
-    from supersam.train.loop import Trainer
+    from supersam.stages.train.distributed import DistContext
+    from supersam.stages.train.loop import Trainer
 
     cfg = dataclasses.replace(base_cfg, max_objects=3)
     data = dataclasses.replace(data_cfg, prompt="box", train_prompt="mixed", box_pad=0, box_jitter=2)
-    from supersam.tracking import Run
+    from supersam.runtime.tracking import Run
 
     trainer = Trainer(cfg, data, DistContext())
     trainer.prepare(Run(None))  # data, probe and target are read inside the (here disabled) MLflow run
     kinds = set()
     for iteration in range(8):
         for inp in trainer.local_batch(iteration):
-            assert inp.n_objects == 3                       # train.max_objects, not data.max_objects (4)
+            assert inp.n_objects == 3  # train.max_objects, not data.max_objects (4)
             kinds.add("box" if inp.boxes is not None else "point")
-    assert kinds == {"box", "point"}                         # data.train_prompt: mixed
+    assert kinds == {"box", "point"}  # data.train_prompt: mixed
     # the probe keeps the evaluation prompt (data.prompt: box) and every object once
     assert all(inp.boxes is not None for inp in trainer.probe.evaluator.inputs)
 
@@ -178,7 +209,12 @@ def test_resume_reproduces_uninterrupted_run(main_run, base_cfg, data_cfg, tmp_p
     first = train(cfg, data_cfg, off, stop_after=7, show_progress=False)
     assert first.stopped and len(first.losses) == 7 and not (tmp_path / "resumed" / "metrics.json").exists()
     state = ckpt.load_training_state(ckpt.checkpoint_path(cfg.out))
-    assert state["iteration"] == 7 and state["data_position"] == {"epoch": 1, "offset": 6, "dataset_len": 8, "batch_size": 2}
+    assert state["iteration"] == 7 and state["data_position"] == {
+        "epoch": 1,
+        "offset": 6,
+        "dataset_len": 8,
+        "batch_size": 2,
+    }
     with pytest.raises(CheckpointError, match="train.lr"):
         train(dataclasses.replace(cfg, lr=1e-4), data_cfg, off, resume=True, show_progress=False)
     with pytest.raises(CheckpointError, match="data.box_pad"):
@@ -262,8 +298,16 @@ def test_untouched_mlp_rows_and_dropped_blocks_stay(supernet_path, data_cfg):
 
 
 def test_sequential_mode_and_distillation(supernet_path, data_cfg):
-    supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg, mode="sequential", amp=True,
-                                                       distill_from="max", distill_weight=0.5, n_random=2, grad_clip=0.01)
+    supernet, cfg, params, opt, sched, inputs = _setup(
+        supernet_path,
+        data_cfg,
+        mode="sequential",
+        amp=True,
+        distill_from="max",
+        distill_weight=0.5,
+        n_random=2,
+        grad_clip=0.01,
+    )
     result = train_step(supernet, opt, sched, params, inputs, 2, 0, cfg, DistContext())
     assert result.kinds == ["max", "min", "random", "random"]
     assert all(0 < v < 1 for v in result.losses) and result.grad_norm > 0.01  # norm before clipping
@@ -275,7 +319,10 @@ def test_finetune_mode_steps_the_max_subnet_alone(supernet_path, data_cfg):
     """train.mode finetune (the plain fine-tuning baseline): one subnet, the max, one AdamW step; every
     encoder block and every MLP unit is trained, as fine-tuning the base model would."""
     supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg, mode="finetune")
-    assert draw_subnets(supernet.space, cfg.seed, 5, cfg.n_random, "finetune") == (["max"], [supernet.space.max_subnet()])
+    assert draw_subnets(supernet.space, cfg.seed, 5, cfg.n_random, "finetune") == (
+        ["max"],
+        [supernet.space.max_subnet()],
+    )
     before = {n: p.detach().clone() for n, p in supernet.named_parameters()}
     result = train_step(supernet, opt, sched, params, inputs, 2, 0, cfg, DistContext())
     assert result.kinds == ["max"] and len(result.losses) == 1 and 0 < result.losses[0] < 1
@@ -296,8 +343,13 @@ def test_focal_dice_loss_adds_the_weighted_focal_term(supernet_path, data_cfg):
     with torch.no_grad():
         dice, logits = batch_loss(supernet.sam, inputs, prompts, 2, torch.device("cpu"), False)
         both, _ = batch_loss(supernet.sam, inputs, prompts, 2, torch.device("cpu"), False, focal_weight=20.0)
-    focal = sum(sigmoid_focal_loss(lg, inp.gt_masks.float(), alpha=-1, gamma=2, reduction="none").mean(dim=(1, 2)).mean()
-                for lg, inp in zip(logits, inputs)) / 2
+    focal = (
+        sum(
+            sigmoid_focal_loss(lg, inp.gt_masks.float(), alpha=-1, gamma=2, reduction="none").mean(dim=(1, 2)).mean()
+            for lg, inp in zip(logits, inputs)
+        )
+        / 2
+    )
     assert float(focal) > 1e-4
     torch.testing.assert_close(both, dice + 20.0 * focal, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="train.loss 'bce' is unknown"):
@@ -388,16 +440,20 @@ def based_supernet_path(tmp_path_factory):
     root = tmp_path_factory.mktemp("based")
     sam = build_sam_model("tiny", 128)
     torch.save(sam.state_dict(), root / "base.pth")
-    save_supernet(root / "supernet.pt", SuperSam(sam, SearchSpace.for_arch("tiny")),
-                  SupernetMeta("tiny", 128, True, "none", checkpoint=str(root / "base.pth")))
+    save_supernet(
+        root / "supernet.pt",
+        SuperSam(sam, SearchSpace.for_arch("tiny")),
+        SupernetMeta("tiny", 128, True, "none", checkpoint=str(root / "base.pth")),
+    )
     return root / "supernet.pt"
 
 
 def test_distill_from_base_adds_embedding_and_mask_mse(based_supernet_path, data_cfg):
-    from supersam.train.sandwich import base_targets, load_base_teacher
+    from supersam.stages.train.sandwich import base_targets, load_base_teacher
 
-    supernet, cfg, params, opt, sched, inputs = _setup(based_supernet_path, data_cfg, distill_from="base",
-                                                       distill_embed_weight=2.0, distill_mask_weight=0.5)
+    supernet, cfg, params, opt, sched, inputs = _setup(
+        based_supernet_path, data_cfg, distill_from="base", distill_embed_weight=2.0, distill_mask_weight=0.5
+    )
     base = load_base_teacher(supernet.meta, "the supernet", torch.device("cpu"))
     assert not any(p.requires_grad for p in base.parameters()) and not base.training
     # the loss of one subnet is Dice + 2 x embedding MSE + 0.5 x logit MSE, recomputed here by hand
@@ -408,12 +464,18 @@ def test_distill_from_base_adds_embedding_and_mask_mse(based_supernet_path, data
     parts = {}
     with_base, logits = batch_loss(supernet.sam, inputs, None, 2, torch.device("cpu"), False, base=targets, parts=parts)
     with torch.no_grad():
-        from supersam.inference import encode_images
+        from supersam.measure.inference import encode_images
 
         emb = encode_images(supernet.sam, inputs)
         base_emb = encode_images(base, inputs)
-    by_hand = sum(2.0 * float(((emb[j] - base_emb[j]) ** 2).mean()) + 0.5 * float(((logits[j].detach() - targets.logits[j]) ** 2).mean())
-                  for j in range(2)) / 2
+    by_hand = (
+        sum(
+            2.0 * float(((emb[j] - base_emb[j]) ** 2).mean())
+            + 0.5 * float(((logits[j].detach() - targets.logits[j]) ** 2).mean())
+            for j in range(2)
+        )
+        / 2
+    )
     assert parts["distill"] == pytest.approx(by_hand, rel=1e-5) and parts["distill"] > 0
     assert float(with_base.detach()) == pytest.approx(float(plain.detach()) + by_hand, rel=1e-5)
 
@@ -429,9 +491,21 @@ def test_distill_from_base_adds_embedding_and_mask_mse(based_supernet_path, data
 @pytest.mark.parametrize("source", ["none", "max", "base"])
 def test_each_distill_source_trains_and_logs(based_supernet_path, data_cfg, tmp_path, source):
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    cfg = TrainConfig(supernet=str(based_supernet_path), out=str(tmp_path / "out"), iterations=6, batch_size=2, lr=1e-2,
-                      eval_every=0, val_images=1, target_every=0, save_every=3, target_miou=1.0, device="cpu",
-                      distill_from=source, distill_mask_weight=0.01)
+    cfg = TrainConfig(
+        supernet=str(based_supernet_path),
+        out=str(tmp_path / "out"),
+        iterations=6,
+        batch_size=2,
+        lr=1e-2,
+        eval_every=0,
+        val_images=1,
+        target_every=0,
+        save_every=3,
+        target_miou=1.0,
+        device="cpu",
+        distill_from=source,
+        distill_mask_weight=0.01,
+    )
     result = train(cfg, data_cfg, tracking, show_progress=False)
     losses = [e["loss"] for e in result.losses]
     assert len(losses) == 6 and all(np.isfinite(losses))
@@ -446,13 +520,24 @@ def test_each_distill_source_trains_and_logs(based_supernet_path, data_cfg, tmp_
     assert logged == pytest.approx(distill)
     # a resumed run must keep its teacher
     with pytest.raises(CheckpointError, match="train.distill_from was 'base', now 'max'"):
-        train(dataclasses.replace(cfg, distill_from="max"), data_cfg, TrackingConfig(enabled=False), resume=True,
-              show_progress=False)
+        train(
+            dataclasses.replace(cfg, distill_from="max"),
+            data_cfg,
+            TrackingConfig(enabled=False),
+            resume=True,
+            show_progress=False,
+        )
 
 
 def test_distill_from_base_needs_a_base_checkpoint(supernet_path, data_cfg, tmp_path):
-    cfg = TrainConfig(supernet=str(supernet_path), out=str(tmp_path / "out"), iterations=1, device="cpu",
-                      target_miou=1.0, distill_from="base")
+    cfg = TrainConfig(
+        supernet=str(supernet_path),
+        out=str(tmp_path / "out"),
+        iterations=1,
+        device="cpu",
+        target_miou=1.0,
+        distill_from="base",
+    )
     with pytest.raises(ConfigError, match="was built from a randomly initialised SAM .*use distill_from: max or none"):
         train(cfg, data_cfg, TrackingConfig(enabled=False), show_progress=False)
 
@@ -460,16 +545,26 @@ def test_distill_from_base_needs_a_base_checkpoint(supernet_path, data_cfg, tmp_
 def test_a_base_model_replaced_since_the_build_is_refused_as_teacher_and_threshold(data_cfg, tmp_path):
     """The supernet records its base model's weights (``base_digest``): another model of the same shape
     at the same path is refused as the distillation teacher and as the reference of a relative target."""
-    from supersam.sam import state_digest
-    from supersam.thresholds import resolve_threshold
+    from supersam.measure.thresholds import resolve_threshold
+    from supersam.model.sam import state_digest
 
     torch.manual_seed(0)
     sam = build_sam_model("tiny", 128)
     torch.save(sam.state_dict(), tmp_path / "base.pth")
     meta = SupernetMeta("tiny", 128, True, "none", checkpoint=str(tmp_path / "base.pth"), base_digest=state_digest(sam))
     save_supernet(tmp_path / "supernet.pt", SuperSam(sam, SearchSpace.for_arch("tiny")), meta)
-    cfg = TrainConfig(supernet=str(tmp_path / "supernet.pt"), out=str(tmp_path / "out"), iterations=1, batch_size=2,
-                      eval_every=0, val_images=1, target_every=0, target_miou=1.0, device="cpu", distill_from="base")
+    cfg = TrainConfig(
+        supernet=str(tmp_path / "supernet.pt"),
+        out=str(tmp_path / "out"),
+        iterations=1,
+        batch_size=2,
+        eval_every=0,
+        val_images=1,
+        target_every=0,
+        target_miou=1.0,
+        device="cpu",
+        distill_from="base",
+    )
     torch.manual_seed(1)
     torch.save(build_sam_model("tiny", 128).state_dict(), tmp_path / "base.pth")  # replaced: same shape, other weights
     with pytest.raises(CheckpointError, match="has other weights than when .* was built from it"):
@@ -486,12 +581,28 @@ def test_cli_flags_override_params(base_cfg, data_cfg, tmp_path, monkeypatch):
 
     from supersam.cli.main import app
 
-    params = {"train": {**base_cfg.to_dict(), "out": str(tmp_path / "cli"), "iterations": 50},
-              "data": vars(data_cfg), "mlflow": {"enabled": False}}
+    params = {
+        "train": {**base_cfg.to_dict(), "out": str(tmp_path / "cli"), "iterations": 50},
+        "data": vars(data_cfg),
+        "mlflow": {"enabled": False},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["train", "--params", "params.yaml", "--set", "train.iterations=2", "--set",
-                                      "train.mode=sequential", "--set", "train.trainable=[mask_decoder]", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--params",
+            "params.yaml",
+            "--set",
+            "train.iterations=2",
+            "--set",
+            "train.mode=sequential",
+            "--set",
+            "train.trainable=[mask_decoder]",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert metrics["iterations"] == 2

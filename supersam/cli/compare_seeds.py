@@ -1,4 +1,4 @@
-"""``supersam compare-seeds``: parse options, then call :func:`supersam.compare_seeds.compare_seeds`."""
+"""``supersam compare-seeds``: parse options, then call :func:`supersam.tools.compare_seeds.compare_seeds`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,14 +18,14 @@ from supersam.cli.compare import variants_of
 def compare_seeds_cli(
     params: Path = params_option(),
     sets: list[str] = set_option(),
-    exp_json: Optional[Path] = typer.Option(None, "--from", help="Saved `dvc exp show --json` output (default: run it)."),
-    out: Optional[str] = typer.Option(None, help="Output folder (default runs/compare)."),
+    exp_json: Path | None = typer.Option(None, "--from", help="Saved `dvc exp show --json` output (default: run it)."),
+    out: str | None = typer.Option(None, help="Output folder (default runs/compare)."),
 ) -> None:
     """Mean +- std per variant over several runs (`dvc exp run -S train.seed=N` experiments; README)."""
-    from supersam.compare_seeds import compare_seeds
-    from supersam.errors import ConfigError
+    from supersam.runtime.errors import ConfigError
+    from supersam.tools.compare_seeds import compare_seeds
 
-    values = load_params("compare-seeds", ("variants",), params, sets)
+    values = load_params("compare-seeds", params, sets)
     if exp_json is not None:
         try:
             exp_show = json.loads(exp_json.read_bytes())  # bytes: json detects UTF-8/16/32

@@ -1,9 +1,8 @@
-"""``supersam export``: parse options, then call :func:`supersam.export.export`."""
+"""``supersam export``: parse options, then call :func:`supersam.stages.export.export`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,16 +13,37 @@ from supersam.cli.app import app, load_params, params_option, set_option
 def export_cli(
     params: Path = params_option(),
     sets: list[str] = set_option(),
-    variant: Optional[str] = typer.Option(None, help="Reordering variant whose trained supernet and search result are the defaults."),
-    supernet: Optional[str] = typer.Option(None, help="supernet.pt written by build-supernet or train."),
-    subnet: Optional[str] = typer.Option(None, help="Subnet config: a JSON file or an inline JSON object."),
-    out: Optional[str] = typer.Option(None, help="Output folder: model.pt + config.json, replaced atomically (default outputs/export/model)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="pt (default: model.pt + config.json), onnx (adds onnx/encoder.onnx, decoder.onnx, onnx.json) or hf (adds hf/model.safetensors in transformers SamModel keys, config.json and preprocessor_config.json)."),
+    variant: str | None = typer.Option(
+        None, help="Reordering variant whose trained supernet and search result are the defaults."
+    ),
+    supernet: str | None = typer.Option(None, help="supernet.pt written by build-supernet or train."),
+    subnet: str | None = typer.Option(None, help="Subnet config: a JSON file or an inline JSON object."),
+    out: str | None = typer.Option(
+        None, help="Output folder: model.pt + config.json, replaced atomically (default outputs/export/model)."
+    ),
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        help=(
+            "pt (default: model.pt + config.json), onnx (adds onnx/encoder.onnx, decoder.onnx, onnx.json) or hf "
+            "(adds hf/model.safetensors in transformers SamModel keys, config.json and preprocessor_config.json)."
+        ),
+    ),
 ) -> None:
-    """Export a subnet as a standard segment_anything Sam (see supersam.export.export)."""
-    from supersam.config import TrackingConfig, stage_config
-    from supersam.export import ExportConfig, export
+    """Export a subnet as a standard segment_anything Sam (see supersam.stages.export.export)."""
+    from supersam.schema import TrackingConfig, stage_config
+    from supersam.stages.export import ExportConfig, export
 
-    values = load_params("export", ("export", "mlflow"), params, sets, {"export.variant": variant, "export.supernet": supernet,
-                                        "export.subnet": subnet, "export.out": out, "export.format": fmt})
+    values = load_params(
+        "export",
+        params,
+        sets,
+        {
+            "export.variant": variant,
+            "export.supernet": supernet,
+            "export.subnet": subnet,
+            "export.out": out,
+            "export.format": fmt,
+        },
+    )
     export(stage_config(ExportConfig, values, "export"), stage_config(TrackingConfig, values, "mlflow"))

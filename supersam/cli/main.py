@@ -1,11 +1,11 @@
 """Console entry point ``supersam``: registers every stage command and maps failures to one line.
 
-A :class:`~supersam.errors.SupersamError` (bad input) becomes one red line and exit
-code 1; a usage error (unknown flag or command, a flag's value of the wrong type)
-one line naming the problem and the help command, exit 2; a file-system error (disk full, permission denied) one line naming the
-file where it is known, exit 1; running out of memory and text that is not UTF-8 one line each, exit 1; Ctrl-C and SIGTERM one line saying how to continue, exit 130 / 143,
-after every ``finally`` has run (temporary files removed, the MLflow run marked
-KILLED). Anything else is a bug and keeps its traceback. docs/contracts.md, "Failures".
+A :class:`~supersam.runtime.errors.SupersamError` (bad input) becomes one red line and exit code 1; a usage error
+(unknown flag or command, a flag's value of the wrong type) one line naming the problem and the help command, exit 2;
+a file-system error (disk full, permission denied) one line naming the file where it is known, exit 1; running out of
+memory and text that is not UTF-8 one line each, exit 1; Ctrl-C and SIGTERM one line saying how to continue, exit 130
+/ 143, after every ``finally`` has run (temporary files removed, the MLflow run marked KILLED). Anything else is a bug
+and keeps its traceback. docs/contracts.md, "Failures".
 """
 
 from __future__ import annotations
@@ -18,11 +18,22 @@ import sys
 import typer
 
 from supersam.cli import (  # noqa: F401  (imports register the commands)
-    bench, build_supernet, calibrate_wanda, compare, compare_seeds, eval, export, predict, pretrain, rank_layers, search, train,
+    bench,
+    build_supernet,
+    calibrate,
+    compare,
+    compare_seeds,
+    eval,
+    export,
+    predict,
+    pretrain,
+    rank_layers,
+    search,
+    train,
     validate,
 )
 from supersam.cli.app import app, console
-from supersam.errors import Interrupted, SupersamError, interruption_of
+from supersam.runtime.errors import Interrupted, SupersamError, interruption_of
 
 try:  # typer < 0.29 raises click's own exceptions; newer typer vendors click under TyperException
     from click.exceptions import ClickException as _ClickException
@@ -96,9 +107,11 @@ def main(restore_signals: bool = False) -> None:
         _error(_os_error_line(exc))
         sys.exit(1)
     except (MemoryError, _TorchOOM) as exc:  # numpy's _ArrayMemoryError and torch's CUDA out-of-memory too
-        _error(f"out of memory ({str(exc).splitlines()[0][:160] if str(exc) else 'an allocation failed'}); "
-               "earlier results are kept: use smaller inputs (data.patch, fewer images, a smaller img_size) "
-               "or a machine with more memory")
+        _error(
+            f"out of memory ({str(exc).splitlines()[0][:160] if str(exc) else 'an allocation failed'}); "
+            "earlier results are kept: use smaller inputs (data.patch, fewer images, a smaller img_size) "
+            "or a machine with more memory"
+        )
         sys.exit(1)
     except UnicodeError as exc:  # bytes that are not text where text is read, or a name that is not UTF-8
         _error(f"{_unicode_line(exc)}; earlier results are kept")
@@ -135,10 +148,12 @@ def _os_error_line(exc: OSError) -> str:
 def _unicode_line(exc: UnicodeError) -> str:
     """One line for a text that is not UTF-8 (decoding) or a name that cannot be written (encoding)."""
     if isinstance(exc, UnicodeDecodeError):
-        return (f"a file holds bytes that are not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
-                f"{exc.start}); pass the text file the command expects, saved as UTF-8")
+        return (
+            f"a file holds bytes that are not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position "
+            f"{exc.start}); pass the text file the command expects, saved as UTF-8"
+        )
     if isinstance(exc, UnicodeEncodeError):
-        return (f"a name is not valid UTF-8 ({exc.object[exc.start:exc.end]!a}); rename the file or folder")
+        return f"a name is not valid UTF-8 ({exc.object[exc.start : exc.end]!a}); rename the file or folder"
     return f"text cannot be read or written ({exc})"
 
 

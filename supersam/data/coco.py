@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from supersam.data.base import Item, SkipLog
 from supersam.data.imaging import Tile, crop, crop_masks, image_shape, read_rgb, tiles
 from supersam.data.types import Sample
-from supersam.errors import DataError
+from supersam.runtime.errors import DataError
 
 logger = logging.getLogger(__name__)
 

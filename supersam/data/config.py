@@ -1,7 +1,7 @@
 """params.yaml ``data``: which data set, how it is split, filtered and prompted.
 
 One frozen dataclass shared by every stage that reads data (pretrain,
-rank-layers, calibrate-wanda, train, search, eval). Relative paths resolve against the
+rank-layers, calibrate, train, search, eval). Relative paths resolve against the
 current working directory (the project root when run through DVC).
 """
 
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from supersam.errors import ConfigError
+from supersam.runtime.errors import ConfigError
 
 KINDS = ("coco", "sa1b", "image_label")
 LABEL_MODES = ("instance", "binary", "semantic")

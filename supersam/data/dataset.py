@@ -21,7 +21,7 @@ from supersam.data.config import SPLITS, DataConfig
 from supersam.data.image_label import ImageLabelReader
 from supersam.data.sa1b import Sa1bReader
 from supersam.data.types import Sample
-from supersam.errors import ConfigError, DataError
+from supersam.runtime.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

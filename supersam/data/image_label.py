@@ -22,7 +22,7 @@ from scipy import ndimage
 from supersam.data.base import Item, SkipLog
 from supersam.data.imaging import crop, image_shape, list_images, page_count, read_page, read_rgb, tiles
 from supersam.data.types import Sample
-from supersam.errors import DataError
+from supersam.runtime.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +132,6 @@ def merged_instances(label: np.ndarray, ignore: int = -1) -> int:
     pairs = np.unique(np.stack([comp[fg], np.searchsorted(values, plane[fg])]), axis=1)  # (component, value)
     per_comp = np.bincount(pairs[0], minlength=n + 1)
     return int((per_comp > 1).sum())
-
-
-def label_masks(label: np.ndarray, mode: str, min_px: int, ignore: int = -1) -> np.ndarray:
-    """N x H x W bool masks of the objects (>= min_px px) of one label page."""
-    plane, ids = object_ids(label, mode, min_px, ignore)
-    return plane[None] == ids[:, None, None]
 
 
 def _pairs(images: Path, labels: Path, skips: SkipLog) -> list[tuple[Path, Path]]:

@@ -16,7 +16,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from supersam.errors import DataError
+from supersam.runtime.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")

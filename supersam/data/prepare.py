@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from supersam.data.config import POINT_PLACEMENTS, PROMPTS, TRAIN_PROMPTS, DataConfig, parse_box_pad
 from supersam.data.dataset import load_split
 from supersam.data.types import ModelInput, ObjectMeta, Sample
-from supersam.errors import ConfigError
-from supersam.sam import PIXEL_MEAN, PIXEL_STD
+from supersam.runtime.errors import ConfigError
+from supersam.model.sam import PIXEL_MEAN, PIXEL_STD
 
 
 def preprocess_image(
@@ -41,7 +41,7 @@ def preprocess_image(
     """H x W x 3 uint8 RGB -> (3 x S x S float32 normalised + padded, input size (h, w)).
 
     ``pixel_mean``/``pixel_std`` (3 floats each, RGB 0..255) are the model's
-    own (:func:`supersam.sam.pixel_stats`); SAM's by default.
+    own (:func:`supersam.model.sam.pixel_stats`); SAM's by default.
     """
     resized = ResizeLongestSide(img_size).apply_image(image)  # h x w x 3 uint8
     x = torch.as_tensor(resized).permute(2, 0, 1).float()
@@ -192,7 +192,7 @@ def prepare_split(
     repeats objects up to the cap as training batches do);
     ``prompt`` overrides ``cfg.prompt`` (same objects, other prompt kind).
     Points are placed by ``cfg.point``, boxes padded by ``cfg.box_pad``;
-    ``pixel_mean``/``pixel_std`` are the model's (:func:`supersam.sam.pixel_stats`).
+    ``pixel_mean``/``pixel_std`` are the model's (:func:`supersam.model.sam.pixel_stats`).
 
     Raises:
         ConfigError / DataError: see :func:`load_split`.

@@ -17,7 +17,7 @@ import pycocotools.mask as mask_utils
 from supersam.data.base import Item, SkipLog
 from supersam.data.imaging import Tile, crop, crop_masks, image_shape, natural_key, read_rgb, tiles
 from supersam.data.types import Sample
-from supersam.errors import DataError
+from supersam.runtime.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
