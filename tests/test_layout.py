@@ -346,7 +346,7 @@ def _unit_of(module: str) -> str | None:
 
 def layering_violations(modules: list[str]) -> list[str]:
     """``a -> b`` for every module below the stages and tools that imports one of them, and every
-    stage or tool that imports another stage or tool (docs/architecture.md, "Layers")."""
+    stage or tool that imports another stage or tool (docs/architecture.md, "Layering")."""
     bad = []
     for module in modules:
         own = _unit_of(module)

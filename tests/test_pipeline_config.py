@@ -100,7 +100,7 @@ def _templated_sections(body: dict) -> set[str]:
 @pytest.mark.parametrize("stage", [s for s in STAGES if s != "validate"])
 def test_dvc_params_are_the_sections_the_command_reads(stage):
     """A stage re-runs when, and only when, a section its command reads changes: dvc.yaml's ``params:``
-    are supersam.cli.schema.READS of its command, plus the sections dvc.yaml substitutes itself."""
+    are supersam.cli.app.READS of its command, plus the sections dvc.yaml substitutes itself."""
     body = _dvc()["stages"][stage]
     body = body.get("do", body)
     listed = {key.split(".")[0] for key in body["params"]}

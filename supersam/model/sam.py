@@ -282,14 +282,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointError: file missing, truncated, or not a torch state dict.
     """
-    from supersam.model import hf as hf_checkpoint
+    from supersam.model import hf
 
     path = Path(path)
     if path.is_dir():
-        path = hf_checkpoint.hf_file(path)
+        path = hf.hf_file(path)
     if path.suffix == ".safetensors":  # a SamModel's, or segment_anything's layout saved as safetensors
-        state = hf_checkpoint.read_safetensors(path)
-        return hf_checkpoint.hf_to_sam(state, str(path)) if hf_checkpoint.is_hf_state(state) else state
+        state = hf.read_safetensors(path)
+        return hf.hf_to_sam(state, str(path)) if hf.is_hf_state(state) else state
     obj = load_torch(
         path,
         "checkpoint",
@@ -304,9 +304,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"checkpoint {path} is not a state dict of tensors; point to an official sam_vit_*.pth file"
         )
-    if hf_checkpoint.is_hf_state(obj):
+    if hf.is_hf_state(obj):
         log.info("%s holds a Hugging Face SamModel state dict; mapping its keys to segment_anything's", path)
-        return hf_checkpoint.hf_to_sam(obj, str(path))
+        return hf.hf_to_sam(obj, str(path))
     return obj
 
 

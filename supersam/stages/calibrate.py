@@ -7,7 +7,7 @@ measuring SlimSAM's disturbed Taylor importance (arXiv 2312.05284, Eq. 4). The
 hooks, accumulators and the :class:`~supersam.model.activation_stats.CalibrationStats`
 artifact are core (:mod:`supersam.model.activation_stats`, :mod:`supersam.model.taylor`);
 this module runs the passes and writes ``outputs/calibration/calibration_stats.pt``
-(the historical name; its ``criteria`` field says what it holds). docs/method.md,
+(`wanda_stats.pt` before 2026-12-06; its ``criteria`` field says what it holds). docs/method.md,
 "Wanda score and MLP reordering" and "Taylor importance".
 """
 
