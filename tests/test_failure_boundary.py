@@ -250,59 +250,26 @@ def _pair_folder(tmp_path: Path, shared_data: Path, label: np.ndarray, suffix: s
     return data
 
 
+def _eval_folder(data: Path, out: Path, monkeypatch, capsys, *flags: str) -> tuple[int, str]:
+    """``supersam eval`` of the pipeline's export on a user's image/label folder, with extra ``flags``."""
+    return run_cli(
+        ["eval", "--model", "outputs/export/model", "--data-root", str(data), *flags, "--out", str(out)],
+        monkeypatch,
+        capsys,
+    )
+
+
 def test_a_colour_photo_given_as_a_label_is_refused_not_run_out_of_memory(
     project, tmp_path, shared_data, monkeypatch, capsys
 ):
     monkeypatch.chdir(project)
     noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)  # ~260k distinct colours
     data = _pair_folder(tmp_path, shared_data, noise, ".png")
-    code, err = run_cli(
-        [
-            "eval",
-            "--model",
-            "outputs/export/model",
-            "--data-root",
-            str(data),
-            "--label-mode",
-            "instance",
-            "--out",
-            str(tmp_path / "eval"),
-        ],
-        monkeypatch,
-        capsys,
-    )
+    code, err = _eval_folder(data, tmp_path / "eval", monkeypatch, capsys, "--label-mode", "instance")
     assert_one_line(code, err, "more than data.max_label_values=4096")
-    code, err = run_cli(
-        [
-            "eval",
-            "--model",
-            "outputs/export/model",
-            "--data-root",
-            str(data),
-            "--label-mode",
-            "semantic",
-            "--out",
-            str(tmp_path / "eval"),
-        ],
-        monkeypatch,
-        capsys,
-    )
+    code, err = _eval_folder(data, tmp_path / "eval", monkeypatch, capsys, "--label-mode", "semantic")
     assert_one_line(code, err, "class values, more than data.max_label_values=4096")  # refused before a pass per class
-    code, err = run_cli(
-        [
-            "eval",
-            "--model",
-            "outputs/export/model",
-            "--data-root",
-            str(data),
-            "--patch",
-            "1",
-            "--out",
-            str(tmp_path / "eval"),
-        ],
-        monkeypatch,
-        capsys,
-    )
+    code, err = _eval_folder(data, tmp_path / "eval", monkeypatch, capsys, "--patch", "1")
     assert_one_line(code, err, "data.patch is 1")
     assert not (tmp_path / "eval").exists()
 
@@ -313,58 +280,16 @@ def test_a_float_label_with_nan_is_refused_not_read_as_an_object(project, tmp_pa
     label[100:200, 100:200] = 1
     label[300:400, 300:400] = np.nan
     data = _pair_folder(tmp_path, shared_data, label, ".tif")
-    code, err = run_cli(
-        [
-            "eval",
-            "--model",
-            "outputs/export/model",
-            "--data-root",
-            str(data),
-            "--label-mode",
-            "instance",
-            "--out",
-            str(tmp_path / "eval"),
-        ],
-        monkeypatch,
-        capsys,
-    )
+    code, err = _eval_folder(data, tmp_path / "eval", monkeypatch, capsys, "--label-mode", "instance")
     assert_one_line(code, err, "NaN")
     assert "whole numbers" in err
     label[300:400, 300:400] = 2.5
     tifffile.imwrite(data / "label" / "0.tif", label)
-    code, err = run_cli(
-        [
-            "eval",
-            "--model",
-            "outputs/export/model",
-            "--data-root",
-            str(data),
-            "--label-mode",
-            "instance",
-            "--out",
-            str(tmp_path / "eval"),
-        ],
-        monkeypatch,
-        capsys,
-    )
+    code, err = _eval_folder(data, tmp_path / "eval", monkeypatch, capsys, "--label-mode", "instance")
     assert_one_line(code, err, "fractional")
     label[300:400, 300:400] = 2  # whole numbers in a float file are ids as usual
     tifffile.imwrite(data / "label" / "0.tif", label)
-    code, err = run_cli(
-        [
-            "eval",
-            "--model",
-            "outputs/export/model",
-            "--data-root",
-            str(data),
-            "--label-mode",
-            "instance",
-            "--out",
-            str(tmp_path / "eval"),
-        ],
-        monkeypatch,
-        capsys,
-    )
+    code, err = _eval_folder(data, tmp_path / "eval", monkeypatch, capsys, "--label-mode", "instance")
     assert code == 0, err
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_objects"] == 2
 
