@@ -55,6 +55,57 @@ def test_parse_accepts_absolute_and_relative_forms(text, value, relative):
     assert MiouThreshold.parse(str(threshold)) == threshold  # __str__ round-trips
 
 
+@pytest.mark.parametrize(
+    "text, margin",
+    [
+        ("baseline+0.05", 0.05),
+        ("Baseline + 0.05", 0.05),
+        (" baseline+.1 ", 0.1),
+        ("baseline", 0.0),
+        ("baseline+1", 1.0),
+    ],
+)
+def test_parse_accepts_a_margin_over_the_baselines(text, margin):
+    threshold = MiouThreshold.parse(text, "train.target_miou")
+    assert threshold == MiouThreshold(margin, over_baseline=True) and not threshold.relative
+    assert MiouThreshold.parse(str(threshold)) == threshold
+    assert threshold.resolve(baseline_miou=0.61) == pytest.approx(0.61 + margin, abs=1e-12)
+    with pytest.raises(ValueError):
+        threshold.resolve(base_miou=0.7)  # a margin needs the baseline, not the base model
+
+
+@pytest.mark.parametrize(
+    "bad", ["baseline+", "baseline-0.05", "baseline+1.5", "baseline+nan", "baselines", "0.05+baseline"]
+)
+def test_parse_rejects_bad_margins(bad):
+    with pytest.raises(ConfigError) as exc:
+        MiouThreshold.parse(bad, "train.target_miou")
+    assert "\n" not in str(exc.value) and "baseline+0.05" in str(exc.value)
+
+
+def test_margin_over_the_baselines_resolves_on_a_hand_computed_sample():
+    """Box prompts on a 4 x 4 square in a 10 x 10 image: all-foreground 16/100, box fill 1.0 for the
+    tight box and 16/64 for the 8 x 8 one, so the best baseline is box fill (1 + 0.25) / 2 = 0.625."""
+    from test_baselines import model_input, square
+
+    from supersam.measure.thresholds import best_baseline, resolve_threshold
+
+    masks = square()[None].repeat(2, 1, 1)
+    inputs = [model_input(masks, (10, 10), boxes=[[3, 3, 6, 6], [1, 1, 8, 8]])]
+    assert best_baseline(inputs) == ("box_fill", pytest.approx(0.625, abs=1e-12))
+    meta = SupernetMeta(model_type="tiny", img_size=64, pretrained=False, variant="none")  # no base model needed
+    resolved = resolve_threshold("baseline+0.05", meta, inputs, CPU, what="train.target_miou")
+    assert resolved.value == pytest.approx(0.675, abs=1e-12) and resolved.baseline == "box_fill"
+    assert resolved.report("min_miou") == {
+        "min_miou": resolved.value,
+        "min_miou_setting": "baseline+0.05",
+        "baseline_miou": pytest.approx(0.625, abs=1e-12),
+    }
+    assert resolved.describe() == "0.6750 (baseline+0.05: box fill 0.6250)"
+    with pytest.raises(ConfigError, match="has none"):
+        best_baseline([])
+
+
 def test_resolve_and_str():
     relative = MiouThreshold.parse("0.95x")
     assert relative.relative and relative.value == 0.95

@@ -1,12 +1,21 @@
-"""mIoU thresholds, absolute (``0.8``) or relative to the base model (``0.95x``, ``95%``).
+"""mIoU thresholds: absolute (``0.8``), relative to the base model (``0.95x``, ``95%``) or a
+margin over the trivial baselines (``baseline+0.05``).
 
-docs/method.md, "Thresholds relative to the base model".
+docs/method.md, "Thresholds relative to the base model" and "The target rule".
 
 A user compressing a model thinks "within 5% of my base model", not "mIoU 0.76".
 ``search.min_miou`` / ``--min-miou`` and ``train.target_miou`` therefore accept
 
 * an absolute mIoU in [0, 1]: ``0.8``, ``"0.8"``;
-* a factor of the base model's mIoU in (0, 1.5]: ``"0.95x"`` or ``"95%"``.
+* a factor of the base model's mIoU in (0, 1.5]: ``"0.95x"`` or ``"95%"``;
+* a margin in [0, 1] over the best trivial baseline on the same objects:
+  ``"baseline+0.05"`` (``"baseline"`` = ``"baseline+0"``). The baselines are
+  :func:`supersam.measure.baselines.trivial_baselines` (all-foreground, and box fill
+  for box prompts or the disk for point prompts) on the very validation sample the
+  threshold is checked on, so the threshold needs no model: it says "segments
+  better than the trivial predictor by this much" on any data set. It is the
+  default target of the downstream run (params.yaml), where the base model is a
+  generalist evaluated zero-shot and a factor of it would reward staying there.
 
 The base model is the SAM the supernet was built from (the supernet meta's
 ``checkpoint``, i.e. the ``model.checkpoint`` setting). Its mIoU is measured on
@@ -35,24 +44,31 @@ log = logging.getLogger(__name__)
 MAX_FACTOR = 1.5
 _NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?"
 _FORM = re.compile(rf"^({_NUMBER})\s*([x%]?)$", re.IGNORECASE)
-_EXAMPLES = "an absolute mIoU in [0, 1] like 0.8, or a factor of the base model's mIoU in (0, 1.5] like 0.95x or 95%"
+_BASELINE_FORM = re.compile(rf"^baseline\s*(?:\+\s*({_NUMBER}))?$", re.IGNORECASE)
+_EXAMPLES = (
+    "an absolute mIoU in [0, 1] like 0.8, a factor of the base model's mIoU in (0, 1.5] like 0.95x or 95%, "
+    "or a margin in [0, 1] over the best trivial baseline like baseline+0.05"
+)
 
 
 @dataclass(frozen=True)
 class MiouThreshold:
-    """An mIoU threshold: absolute, or a factor of the base model's mIoU.
+    """An mIoU threshold: absolute, a factor of the base model's mIoU, or a margin over the baselines.
 
     Attributes:
-        value: the absolute mIoU (``relative`` False) or the factor (``relative`` True).
+        value: the absolute mIoU, the factor (``relative``) or the margin (``over_baseline``).
         relative: whether ``value`` multiplies the base model's mIoU.
+        over_baseline: whether ``value`` is added to the best trivial baseline's mIoU.
     """
 
     value: float
     relative: bool = False
+    over_baseline: bool = False
 
     @classmethod
     def parse(cls, setting: Any, what: str = "mIoU threshold") -> MiouThreshold:
-        """Parse ``0.8``, ``"0.8"`` (absolute), ``"0.95x"`` or ``"95%"`` (relative 0.95).
+        """Parse ``0.8``, ``"0.8"`` (absolute), ``"0.95x"`` or ``"95%"`` (relative 0.95),
+        ``"baseline+0.05"`` (margin 0.05 over the best trivial baseline).
 
         Args:
             setting: a number or a string (case and surrounding blanks ignored).
@@ -65,6 +81,12 @@ class MiouThreshold:
             return setting
         if isinstance(setting, bool) or not isinstance(setting, (int, float, str)):
             raise ConfigError(f"{what} is {setting!r}; use {_EXAMPLES}")
+        if isinstance(setting, str) and setting.strip().lower().startswith("baseline"):
+            match = _BASELINE_FORM.match(setting.strip())
+            margin = float(match.group(1) or 0.0) if match else math.nan
+            if not 0.0 <= margin <= 1.0:  # NaN too
+                raise ConfigError(f"{what} is {setting!r}; use {_EXAMPLES}")
+            return cls(margin, over_baseline=True)
         if isinstance(setting, str):
             match = _FORM.match(setting.strip())
             if not match:
@@ -82,12 +104,18 @@ class MiouThreshold:
             raise ConfigError(f"{what} is {setting!r}, an absolute mIoU outside [0, 1]; use {_EXAMPLES}")
         return cls(value, relative)
 
-    def resolve(self, base_miou: float | None = None) -> float:
-        """The absolute mIoU: ``value``, or ``value * base_miou`` when relative.
+    def resolve(self, base_miou: float | None = None, baseline_miou: float | None = None) -> float:
+        """The absolute mIoU: ``value``, ``value * base_miou`` when relative, or
+        ``baseline_miou + value`` over the baselines.
 
         Raises:
-            ValueError: a relative threshold without ``base_miou``.
+            ValueError: a relative threshold without ``base_miou``, or one over the baselines
+                without ``baseline_miou``.
         """
+        if self.over_baseline:
+            if baseline_miou is None:
+                raise ValueError(f"the threshold {self} needs the best trivial baseline's mIoU")
+            return float(baseline_miou) + self.value
         if not self.relative:
             return self.value
         if base_miou is None:
@@ -96,6 +124,8 @@ class MiouThreshold:
 
     def __str__(self) -> str:
         text = format(self.value, ".12g")
+        if self.over_baseline:
+            return f"baseline+{text}"
         return f"{text}x" if self.relative else text
 
 
@@ -114,29 +144,58 @@ class ResolvedThreshold:
 
     Attributes:
         value: the absolute mIoU the constraint or target uses.
-        setting: the setting as given (``"0.95x"``, ``"0.8"``...).
+        setting: the setting as given (``"0.95x"``, ``"0.8"``, ``"baseline+0.05"``...).
         base_miou: the base model's mIoU when the setting is relative, else None.
+        baseline_miou: the best trivial baseline's mIoU when the setting is a margin over it, else None.
+        baseline: that baseline's name (``box_fill``, ``disk``, ``all_foreground``), else None.
     """
 
     value: float
     setting: str
     base_miou: float | None = None
+    baseline_miou: float | None = None
+    baseline: str | None = None
 
     def report(self, name: str, base_key: str | None = "base_miou") -> dict[str, Any]:
-        """``{name: value, name_setting: setting}`` plus ``{base_key: base_miou}`` when relative.
+        """``{name: value, name_setting: setting}`` plus ``{base_key: base_miou}`` when relative,
+        or ``{base_key with "base" -> "baseline": baseline_miou}`` over the baselines.
 
-        For metrics.json and MLflow; ``base_key=None`` leaves the base mIoU out.
+        For metrics.json and MLflow; ``base_key=None`` leaves the reference mIoU out.
         """
         out: dict[str, Any] = {name: self.value, f"{name}_setting": self.setting}
         if self.base_miou is not None and base_key:
             out[base_key] = self.base_miou
+        if self.baseline_miou is not None and base_key:
+            out[base_key.replace("base", "baseline", 1)] = self.baseline_miou
         return out
 
     def describe(self) -> str:
-        """For log lines: ``0.7600`` or ``0.7600 (0.95x of base 0.8000)``."""
+        """For log lines: ``0.7600``, ``0.7600 (0.95x of base 0.8000)`` or
+        ``0.6600 (baseline+0.05: box fill 0.6100)``."""
+        if self.baseline_miou is not None:
+            name = (self.baseline or "baseline").replace("_", " ")
+            return f"{self.value:.4f} ({self.setting}: {name} {self.baseline_miou:.4f})"
         if self.base_miou is None:
             return f"{self.value:.4f}"
         return f"{self.value:.4f} ({self.setting} of base {self.base_miou:.4f})"
+
+
+def best_baseline(inputs: Sequence[Any]) -> tuple[str, float]:
+    """The strongest trivial baseline on ``inputs``: its name and mIoU (in [0, 1]).
+
+    The candidates are :func:`supersam.measure.baselines.trivial_baselines`'s
+    (all-foreground, and box fill or the disk by the inputs' prompt kind).
+
+    Raises:
+        ConfigError: no objects in ``inputs`` (no baseline can be measured).
+    """
+    from supersam.measure.baselines import trivial_baselines
+
+    finite = {k: v for k, v in trivial_baselines(inputs).items() if math.isfinite(v)}
+    if not finite:
+        raise ConfigError("a threshold over the trivial baselines needs validation objects, and the sample has none")
+    name = max(finite, key=finite.get)
+    return name, finite[name]
 
 
 def base_checkpoint(
@@ -214,6 +273,7 @@ def resolve_threshold(
 
     An absolute setting is returned as is (nothing is evaluated). A relative one
     multiplies the base model's ``metric`` on ``inputs`` (:func:`measure_base_miou`).
+    One over the baselines adds its margin to :func:`best_baseline` of ``inputs``.
 
     Args:
         setting: as given (``0.8``, ``"0.95x"``, ``"95%"``).
@@ -226,12 +286,28 @@ def resolve_threshold(
         amp, batch_size: as for the threshold's own evaluations.
 
     Raises:
-        ConfigError: invalid setting, or relative without a base model checkpoint.
+        ConfigError: invalid setting, relative without a base model checkpoint, or over the
+            baselines with no objects in ``inputs``.
         CheckpointError: base checkpoint missing, unreadable, or with other weights than the
             supernet was built from.
     """
     threshold = MiouThreshold.parse(setting, what)
     text = setting_text(setting)
+    if threshold.over_baseline:
+        name, baseline = best_baseline(inputs)
+        value = threshold.resolve(baseline_miou=baseline)
+        log.info(
+            "%s %s: the best trivial baseline on the %d validation images is %s with mIoU %.4f -> threshold %.4f",
+            what,
+            text,
+            len(inputs),
+            name.replace("_", " "),
+            baseline,
+            value,
+        )
+        if value > 1.0:
+            log.warning("%s %s resolves to %.4f > 1: no model can reach it", what, text, value)
+        return ResolvedThreshold(value, text, baseline_miou=baseline, baseline=name)
     if not threshold.relative:
         return ResolvedThreshold(threshold.value, text)
     base_checkpoint(threshold, meta, what, source)
