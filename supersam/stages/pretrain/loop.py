@@ -17,6 +17,7 @@ Everything random is a pure function of (seed, iteration, slot), so
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -36,6 +37,7 @@ from supersam.measure.scoring import run_eval
 from supersam.model.sam import build_sam, count_params, pixel_stats
 from supersam.runtime import resume as ckpt
 from supersam.runtime.device import autocast, resolve_device
+from supersam.runtime.errors import CheckpointError
 from supersam.runtime.io import file_digest, torch_save, write_json
 from supersam.runtime.outdir import check_writable, claim_out, releases_claims
 from supersam.runtime.sampling import batch_indices, data_position, prompt_rng
@@ -378,8 +380,13 @@ def _numeric(entry: dict) -> dict:
 def init_digest(init: str) -> str:
     """SHA-256 of the starting checkpoint (its weights file for a Hugging Face folder); "" for random init.
 
+    A checkpoint with a manifest beside it (``models/base_vit_ti.pt`` ->
+    ``models/base_vit_ti.json``, written by scripts/base_model_manifest.py) must
+    have the SHA-256 the manifest records: a truncated download, a Git LFS pointer
+    or a replaced file is refused before any stage builds on it.
+
     Raises:
-        CheckpointError: ``init`` names nothing readable.
+        CheckpointError: ``init`` names nothing readable, or bytes other than its manifest records.
     """
     if not init:
         return ""
@@ -388,7 +395,33 @@ def init_digest(init: str) -> str:
         from supersam.model.hf import hf_file
 
         path = hf_file(path)
-    return file_digest(path)
+    digest = file_digest(path)
+    recorded = manifest_digest(path)
+    if recorded is not None and recorded != digest:
+        raise CheckpointError(
+            f"pretrain.init {path} has SHA-256 {digest[:16]}..., but its manifest {path.with_suffix('.json')} "
+            f"records {recorded[:16]}...: the file is damaged or was replaced; restore it "
+            f"(git checkout -- {path}) or re-create it (bash scripts/make_base_model.sh)"
+        )
+    return digest
+
+
+def manifest_digest(path: Path) -> str | None:
+    """The SHA-256 that ``path``'s manifest (same name, ``.json``) records for it, or None without one.
+
+    A JSON file beside the checkpoint counts as its manifest only when its ``file`` is the
+    checkpoint's name and it holds a ``sha256`` string.
+    """
+    manifest = path.with_suffix(".json")
+    if path.suffix == ".json" or not manifest.is_file():
+        return None
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("file") != path.name or not isinstance(record.get("sha256"), str):
+        return None
+    return record["sha256"]
 
 
 @releases_claims
