@@ -100,7 +100,7 @@ def test_read_params_refuses_an_unknown_section(tmp_path):
 
 
 def test_every_params_section_is_a_known_section():
-    for name in ("params.yaml", "profiles/paper.yaml"):
+    for name in ("params.yaml", "profiles/paper.yaml", "profiles/downstream.yaml"):
         values = read_params(Path(__file__).resolve().parents[1] / name)
         assert set(values) <= set(SECTIONS)
 

@@ -53,10 +53,10 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A copy of the project (code, dvc.yaml, tiny params) after one `dvc repro`."""
+    """A copy of the project (code, shipped models, dvc.yaml, tiny params) after one `dvc repro`."""
     dest = tmp_path_factory.mktemp("pipeline") / "project"
     dest.mkdir()
-    for name in ("supersam", "dvc.yaml", ".dvcignore"):
+    for name in ("supersam", "models", "dvc.yaml", ".dvcignore"):
         src = ROOT / name
         copy = shutil.copytree if src.is_dir() else shutil.copy2
         copy(src, dest / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))

@@ -1,4 +1,4 @@
-"""dvc.yaml, params.yaml and profiles/paper.yaml agree with the CLI and the config classes."""
+"""dvc.yaml, params.yaml and the profiles (paper, downstream) agree with the CLI and the config classes."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _commands(stage: dict) -> list[str]:
     return cmds if isinstance(cmds, list) else [cmds]
 
 
-@pytest.mark.parametrize("params_file", ["params.yaml", "profiles/paper.yaml"])
+@pytest.mark.parametrize("params_file", ["params.yaml", "profiles/paper.yaml", "profiles/downstream.yaml"])
 def test_every_params_section_builds_its_config(params_file):
     params = yaml.safe_load((ROOT / params_file).read_text())
     assert set(params) == set(SECTIONS) | {"variants", "metric"}
@@ -126,7 +126,7 @@ def test_validate_checks_every_section_and_writes_a_marker_that_never_changes(tm
     from conftest import run_cli
 
     monkeypatch.chdir(ROOT)
-    for params_file in ("params.yaml", "profiles/paper.yaml"):
+    for params_file in ("params.yaml", "profiles/paper.yaml", "profiles/downstream.yaml"):
         marker = tmp_path / params_file.replace("/", "_") / "valid.json"
         code, err = run_cli(["validate", "-p", params_file, "--out", str(marker)], monkeypatch, capsys)
         assert code == 0, err

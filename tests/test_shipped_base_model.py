@@ -1,6 +1,7 @@
 """The shipped generalist base model (models/base_vit_ti.pt, docs/base-model.md): its bytes match its
-manifest, it loads as the vit_ti SAM the default pipeline passes through, a damaged copy is refused,
-and it segments unseen scenes of its pretraining distribution better than the trivial baselines."""
+manifest, it loads as the vit_ti SAM the downstream profile passes through, a damaged copy is refused,
+it segments unseen scenes of its pretraining distribution better than the trivial baselines, and a
+short downstream training run from it on real EM data raises the smallest subnet (docs/downstream.md)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from supersam.stages.pretrain.loop import init_digest
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "base_vit_ti.pt"
 MANIFEST = ROOT / "models" / "base_vit_ti.json"
+PROFILE = ROOT / "profiles" / "downstream.yaml"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,8 +45,8 @@ def test_shipped_model_matches_its_manifest_and_loads_as_vit_ti():
     loaded = build_sam("vit_ti", 256, str(MODEL))
     assert count_params(loaded.model) == manifest["params"] == 6_498_560
     assert count_params(loaded.model.image_encoder) == manifest["encoder_params"] == 5_738_944
-    # the default pipeline passes exactly this file through
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # the downstream profile passes exactly this file through
+    params = yaml.safe_load(PROFILE.read_text())
     assert params["pretrain"]["init"] == "models/base_vit_ti.pt" and params["pretrain"]["iterations"] == 0
 
 
@@ -59,7 +61,9 @@ def test_a_damaged_copy_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
         init_digest(str(copy))
     monkeypatch.chdir(ROOT)
     code, err = run_cli(
-        ["pretrain", "--set", f"pretrain.init={copy}", "--out", str(tmp_path / "pretrain")], monkeypatch, capsys
+        ["pretrain", "-p", str(PROFILE), "--set", f"pretrain.init={copy}", "--out", str(tmp_path / "pretrain")],
+        monkeypatch,
+        capsys,
     )
     assert code != 0 and "the file is damaged or was replaced" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "pretrain" / "model.pt").exists()
@@ -94,9 +98,9 @@ def test_shipped_model_beats_the_trivial_baselines_on_unseen_scenes(tmp_path, mo
 
 
 def test_downstream_sandwich_training_on_isbi_raises_the_smallest_subnet(shared_data, tmp_path):
-    """The default run's downstream step, shrunk: a supernet built from the shipped generalist,
-    trained on real ISBI EM train sections with the default loss and lr (params.yaml), lifts its
-    smallest subnet on val patches it never trained on; the target rule resolves to box fill + 0.05."""
+    """The downstream profile's training step, shrunk: a supernet built from the shipped generalist,
+    trained on real ISBI EM train sections with the profile's loss and lr, lifts its smallest subnet
+    on val patches it never trained on; the target rule resolves to box fill + 0.05."""
     from supersam.artifacts.records import SupernetMeta
     from supersam.data import DataConfig
     from supersam.model.checkpoint import save_supernet
@@ -105,7 +109,7 @@ def test_downstream_sandwich_training_on_isbi_raises_the_smallest_subnet(shared_
     from supersam.schema import TrackingConfig
     from supersam.stages.train import TrainConfig, train
 
-    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
+    defaults = yaml.safe_load(PROFILE.read_text())
     data = {k: v for k, v in defaults["data"].items()}
     data["root"] = str(shared_data / "isbi2012_em")
     data_cfg = DataConfig(**data)
