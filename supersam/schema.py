@@ -108,6 +108,10 @@ def read_params(path: str | Path | None = DEFAULT_PARAMS) -> dict[str, Any]:
         raise ConfigError(
             f"params file {path} is not valid YAML ({str(exc).splitlines()[0]}); fix the syntax"
         ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"params file {path} nests its lists or mappings too deeply to read; a params file has sections of keys"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"params file {path} must hold a mapping of sections")
     _check_sections(data, f"params file {path}")
@@ -146,7 +150,7 @@ def parse_set(item: str) -> tuple[tuple[str, ...], Any]:
         raise ConfigError(f"--set {item!r} names a whole section; set one key, e.g. --set {parts[0]}.KEY=VALUE")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = text  # not YAML (e.g. an unbalanced bracket in a path): keep the text
     return parts, value
 

@@ -434,3 +434,30 @@ def test_torch_save_failures_name_the_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="pickle"):
         torch_save({"w": torch.zeros(2)}, tmp_path / "model.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_input_nested_too_deeply_is_one_line(tmp_path, monkeypatch, capsys):
+    """JSON and YAML nested past Python's recursion limit: a subnet file, an inline subnet, a params
+    file and an experiments file each end in one line, never a RecursionError traceback."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text(deep)
+    (tmp_path / "deep.yaml").write_text(f"train:\n  iterations: {deep}\n")
+    out = tmp_path / "export"
+    cases = [
+        (["export", "--subnet", str(tmp_path / "deep.json"), "--out", str(out)], "nests its JSON arrays"),
+        (["export", "--subnet", '{"kept_layers": ' + "[" * 5000 + "]" * 5000 + "}", "--out", str(out)], "nests"),
+        (["validate", "-p", str(tmp_path / "deep.yaml"), "--out", str(tmp_path / "v.json")], "too deeply"),
+        (["compare-seeds", "--from", str(tmp_path / "deep.json"), "--out", str(tmp_path / "s")], "nested too deeply"),
+    ]
+    for args, needle in cases:
+        code, err = run_cli(args, monkeypatch, capsys)
+        assert_one_line(code, err, needle)
+        assert "RecursionError" not in err
+    assert not out.exists() and not (tmp_path / "v.json").exists()
+    # a --set value nested that deeply is kept as text and refused by its type
+    code, err = run_cli(
+        ["validate", "--set", "train.iterations=" + "[" * 5000 + "]" * 5000, "--out", str(tmp_path / "v.json")],
+        monkeypatch,
+        capsys,
+    )
+    assert_one_line(code, err, "train.iterations")

@@ -29,8 +29,9 @@ def compare_seeds_cli(
     if exp_json is not None:
         try:
             exp_show = json.loads(exp_json.read_bytes())  # bytes: json detects UTF-8/16/32
-        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ConfigError(f"--from {exp_json} is not readable `dvc exp show --json` output ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise ConfigError(f"--from {exp_json} is not readable `dvc exp show --json` output ({reason})") from None
     else:
         beside = Path(sys.executable).parent / "dvc"  # the environment supersam runs in
         dvc = shutil.which("dvc") or (str(beside) if beside.is_file() else None)

@@ -111,6 +111,10 @@ class SubnetConfig:
                     f"inline subnet config is not valid JSON ({exc.msg} at column {exc.colno}); "
                     "pass a JSON object or a path to a .json file"
                 ) from None
+            except RecursionError:
+                raise ConfigError(
+                    'inline subnet config nests too deeply to read; pass {"kept_layers": [...], "mlp_dims": [...]}'
+                ) from None
         return cls.from_dict(read_json(Path(text), "subnet config"))
 
     def save(self, path: str | Path) -> Path:

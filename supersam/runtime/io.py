@@ -310,6 +310,10 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise ConfigError(
             f"{what} {path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix the file or write it again"
         ) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{what} {path} nests its JSON arrays or objects too deeply to read; point at the file the stage wrote"
+        ) from None
     except (UnicodeDecodeError, ValueError):
         raise ConfigError(
             f"{what} {path} is not a JSON text file (undecodable bytes); point at the JSON file the stage wrote"

@@ -208,7 +208,7 @@ def _manifest_sans_source(folder: Path) -> dict | None:
     """An export's ``config.json`` without the supernet's path (None when unreadable)."""
     try:
         manifest = json.loads((folder / paths.EXPORT_CONFIG_FILE).read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return {k: v for k, v in manifest.items() if k != "supernet"} if isinstance(manifest, dict) else None
 

@@ -417,7 +417,7 @@ def manifest_digest(path: Path) -> str | None:
         return None
     try:
         record = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or record.get("file") != path.name or not isinstance(record.get("sha256"), str):
         return None
