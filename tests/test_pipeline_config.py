@@ -108,6 +108,23 @@ def test_dvc_params_are_the_sections_the_command_reads(stage):
     assert listed == reads | (_templated_sections(body) & set(SECTIONS)), stage
 
 
+def test_compare_keeps_its_outputs_while_it_runs():
+    """DVC deletes a stage's outputs before its command runs unless they persist; compare's uncached
+    files (Table I, Fig. 4/5, the subnets) are in no cache, so an interrupted compare lost the previous
+    comparison for good (measured: a Ctrl-C during `dvc repro -s compare` now leaves all six)."""
+    stage = _dvc()["stages"]["compare"]
+    entries = [entry for kind in ("outs", "metrics", "plots") for entry in stage.get(kind, [])]
+    flags = {}
+    for entry in entries:
+        assert isinstance(entry, dict), f"compare output {entry} has no flags (persist: true is needed)"
+        ((path, entry_flags),) = entry.items()
+        flags[path] = entry_flags
+    names = ("table1.md", "subnets.json", "table1.json", "fig4.png", "fig5.png", "metrics.json")
+    assert set(flags) == {f"outputs/compare/{n}" for n in names}
+    assert all(f.get("persist") is True for f in flags.values()), flags
+    assert "cache" not in flags["outputs/compare/metrics.json"]  # compare-seeds reads it from DVC's cache
+
+
 def test_params_build_every_section_with_its_class():
     from supersam.cli.schema import Params
     from supersam.schema import SECTIONS as SCHEMA_SECTIONS
