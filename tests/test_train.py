@@ -356,6 +356,88 @@ def test_focal_dice_loss_adds_the_weighted_focal_term(supernet_path, data_cfg):
         TrainConfig(loss="bce")
 
 
+def test_sam_loss_trains_every_decoder_output_and_the_iou_head(supernet_path, data_cfg):
+    """train.loss sam: SAM's loss on the decoder's four S/4 outputs, recomputed here by hand from
+    torchvision's focal loss and Dice (Eq. 2) on the same low-res logits: channel 0 always, the
+    lowest-loss of channels 1..3 per object, the IoU head's MSE. Unlike Dice on the single mask,
+    it reaches the IoU head and the multimask hypernetworks."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    from supersam.measure.inference import decode_low_res, encode_images
+    from supersam.measure.losses import SamLossWeights, low_res_targets
+
+    supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg)
+    sam = supernet.sam
+    prompts = frozen_prompts(sam, inputs)
+    weights = SamLossWeights(20.0, 1.0, 1.0, focal_alpha=-1.0)
+    with torch.no_grad():
+        loss, logits = batch_loss(sam, inputs, prompts, 2, torch.device("cpu"), False, sam_weights=weights)
+        expected = 0.0
+        embeddings = encode_images(sam, inputs)
+        for j, inp in enumerate(inputs):
+            low, iou_pred = decode_low_res(sam, embeddings[j : j + 1], prompts[j])  # N x 4 x 32 x 32
+            gt = low_res_targets(inp.gt_masks, inp.input_size, 128)[:, None].expand_as(low)
+            focal = sigmoid_focal_loss(low, gt, alpha=-1, gamma=2, reduction="none").mean(dim=(2, 3))
+            prob = torch.sigmoid(low)
+            dice = 1 - (2 * (prob * gt).sum((2, 3)) + 1) / (prob.sum((2, 3)) + gt.sum((2, 3)) + 1)
+            mask = 20 * focal + dice  # N x 4
+            inter = ((low > 0) & (gt > 0.5)).sum((2, 3)).float()
+            union = ((low > 0) | (gt > 0.5)).sum((2, 3)).float()
+            iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+            per_image = mask[:, 0].mean() + mask[:, 1:].min(1).values.mean() + ((iou_pred - iou) ** 2).mean()
+            expected += float(per_image) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    assert logits[0].shape == inputs[0].gt_masks.shape  # full-size single-mask logits kept by default
+
+    def trained_parts(loss_name):
+        net, c, ps, o, sc, inp = _setup(supernet_path, data_cfg, loss=loss_name, weight_decay=0.0)
+        before = {n: t.detach().clone() for n, t in net.named_parameters()}
+        train_step(net, o, sc, ps, inp, 2, 0, c, DistContext())
+        moved = {n for n, t in net.named_parameters() if not torch.equal(t, before[n])}
+        parts = ("iou_prediction_head", "output_hypernetworks_mlps.2")
+        return {part for part in parts if any(part in n for n in moved)}
+
+    assert trained_parts("dice") == set()
+    assert trained_parts("sam") == {"iou_prediction_head", "output_hypernetworks_mlps.2"}
+
+
+def test_warmup_then_linear_decay():
+    """train.warmup: (i + 1) / warmup for the first warmup iterations, then the paper's linear decay
+    from 1 to min_lr_ratio at the last; warmup 0 is the paper's schedule unchanged."""
+    assert [lr_factor(i, 100, 0.1, warmup=4) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(99, 100, 0.1, warmup=4) == pytest.approx(0.1)
+    assert lr_factor(52, 100, 0.1, warmup=4) == pytest.approx(1 - 0.9 * 48 / 95)
+    assert [lr_factor(i, 50, 0.01, warmup=0) for i in range(50)] == [lr_factor(i, 50, 0.01) for i in range(50)]
+    assert lr_factor(0, 50, 0.01) == 1.0 and lr_factor(49, 50, 0.01) == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="train.warmup must be >= 0"):
+        TrainConfig(warmup=-1)
+
+
+def test_augmented_batches_are_reproducible_and_keep_masks_on_the_image(base_cfg, data_cfg):
+    """train.augment: rot90 / flip / intensity drawn from (seed, iteration, slot), so a resumed run
+    sees the same batch; the masks move with the image (mask pixels are as dark as before)."""
+    from supersam.runtime.tracking import Run
+    from supersam.stages.train.loop import Trainer
+
+    plain = Trainer(dataclasses.replace(base_cfg, max_objects=2), data_cfg, DistContext())
+    aug_cfg = dataclasses.replace(base_cfg, max_objects=2, augment=True)
+    first, second = Trainer(aug_cfg, data_cfg, DistContext()), Trainer(aug_cfg, data_cfg, DistContext())
+    for t in (plain, first, second):
+        t.prepare(Run(None))
+    changed = 0
+    for iteration in range(3):
+        a, b, p = first.local_batch(iteration), second.local_batch(iteration), plain.local_batch(iteration)
+        for x, y, z in zip(a, b, p):
+            assert torch.equal(x.image, y.image) and torch.equal(x.gt_masks, y.gt_masks)
+            changed += not torch.equal(x.image, z.image)
+            # DSB nuclei are brighter than their background: the augmented masks still cover brighter pixels
+            h, w = x.input_size
+            img = x.image[:, :h, :w].mean(0)
+            fg = torch.nn.functional.interpolate(x.gt_masks[:, None].float(), size=(h, w))[:, 0].amax(0) > 0
+            assert img[fg].mean() > img[~fg].mean()
+    assert changed >= 5
+
+
 def test_sampling_is_a_pure_function_of_seed_and_iteration():
     epochs = [sorted(batch_indices(7, it, 3, 6) + batch_indices(7, it + 1, 3, 6)) for it in (0, 2)]
     assert epochs == [list(range(6))] * 2  # every epoch is a permutation

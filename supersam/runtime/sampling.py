@@ -72,13 +72,17 @@ def shard(items: list, rank: int, world_size: int) -> list:
     return items[rank::world_size]
 
 
-def lr_factor(iteration: int, iterations: int, min_ratio: float) -> float:
+def lr_factor(iteration: int, iterations: int, min_ratio: float, warmup: int = 0) -> float:
     """LambdaLR factor for 0-based ``iteration``: 1 at the first, ``min_ratio`` at the last.
 
     Linear decay (paper: "lambda learning rate decay until the learning rate
-    shrinks to 1% of its original value").
+    shrinks to 1% of its original value"). With ``warmup`` > 0 the first
+    ``warmup`` iterations ramp linearly up to 1 ((i + 1) / warmup) and the decay
+    runs from 1 at iteration ``warmup`` to ``min_ratio`` at the last.
     """
-    if iterations <= 1:
+    if iteration < warmup:
+        return (max(iteration, 0) + 1) / warmup
+    if iterations - warmup <= 1:
         return 1.0
-    t = min(max(iteration, 0), iterations - 1) / (iterations - 1)
+    t = min(max(iteration - warmup, 0), iterations - warmup - 1) / (iterations - warmup - 1)
     return 1.0 - (1.0 - min_ratio) * t

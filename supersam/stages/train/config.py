@@ -12,8 +12,10 @@ from supersam.runtime.errors import ConfigError
 
 TRAINABLE_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 MODES = ("sandwich", "sequential", "finetune")
-# train.loss: Dice only (the paper, Eq. 2) or SAM's focal + Dice (Kirillov et al. 2023, App. A)
-LOSSES = ("dice", "focal_dice")
+# train.loss: Dice only (the paper, Eq. 2), SAM's focal + Dice on the single mask, or SAM's whole
+# loss (Kirillov et al. 2023, App. A: focal + Dice on the single mask and the best multimask
+# output, MSE on the IoU head; supersam.measure.losses.sam_loss)
+LOSSES = ("dice", "focal_dice", "sam")
 # train.distill_from: the teacher of the distillation term (docs/method.md, "Sandwich rule and in-place distillation")
 DISTILL_SOURCES = ("base", "max", "none")
 
@@ -24,6 +26,7 @@ TRAJECTORY_FIELDS = (
     "batch_size",
     "max_objects",
     "lr",
+    "warmup",
     "min_lr_ratio",
     "weight_decay",
     "grad_clip",
@@ -31,6 +34,7 @@ TRAJECTORY_FIELDS = (
     "mode",
     "loss",
     "focal_weight",
+    "augment",
     "n_random",
     "distill_from",
     "distill_weight",
@@ -61,8 +65,9 @@ class TrainConfig:
         batch_size: images per iteration, summed over all processes (DDP shards it).
         max_objects: prompted objects per training image (random subset, or
             random repetition when fewer); 0 = ``data.max_objects``.
-        lr: AdamW start learning rate (paper: 1e-5).
-        min_lr_ratio: the LR decays linearly to ``lr * min_lr_ratio`` (paper: 1%).
+        lr: AdamW peak learning rate (paper: 1e-5).
+        warmup: iterations of linear warm-up from ``lr / warmup`` to ``lr``; 0 = none (the paper).
+        min_lr_ratio: the LR decays linearly to ``lr * min_lr_ratio`` at the last iteration (paper: 1%).
         weight_decay: AdamW decoupled weight decay (applies to whole shared tensors).
         grad_clip: max global gradient L2 norm; 0 = no clipping.
         amp: bf16 autocast for forward passes (CPU and CUDA).
@@ -72,8 +77,14 @@ class TrainConfig:
             the base model, the baseline a user would run instead of SuperSAM).
         loss: ``dice`` (the paper's Eq. 2, mean over objects) or ``focal_dice``
             (``focal_weight`` x unweighted sigmoid focal loss (gamma 2, mean over pixels)
-            + Dice, SAM's mask loss), both on the single-mask logits at image size.
-        focal_weight: weight of the focal term with ``loss: focal_dice`` (SAM: 20).
+            + Dice, SAM's mask loss), both on the single-mask logits at image size; or
+            ``sam``, SAM's whole training loss (Kirillov et al. 2023, App. A;
+            :func:`supersam.measure.losses.sam_loss`, the loss of ``pretrain``): the same
+            focal + Dice on the single mask and on the lowest-loss of the three multimask
+            outputs, plus the MSE of the IoU head, on the decoder's S/4 x S/4 logits.
+        focal_weight: weight of the focal term with ``loss: focal_dice`` or ``sam`` (SAM: 20).
+        augment: random rot90 / flip and contrast / brightness jitter of every training
+            image (:func:`supersam.data.augment.augment_sample`, as ``pretrain``).
         n_random: random subnets per iteration besides max and min.
         distill_from: the distillation teacher. ``none``: Dice against the ground truth
             only (the paper). ``max``: in-place distillation (BigNAS; was
@@ -119,6 +130,7 @@ class TrainConfig:
     batch_size: int = 2
     max_objects: int = 0
     lr: float = 1e-5
+    warmup: int = 0
     min_lr_ratio: float = 0.01
     weight_decay: float = 0.01
     grad_clip: float = 0.0
@@ -126,6 +138,7 @@ class TrainConfig:
     mode: str = "sandwich"
     loss: str = "dice"
     focal_weight: float = 20.0
+    augment: bool = False
     n_random: int = 1
     distill_from: str = "none"
     distill_weight: float = 1.0
@@ -188,7 +201,7 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {value}")
-        for name in ("eval_every", "save_every", "n_random", "max_objects", "target_every"):
+        for name in ("eval_every", "save_every", "n_random", "max_objects", "target_every", "warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -16,6 +16,7 @@ import torch
 
 from supersam.artifacts import paths
 from supersam.data import DataConfig, load_split, prepare_sample
+from supersam.data.augment import augment_sample
 from supersam.model.checkpoint import load_supernet, save_supernet
 from supersam.model.sam import pixel_stats
 from supersam.runtime import resume as ckpt
@@ -148,23 +149,28 @@ class Trainer:
 
     # -- data --------------------------------------------------------------------
     def local_batch(self, iteration: int) -> list:
-        """This rank's prepared inputs for 0-based ``iteration`` (prompts from (seed, iteration, slot))."""
+        """This rank's prepared inputs for 0-based ``iteration``: augmentation (``train.augment``)
+        and prompts are drawn from (seed, iteration, slot), so every rank and a resumed run agree."""
         cfg, d = self.cfg, self.data_cfg
         indices = batch_indices(cfg.seed, iteration, cfg.batch_size, len(self.dataset))
         mine = shard(list(enumerate(indices)), self.ctx.rank, self.ctx.world_size)
-        return [
-            prepare_sample(
-                self.dataset[i],
-                self.img_size,
-                d.training_prompt,
-                cfg.max_objects or d.max_objects,
-                d.box_pad_range,
-                prompt_rng(cfg.seed, iteration, slot),
-                box_jitter=d.box_jitter,
-                **pixel_stats(self.supernet.sam),
-            ).to(self.ctx.device)
-            for slot, i in mine
-        ]
+        inputs = []
+        for slot, i in mine:
+            rng = prompt_rng(cfg.seed, iteration, slot)
+            sample = augment_sample(self.dataset[i], rng) if cfg.augment else self.dataset[i]
+            inputs.append(
+                prepare_sample(
+                    sample,
+                    self.img_size,
+                    d.training_prompt,
+                    cfg.max_objects or d.max_objects,
+                    d.box_pad_range,
+                    rng,
+                    box_jitter=d.box_jitter,
+                    **pixel_stats(self.supernet.sam),
+                ).to(self.ctx.device)
+            )
+        return inputs
 
     # -- checkpoints -------------------------------------------------------------
     def progress_state(self) -> dict:

@@ -1,4 +1,4 @@
-"""Trainable parts, AdamW and the linear LambdaLR decay (paper Sec. IV: lr 1e-5 -> 1%)."""
+"""Trainable parts, AdamW and the linear LambdaLR decay (paper Sec. IV: lr 1e-5 -> 1%), optionally warmed up."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR: iteration i (0-based) uses ``lr * lr_factor(i)``, linear from 1 to ``min_lr_ratio``."""
-    fn = functools.partial(lr_factor, iterations=cfg.iterations, min_ratio=cfg.min_lr_ratio)
+    """LambdaLR: iteration i (0-based) uses ``lr * lr_factor(i)``: a linear warm-up over
+    ``cfg.warmup`` iterations, then linear from 1 to ``min_lr_ratio``."""
+    fn = functools.partial(lr_factor, iterations=cfg.iterations, min_ratio=cfg.min_lr_ratio, warmup=cfg.warmup)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

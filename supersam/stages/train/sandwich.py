@@ -5,8 +5,9 @@ Per batch the max subnet, the min subnet and ``n_random`` random subnets each
 run forward + backward on the same images and prompts; their gradients
 accumulate in the shared supernet weights and one AdamW step follows
 (Yu & Huang 2019). ``sequential`` mode instead steps after every subnet, as
-the paper's reference code does. Loss: Dice (paper Eq. 2) of the single-mask
-output (``multimask_output=False``) against the ground truth, optionally with
+the paper's reference code does. Loss (``train.loss``): Dice (paper Eq. 2) of the
+single-mask output (``multimask_output=False``) against the ground truth, SAM's focal +
+Dice on it, or SAM's whole loss on all four low-res decoder outputs; optionally with
 distillation (``train.distill_from``): in-place from the max subnet (``max``,
 BigNAS) or SlimSAM-style from the frozen base model (``base``: image-embedding
 and mask-logit MSE; arXiv 2312.05284 Sec. 3.2).
@@ -22,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from supersam.data.types import ModelInput
-from supersam.measure.inference import decode_masks, embed_prompts, encode_images
-from supersam.measure.losses import per_mask_focal
+from supersam.measure.inference import decode_low_res, decode_masks, embed_prompts, encode_images
+from supersam.measure.losses import SamLossWeights, low_res_targets, low_res_valid, per_mask_focal, sam_loss
 from supersam.measure.metrics import dice_loss
 from supersam.model.checkpoint import load_base_model
 from supersam.runtime.device import autocast
@@ -171,7 +172,9 @@ def batch_loss(
     base: BaseTargets | None = None,
     parts: dict[str, float] | None = None,
     focal_weight: float = 0.0,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    sam_weights: SamLossWeights | None = None,
+    keep_logits: bool = True,
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """This rank's share of the global-batch mean loss for the active subnet.
 
     Args:
@@ -190,10 +193,19 @@ def batch_loss(
         focal_weight: > 0 adds ``focal_weight`` x the unweighted sigmoid focal loss (gamma 2,
             mean over non-void pixels and objects) of the single-mask logits to the Dice term
             (``train.loss: focal_dice``, SAM's mask loss); 0 = Dice only (the paper).
+        sam_weights: given, the ground-truth term is SAM's whole loss instead
+            (``train.loss: sam``; :func:`supersam.measure.losses.sam_loss`): the decoder's four
+            N_i x 4 x S/4 x S/4 low-res outputs against the ground truth in that frame, single
+            mask + best multimask mask + IoU-head MSE; ``focal_weight`` and the Dice of the
+            full-size mask are then unused. The full-size single-mask logits are still
+            computed for distillation and returned when ``keep_logits``.
+        keep_logits: return each input's full-size single-mask logits (else None with
+            ``sam_weights``, which saves their upsampling when nothing reads them).
 
     Returns:
-        (sum over this rank's images of the per-image loss (mean object Dice, plus the
-        distillation terms), divided by ``global_batch``; per input single-mask logits N_i x H x W).
+        (sum over this rank's images of the per-image loss (mean object loss, plus the
+        distillation terms), divided by ``global_batch``; per input single-mask logits
+        N_i x H x W, or None with ``sam_weights`` and not ``keep_logits``).
     """
     with autocast(device, amp):
         embeddings = encode_images(sam, inputs)  # B x D x G x G
@@ -203,10 +215,23 @@ def batch_loss(
     for j, inp in enumerate(inputs):
         with autocast(device, amp):
             p = prompts[j] if prompts is not None else embed_prompts(sam, inp)
-            logits, _ = decode_masks(sam, embeddings[j : j + 1], p, inp, multimask=False)
-        logits = logits[:, 0]  # N x H x W
-        loss = dice_loss(logits, inp.gt_masks, ignore=inp.ignore)  # void pixels (data.ignore_label) do not count
-        if focal_weight > 0:
+            if sam_weights is not None:
+                low_res, iou_pred = decode_low_res(sam, embeddings[j : j + 1], p)  # N x 4 x S/4 x S/4
+        if sam_weights is not None:
+            img_size = sam.image_encoder.img_size
+            target = low_res_targets(inp.gt_masks, inp.input_size, img_size)  # N x S/4 x S/4
+            valid = low_res_valid(inp.ignore, inp.input_size, img_size)  # void pixels do not count
+            loss, _ = sam_loss(low_res, iou_pred, target, sam_weights, valid)
+            needs_logits = keep_logits or base is not None or (teacher is not None and distill_weight > 0)
+            logits = None
+            if needs_logits:
+                logits = sam.postprocess_masks(low_res[:, :1], inp.input_size, inp.original_size)[:, 0].float()
+        else:
+            with autocast(device, amp):
+                logits, _ = decode_masks(sam, embeddings[j : j + 1], p, inp, multimask=False)
+            logits = logits[:, 0]  # N x H x W
+            loss = dice_loss(logits, inp.gt_masks, ignore=inp.ignore)  # void pixels (data.ignore_label) do not count
+        if focal_weight > 0 and sam_weights is None:
             valid = None if inp.ignore is None else ~inp.ignore.bool()
             loss = loss + focal_weight * per_mask_focal(logits, inp.gt_masks, alpha=-1.0, valid=valid).mean()
         if teacher is not None and distill_weight > 0:
@@ -272,6 +297,8 @@ def train_step(
         if base_model is None:
             raise ValueError("train.distill_from is base but no base model was given to train_step")
         base = base_targets(base_model, inputs, ctx.device, cfg.amp, cfg.distill_embed_weight, cfg.distill_mask_weight)
+    # SAM's loss: focal (unweighted, as focal_dice) : Dice : IoU-head MSE = focal_weight : 1 : 1
+    sam_weights = SamLossWeights(cfg.focal_weight, 1.0, 1.0, focal_alpha=-1.0) if cfg.loss == "sam" else None
     local, local_distill = [], []
     optimizer.zero_grad(set_to_none=True)
     for kind, subnet in zip(kinds, subnets):
@@ -290,6 +317,8 @@ def train_step(
             base,
             parts,
             focal_weight=cfg.focal_weight if cfg.loss == "focal_dice" else 0.0,
+            sam_weights=sam_weights,
+            keep_logits=in_place and kind == "max",
         )
         loss.backward()
         local.append(float(loss.detach()))
