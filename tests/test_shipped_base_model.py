@@ -125,7 +125,10 @@ def test_downstream_sandwich_training_on_isbi_raises_the_smallest_subnet(shared_
         batch_size=2,
         max_objects=16,
         lr=settings["lr"],
+        warmup=2,  # the profile's warm-up (10 of 100 iterations), shrunk with the run
         min_lr_ratio=settings["min_lr_ratio"],
+        grad_clip=settings["grad_clip"],
+        augment=settings["augment"],
         loss=settings["loss"],
         eval_every=0,
         target_every=0,

@@ -7,6 +7,9 @@ has its own colour (the same in both panels): a translucent fill, a contour,
 its prompt (dashed box or star) and, on the prediction side, its IoU beside the
 prompt; void pixels (``data.ignore_label``) are shown grey on the ground-truth
 side. The image is the original uint8 image, not the model's resized input.
+An image whose longer side exceeds :data:`MAX_PANEL_SIDE` is drawn scaled down to it
+(masks and prompts are still those of the full image), so a whole-slide or
+satellite-size image gives a viewable PNG instead of a multi-gigabyte canvas.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from supersam.runtime.io import save_figure  # noqa: E402
 
 DPI = 100
+MAX_PANEL_SIDE = 4096  # px: the longest side of one overlay panel; larger images are drawn scaled down
 FILL_ALPHA = 0.4
 GOLDEN = 0.618033988749895
 
@@ -154,9 +158,11 @@ def save_overlay(
         title: caption of the prediction panel.
 
     Returns:
-        the written path.
+        the written path. Its panels are the image's size, or scaled down by
+        ``MAX_PANEL_SIDE / max(H, W)`` when the image is larger.
     """
     h, w = image.shape[:2]
+    scale = min(1.0, MAX_PANEL_SIDE / max(h, w, 1))
     n = len(pred)
     colours = object_colours(max(n, 1))
     cmap = ListedColormap(colours)
@@ -203,5 +209,4 @@ def save_overlay(
                     bbox={"facecolor": colours[k], "alpha": 0.8, "pad": 0.8, "linewidth": 0},
                 )
         _caption(ax, "ground truth" if is_gt else (title or "prediction"))
-    out = save_figure(fig, path, dpi=DPI)
-    return out
+    return save_figure(fig, path, dpi=DPI * scale)

@@ -17,7 +17,7 @@ Writes to ``out``: ``mask.png`` (one object) or ``mask_00.png``, ``mask_01.png``
 ... (one per box), 8-bit 0/255 at the image's own size; ``prediction.json``
 (prompts, SAM's predicted IoU, area, the model's pixel statistics); with
 ``rle`` ``masks_rle.json`` (pycocotools RLE, counts as text); with ``overlay``
-``overlay.png`` (:func:`supersam.runtime.overlays.save_overlay`, the image's size).
+``overlay.png`` (:func:`supersam.runtime.overlays.save_overlay`, the image's size, scaled down past 4096 px).
 """
 
 from __future__ import annotations
