@@ -30,9 +30,9 @@ def test_large_image_overlay_is_scaled_down_to_the_panel_limit(tmp_path):
     image, masks, boxes = _scene(300, 6000)
     path = save_overlay(image, masks, boxes, "box", tmp_path / "o.png", gt=masks)
     width, height = Image.open(path).size
-    assert width == 2 * MAX_PANEL_SIDE
+    assert abs(width - 2 * MAX_PANEL_SIDE) <= 1
     assert abs(height - 300 * MAX_PANEL_SIDE / 6000) <= 1
     # the prediction panel still shows the second object's fill in its lower right quarter
     rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    right = rgb[:, MAX_PANEL_SIDE:]
+    right = rgb[:, width // 2 :]
     assert right[-height // 4 :, -MAX_PANEL_SIDE // 4 :].sum() > right[-height // 4 :, : MAX_PANEL_SIDE // 8].sum()

@@ -121,11 +121,11 @@ def test_downstream_sandwich_training_on_isbi_raises_the_smallest_subnet(shared_
     cfg = TrainConfig(
         supernet=str(tmp_path / "supernet.pt"),
         out=str(tmp_path / "train"),
-        iterations=12,
+        iterations=16,
         batch_size=2,
         max_objects=16,
         lr=settings["lr"],
-        warmup=2,  # the profile's warm-up (10 of 100 iterations), shrunk with the run
+        warmup=4,  # the profile has 10 of 100; 16 steps from it raise the smallest subnet by 0.018
         min_lr_ratio=settings["min_lr_ratio"],
         grad_clip=settings["grad_clip"],
         augment=settings["augment"],
@@ -140,7 +140,7 @@ def test_downstream_sandwich_training_on_isbi_raises_the_smallest_subnet(shared_
     )
     result = train(cfg, data_cfg, TrackingConfig(enabled=False), show_progress=False)
     before, after = result.history[0], result.history[-1]
-    assert before["iteration"] == 0 and after["iteration"] == 12
+    assert before["iteration"] == 0 and after["iteration"] == 16
     assert after["miou_min"] >= before["miou_min"] + 0.01, (before, after)
     metrics = result.metrics
     assert metrics["target_miou_setting"] == "baseline+0.05"

@@ -13,6 +13,7 @@ import yaml
 
 from supersam.artifacts.records import SupernetMeta
 from supersam.data import DataConfig, load_split, prepare_sample
+from supersam.measure.losses import SamLossWeights
 from supersam.model.checkpoint import load_supernet, save_supernet
 from supersam.model.elastic import SuperSam
 from supersam.model.sam import build_sam_model
@@ -364,7 +365,7 @@ def test_sam_loss_trains_every_decoder_output_and_the_iou_head(supernet_path, da
     from torchvision.ops import sigmoid_focal_loss
 
     from supersam.measure.inference import decode_low_res, encode_images
-    from supersam.measure.losses import SamLossWeights, low_res_targets
+    from supersam.measure.losses import low_res_targets
 
     supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg)
     sam = supernet.sam
@@ -407,10 +408,42 @@ def test_warmup_then_linear_decay():
     assert [lr_factor(i, 100, 0.1, warmup=4) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     assert lr_factor(99, 100, 0.1, warmup=4) == pytest.approx(0.1)
     assert lr_factor(52, 100, 0.1, warmup=4) == pytest.approx(1 - 0.9 * 48 / 95)
-    assert [lr_factor(i, 50, 0.01, warmup=0) for i in range(50)] == [lr_factor(i, 50, 0.01) for i in range(50)]
-    assert lr_factor(0, 50, 0.01) == 1.0 and lr_factor(49, 50, 0.01) == pytest.approx(0.01)
+    assert [lr_factor(i, 50, 0.01, warmup=0) for i in range(50)] == [1.0 - (1.0 - 0.01) * (i / 49) for i in range(50)]
     with pytest.raises(ConfigError, match="train.warmup must be >= 0"):
         TrainConfig(warmup=-1)
+    with pytest.raises(ConfigError, match=r"train.warmup \(10\) must be below train.iterations \(10\)"):
+        TrainConfig(warmup=10, iterations=10)
+
+
+def test_checkpoints_from_before_warmup_and_augment_still_resume(tmp_path):
+    """A training checkpoint written before train.warmup / train.augment existed had neither: it
+    resumes under the settings it was trained with (0, false) and is refused under others."""
+    from supersam.stages.train.config import TRAJECTORY_FIELDS
+
+    current = TrainConfig().to_dict()
+    old = {k: v for k, v in current.items() if k not in ("warmup", "augment")}
+    ckpt.check_resumable(old, current, TRAJECTORY_FIELDS, tmp_path / "last.pt")
+    for name, value in (("warmup", 5), ("augment", True)):
+        changed = {**current, name: value}
+        with pytest.raises(CheckpointError, match=f"train.{name} was"):
+            ckpt.check_resumable(old, changed, TRAJECTORY_FIELDS, tmp_path / "last.pt")
+
+
+def test_sam_loss_with_in_place_distillation_and_bf16(supernet_path, data_cfg):
+    """loss sam + distill_from max + amp: the max subnet's full-size single-mask logits become the
+    teacher (float32), every subnet's loss is finite, and the step changes the weights."""
+    settings = {"loss": "sam", "distill_from": "max", "amp": True}
+    supernet, cfg, params, opt, sched, inputs = _setup(supernet_path, data_cfg, **settings)
+    prompts = frozen_prompts(supernet.sam, inputs)
+    supernet.set_active_subnet(supernet.space.max_subnet())
+    weights = SamLossWeights(20.0, 1.0, 1.0, focal_alpha=-1.0)
+    _, logits = batch_loss(supernet.sam, inputs, prompts, 2, torch.device("cpu"), True, sam_weights=weights)
+    assert [t.dtype for t in logits] == [torch.float32] * 2
+    assert [t.shape for t in logits] == [inp.gt_masks.shape for inp in inputs]
+    before = {n: t.detach().clone() for n, t in supernet.named_parameters()}
+    result = train_step(supernet, opt, sched, params, inputs, 2, 0, cfg, DistContext())
+    assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+    assert any(not torch.equal(t, before[n]) for n, t in supernet.named_parameters())
 
 
 def test_augmented_batches_are_reproducible_and_keep_masks_on_the_image(base_cfg, data_cfg):

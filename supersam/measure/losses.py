@@ -5,8 +5,9 @@ training"): mask loss = 20 x focal + 1 x Dice, the IoU head regressed to the
 predicted mask's IoU with the ground truth by mean-squared error; with several
 mask outputs only the lowest-loss mask is back-propagated. The focal loss is
 torchvision's ``sigmoid_focal_loss`` (alpha 0.25, gamma 2); Dice is the paper's
-Eq. 2 (:func:`supersam.measure.metrics.per_mask_dice`). SuperSAM's sandwich training keeps
-plain Dice (paper Sec. III); ``supersam pretrain`` uses this recipe.
+Eq. 2 (:func:`supersam.measure.metrics.per_mask_dice`). SuperSAM's sandwich training uses
+plain Dice (paper Sec. III; ``train.loss: dice``); ``supersam pretrain`` and ``train.loss: sam``
+(the downstream profile) use this recipe.
 
 The loss is taken on the decoder's low-resolution masks (S/4 x S/4, the
 resolution SAM predicts at) against the ground truth brought into the same

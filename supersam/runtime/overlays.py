@@ -162,12 +162,12 @@ def save_overlay(
         ``MAX_PANEL_SIDE / max(H, W)`` when the image is larger.
     """
     h, w = image.shape[:2]
-    scale = min(1.0, MAX_PANEL_SIDE / max(h, w, 1))
+    scale = min(1.0, MAX_PANEL_SIDE / max(h, w, 1))  # text and lines keep their size in points
     n = len(pred)
     colours = object_colours(max(n, 1))
     cmap = ListedColormap(colours)
     panels = [gt, pred] if gt is not None else [pred]
-    fig = Figure(figsize=(len(panels) * w / DPI, h / DPI), dpi=DPI)
+    fig = Figure(figsize=(len(panels) * w * scale / DPI, h * scale / DPI), dpi=DPI)
     for p, masks in enumerate(panels):
         ax = _panel(fig, p / len(panels), 1.0 / len(panels), image)
         is_gt = gt is not None and p == 0
@@ -198,7 +198,8 @@ def save_overlay(
                 else (f"{ious[k]:.2f}" if ious is not None else None)
             )
             if text:
-                anchor = (min(max(anchor[0], 0.0), w - 24.0), max(anchor[1], 11.0))  # keep the label inside
+                # keep the label inside (24 x 11 px at the PNG's scale)
+                anchor = (min(max(anchor[0], 0.0), w - 24.0 / scale), max(anchor[1], 11.0 / scale))
                 ax.text(
                     *anchor,
                     text,
@@ -209,4 +210,4 @@ def save_overlay(
                     bbox={"facecolor": colours[k], "alpha": 0.8, "pad": 0.8, "linewidth": 0},
                 )
         _caption(ax, "ground truth" if is_gt else (title or "prediction"))
-    return save_figure(fig, path, dpi=DPI * scale)
+    return save_figure(fig, path, dpi=DPI)

@@ -109,9 +109,10 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-# Identity keys added after checkpoints were written, and the value a checkpoint without them
-# had: a random-init pretraining checkpoint from before ``init_digest`` existed is still resumable.
-ADDED_LATER = {"init_digest": ""}
+# Identity keys added after checkpoints were written, per section, and the value a checkpoint
+# without them had: a random-init pretraining checkpoint from before ``init_digest`` existed, or a
+# training checkpoint from before ``train.warmup`` / ``train.augment``, is still resumable.
+ADDED_LATER = {"pretrain": {"init_digest": ""}, "train": {"warmup": 0, "augment": False}}
 
 
 def check_resumable(
@@ -120,14 +121,15 @@ def check_resumable(
     """Refuse to resume when a trajectory-defining setting changed.
 
     Keys without a dot are fields of ``section`` (``train``, ``pretrain``); others
-    carry their section (``data.root``). A key of ``ADDED_LATER`` missing from ``saved``
-    has its value there.
+    carry their section (``data.root``). A key of ``ADDED_LATER[section]`` missing from
+    ``saved`` has its value there.
 
     Raises:
         CheckpointError: naming the first differing ``section.field``.
     """
+    added = ADDED_LATER.get(section, {})
     for name in fields:
-        was = saved.get(name, ADDED_LATER.get(name))
+        was = saved.get(name, added.get(name))
         if was != current.get(name):
             label = name if "." in name else f"{section}.{name}"
             raise CheckpointError(

@@ -73,14 +73,14 @@ def shard(items: list, rank: int, world_size: int) -> list:
 
 
 def lr_factor(iteration: int, iterations: int, min_ratio: float, warmup: int = 0) -> float:
-    """LambdaLR factor for 0-based ``iteration``: 1 at the first, ``min_ratio`` at the last.
+    """LambdaLR factor for 0-based ``iteration``: 1 at the first (after the warm-up), ``min_ratio`` at the last.
 
     Linear decay (paper: "lambda learning rate decay until the learning rate
     shrinks to 1% of its original value"). With ``warmup`` > 0 the first
     ``warmup`` iterations ramp linearly up to 1 ((i + 1) / warmup) and the decay
     runs from 1 at iteration ``warmup`` to ``min_ratio`` at the last.
     """
-    if iteration < warmup:
+    if warmup > 0 and iteration < warmup:
         return (max(iteration, 0) + 1) / warmup
     if iterations - warmup <= 1:
         return 1.0

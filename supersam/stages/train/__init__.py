@@ -35,13 +35,16 @@ def train(
     """Train the supernet at ``cfg.supernet`` with the sandwich rule and write ``cfg.out``.
 
     Per iteration the max, min and ``n_random`` random subnets run forward +
-    backward on the same batch (Dice loss, paper Eq. 2, single-mask output,
-    ``data.train_prompt`` prompts, ``train.max_objects`` objects per image; plus
+    backward on the same batch (``train.loss``: Dice, paper Eq. 2, of the single-mask
+    output; focal + Dice; or SAM's whole loss on all four low-res outputs; with
+    ``data.train_prompt`` prompts, ``train.max_objects`` objects per image, optionally
+    augmented; plus
     distillation per ``train.distill_from``: ``max`` in-place from the max subnet,
     ``base`` image-embedding + mask-logit MSE to the frozen base model, SlimSAM-style);
     gradients accumulate in the shared
     weights, then one AdamW step (``mode=sequential``: a step per subnet). The
-    LR decays linearly from ``lr`` to ``lr * min_lr_ratio``. Every
+    LR decays linearly from ``lr`` to ``lr * min_lr_ratio`` (after ``warmup`` linear
+    warm-up iterations). Every
     ``eval_every`` iterations the smallest, largest and a fixed random subnet
     are evaluated (mIoU) on ``val_images`` validation images; the first
     iteration where the smallest reaches ``target_miou`` (absolute, or relative

@@ -95,7 +95,8 @@ class TrainConfig:
             ``distill_embed_weight * MSE(image embedding, base embedding)`` +
             ``distill_mask_weight * MSE(mask logits, base mask logits)`` to its Dice loss.
         distill_weight: ``max`` only: weight of the distillation term for smaller
-            subnets (loss = (1-w) * dice(GT) + w * dice(teacher)); 1.0 = BigNAS.
+            subnets (loss = (1-w) * L(GT) + w * dice(teacher), L the ``loss``'s
+            ground-truth term); 1.0 = BigNAS.
         distill_embed_weight: ``base`` only: weight of the image-embedding MSE
             (B x 256 x S/16 x S/16, mean over elements; SlimSAM's final-embedding loss).
         distill_mask_weight: ``base`` only: weight of the single-mask logit MSE
@@ -204,6 +205,11 @@ class TrainConfig:
         for name in ("eval_every", "save_every", "n_random", "max_objects", "target_every", "warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup and self.warmup >= self.iterations:
+            raise ConfigError(
+                f"train.warmup ({self.warmup}) must be below train.iterations ({self.iterations}), or the LR "
+                "never reaches train.lr; lower train.warmup (0 = none) or raise train.iterations"
+            )
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not 0 < self.min_lr_ratio <= 1:

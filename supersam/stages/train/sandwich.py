@@ -184,7 +184,8 @@ def batch_loss(
             with gradients (trainable prompt encoder).
         global_batch: images in the batch over all ranks (the loss divisor).
         teacher: per input N_i x H x W target probabilities from the max subnet.
-        distill_weight: w in (1 - w) * dice(GT) + w * dice(teacher).
+        distill_weight: w in (1 - w) * L(GT) + w * dice(teacher), L the ground-truth loss
+            (Dice, focal + Dice or SAM's loss) and the teacher term Dice at image size.
         base: the frozen base model's outputs (``distill_from: base``): adds per image
             ``embed_weight * mean((E - E_base)^2) + mask_weight * mean((logits - logits_base)^2)``
             (E: 1 x D x G x G; logits: N_i x H x W).
@@ -225,7 +226,7 @@ def batch_loss(
             needs_logits = keep_logits or base is not None or (teacher is not None and distill_weight > 0)
             logits = None
             if needs_logits:
-                logits = sam.postprocess_masks(low_res[:, :1], inp.input_size, inp.original_size)[:, 0].float()
+                logits = sam.postprocess_masks(low_res[:, :1].float(), inp.input_size, inp.original_size)[:, 0]
         else:
             with autocast(device, amp):
                 logits, _ = decode_masks(sam, embeddings[j : j + 1], p, inp, multimask=False)
