@@ -228,6 +228,34 @@ def test_prepare_split_fixed_under_seed(shared_data):
     assert all(torch.equal(full[x.name].boxes, x.boxes) for x in a)
 
 
+def test_lazy_split_prepares_each_input_on_access_and_scores_the_same(shared_data):
+    """prepare_split(lazy=True) (eval's whole-split path): the same inputs as the eager list, prepared
+    when read and not held (a fresh object per access), names listed without reading an image, and
+    run_eval gives bit-identical figures on both."""
+    from supersam.measure.scoring import run_eval
+    from supersam.model.sam import build_sam_model
+
+    cfg = isbi_cfg(shared_data, patch=256, max_images=6, max_objects=4)
+    eager = prepare_split(cfg, "val", 64, n_images=3, seed=7)
+    lazy = prepare_split(cfg, "val", 64, n_images=3, seed=7, lazy=True)
+    points = prepare_split(cfg, "val", 64, n_images=3, seed=7, lazy=True, prompt="point")
+    assert not isinstance(lazy, list) and len(lazy) == 3 and lazy.names == [x.name for x in eager]
+    assert lazy[1] is not lazy[1]  # nothing held between accesses
+    for x, y in zip(eager, lazy):
+        assert torch.equal(x.image, y.image) and torch.equal(x.boxes, y.boxes) and torch.equal(x.gt_masks, y.gt_masks)
+    assert [x.name for x in lazy[0:2]] == lazy.names[:2]
+    torch.manual_seed(0)
+    model = build_sam_model("tiny", 64)
+    a = run_eval(model, eager, torch.device("cpu"), per_object=True, batch_size=2, also={"point": list(points)})
+    b = run_eval(model, lazy, torch.device("cpu"), per_object=True, batch_size=2, also={"point": points})
+    assert a["miou"] == b["miou"] and a["also"]["point"]["miou"] == b["also"]["point"]["miou"]
+    assert torch.equal(a["objects"]["iou"], b["objects"]["iou"]) and a["n_images"] == b["n_images"] == 3
+    other = prepare_split(cfg, "train", 64, n_images=3, seed=7, lazy=True)  # other images, same count
+    assert len(other) == 3 and other.names != lazy.names
+    with pytest.raises(ValueError, match="not the same images"):
+        run_eval(model, lazy, torch.device("cpu"), also={"other": other})
+
+
 def test_multipage_tiff_stack(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 4000, size=(4, 40, 60)).astype(np.uint16)

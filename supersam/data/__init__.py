@@ -5,7 +5,7 @@ Public API (imported lazily so ``supersam.data.types`` stays cheap to import;
 
 - :class:`DataConfig` (params.yaml ``data``)
 - :func:`load_split` -> :class:`SegDataset` (lazy ``Sequence[Sample]``)
-- :func:`prepare_sample` / :func:`prepare_split` -> :class:`ModelInput`
+- :func:`prepare_sample` / :func:`prepare_split` -> :class:`ModelInput` (a lazy :class:`PreparedSplit` on request)
 - :class:`Sample`, :class:`ModelInput`
 """
 
@@ -19,6 +19,7 @@ _EXPORTS = {
     "SegDataset": "supersam.data.dataset",
     "prepare_sample": "supersam.data.prepare",
     "prepare_split": "supersam.data.prepare",
+    "PreparedSplit": "supersam.data.prepare",
     "preprocess_image": "supersam.data.prepare",
     "Sample": "supersam.data.types",
     "ModelInput": "supersam.data.types",

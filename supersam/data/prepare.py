@@ -177,11 +177,44 @@ def prepare_sample(
                       ignore, sample.image, meta)
 
 
+class PreparedSplit(Sequence[ModelInput]):
+    """Lazy sequence of prepared inputs: ``split[i]`` reads and prepares one image now.
+
+    Like :class:`supersam.data.dataset.SegDataset` one level down: nothing is held
+    between accesses, so a pass over the split holds one image's tensors at a time
+    (``eval`` on thousands of images runs in flat memory), and every access gives
+    the same input (prompts from ``np.random.default_rng([seed, index])``).
+
+    Attributes:
+        names: the prepared images' names in order (no image is read to list them).
+    """
+
+    def __init__(self, dataset: Sequence[Sample], indices: Sequence[int], prepare) -> None:
+        self._dataset, self._indices, self._prepare = dataset, list(indices), prepare
+
+    @property
+    def names(self) -> list[str]:
+        """Item names in order (``SegDataset.names``)."""
+        all_names = self._dataset.names
+        return [all_names[i] for i in self._indices]
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        """Input ``k`` (prepared now); a slice gives a list. Raises DataError on unreadable files."""
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        index = self._indices[k]
+        return self._prepare(self._dataset[index], index)
+
+
 def prepare_split(
     cfg: DataConfig, split: str, img_size: int, n_images: int = 0, seed: int | None = None,
     repeat: bool = False, prompt: str | None = None,
     pixel_mean: Sequence[float] = PIXEL_MEAN, pixel_std: Sequence[float] = PIXEL_STD,
-) -> list[ModelInput]:
+    lazy: bool = False,
+) -> list[ModelInput] | PreparedSplit:
     """A fixed list of SAM inputs for evaluation/calibration, identical for the same arguments.
 
     ``n_images`` > 0 takes a seeded random subset of the split (in split
@@ -193,6 +226,9 @@ def prepare_split(
     ``prompt`` overrides ``cfg.prompt`` (same objects, other prompt kind).
     Points are placed by ``cfg.point``, boxes padded by ``cfg.box_pad``;
     ``pixel_mean``/``pixel_std`` are the model's (:func:`supersam.model.sam.pixel_stats`).
+    ``lazy=True`` returns a :class:`PreparedSplit` that prepares each input when
+    it is read (whole-split evaluation); otherwise the inputs are prepared now
+    (small samples that are read many times: probes, search, calibration).
 
     Raises:
         ConfigError / DataError: see :func:`load_split`.
@@ -203,9 +239,11 @@ def prepare_split(
     indices = range(len(dataset))
     if 0 < n_images < len(dataset):
         indices = sorted(int(i) for i in np.random.default_rng([seed, 2]).choice(len(dataset), n_images, replace=False))
-    return [
-        prepare_sample(dataset[i], img_size, prompt or cfg.prompt, cfg.max_objects, box_pad,
-                       np.random.default_rng([seed, i]), repeat, point=cfg.point,
-                       pixel_mean=pixel_mean, pixel_std=pixel_std)
-        for i in indices
-    ]
+
+    def prepare(sample: Sample, i: int) -> ModelInput:
+        return prepare_sample(sample, img_size, prompt or cfg.prompt, cfg.max_objects, box_pad,
+                              np.random.default_rng([seed, i]), repeat, point=cfg.point,
+                              pixel_mean=pixel_mean, pixel_std=pixel_std)
+
+    split_inputs = PreparedSplit(dataset, indices, prepare)
+    return split_inputs if lazy else list(split_inputs)

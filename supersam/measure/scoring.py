@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,16 +34,27 @@ STABILITY_OFFSET = 1.0
 """Logit offset of SAM's stability score (``SamAutomaticMaskGenerator`` default)."""
 
 
-def _batches(items: Sequence, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _batches(items: Iterable, size: int):
+    """Consecutive lists of ``size`` items, read one at a time (a lazy split stays lazy)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _check_aligned(inputs: Sequence[ModelInput], others: Mapping[str, Sequence[ModelInput]]) -> None:
     for key, other in others.items():
-        if len(other) != len(inputs) or any(
-            a.name != b.name or a.original_size != b.original_size for a, b in zip(inputs, other)
-        ):
+        if len(other) != len(inputs):
+            raise ValueError(f"run_eval: the {key!r} inputs are not the same images in the same order as `inputs`")
+        if hasattr(inputs, "names") and hasattr(other, "names"):  # lazy splits: compare names, prepare nothing
+            same = inputs.names == other.names
+        else:
+            same = all(a.name == b.name and a.original_size == b.original_size for a, b in zip(inputs, other))
+        if not same:
             raise ValueError(f"run_eval: the {key!r} inputs are not the same images in the same order as `inputs`")
 
 
@@ -145,7 +156,7 @@ def run_eval(
     start, encoder_seconds = time.perf_counter(), 0.0
     index = 0
     with torch.inference_mode(), autocast(device, amp):
-        for batch in _batches(list(inputs), batch_size):
+        for batch in _batches(inputs, batch_size):
             batch = [inp if inp.image.device == device else inp.to(device) for inp in batch]
             t0 = time.perf_counter()
             embeddings = encode_images(model, batch)

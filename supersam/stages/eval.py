@@ -458,8 +458,17 @@ def _evaluate(
     data_cfg = dataclasses.replace(data_cfg, prompt=head)
     stats = pixel_stats(model)
     inputs = {
+        # lazy: each pass reads and prepares one image at a time, so memory stays flat in the split's size
         kind: prepare_split(
-            data_cfg, cfg.split, img_size, n_images=cfg.n_images, seed=cfg.seed, repeat=False, prompt=kind, **stats
+            data_cfg,
+            cfg.split,
+            img_size,
+            n_images=cfg.n_images,
+            seed=cfg.seed,
+            repeat=False,
+            prompt=kind,
+            lazy=True,
+            **stats,
         )
         for kind in kinds
     }
