@@ -1,8 +1,9 @@
 """Deploy table: the base model vs the exported subnet on this machine, side by side in one run.
 
 For each model: params, MACs (FlopCounterMode, MACs = FLOPs / 2; one image + one box
-prompt), image-encoder and prompt+mask-decoder latency in PyTorch (float32, no_grad) and in
-onnxruntime (CPUExecutionProvider, the graphs of ``supersam export --format onnx``), and
+prompt), image-encoder and prompt+mask-decoder latency in PyTorch (float32, no_grad; the
+low-res masks) and in onnxruntime (CPUExecutionProvider, the graphs of ``supersam export
+--format onnx``; Meta's decoder graph also upsamples the masks to the image size), and
 the test-split box mIoU read from the pipeline's eval metrics (not re-run). Latency: after
 warm-up, the two models run alternately in ``--rounds`` rounds of ``--repeats`` runs; a
 model's figure is the median over all its runs, so a burst of load from other processes
@@ -42,7 +43,7 @@ from supersam.measure.timing import (
     run_decoder,  # noqa: E402
 )
 from supersam.model.checkpoint import load_model  # noqa: E402
-from supersam.model.onnx import box_prompt, export_onnx  # noqa: E402
+from supersam.model.onnx import box_prompt, decoder_inputs, export_onnx  # noqa: E402
 from supersam.model.sam import build_sam, count_params  # noqa: E402
 
 
@@ -58,8 +59,10 @@ def _runners(sam: torch.nn.Module, onnx_dir: Path, threads: int) -> dict:
     image, box = example_image(sam), example_box(sam)
     with torch.no_grad():
         embedding = sam.image_encoder(image)
-    coords, labels = box_prompt(box)
-    feeds = {"image_embeddings": embedding.numpy(), "point_coords": coords.numpy(), "point_labels": labels.numpy()}
+    coords, labels = box_prompt(box[0])  # Meta's decoder graph: one object, masks upsampled to the image size
+    size = sam.image_encoder.img_size
+    feeds = {k: v.numpy() for k, v in decoder_inputs(sam, coords, labels, (size, size)).items()}
+    feeds["image_embeddings"] = embedding.numpy()
     image_np = image.numpy()
     return {
         "torch_encoder": lambda: sam.image_encoder(image),

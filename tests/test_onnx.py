@@ -1,5 +1,5 @@
-"""`export --format onnx`: onnxruntime runs the exported encoder and prompt/mask decoder on real
-images as PyTorch does (mask logits within 1e-3, thresholded masks equal on >= 99.9% of pixels)."""
+"""`export --format onnx`: onnxruntime runs the exported encoder (dynamic batch) and Meta's decoder graph
+on real images as SamPredictor does (embeddings and IoUs within 1e-3, masks equal on >= 99.9% of pixels)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import onnxruntime as ort  # a declared dependency: missing, the test fails rath
 import pytest
 import torch
 from PIL import Image
+from segment_anything import SamPredictor
 
 from supersam.artifacts.records import SupernetMeta
 from supersam.data.prepare import preprocess_image
 from supersam.model.checkpoint import load_model, save_supernet
 from supersam.model.elastic import SuperSam
-from supersam.model.onnx import box_prompt
+from supersam.model.onnx import box_prompt, decoder_inputs, point_prompt
 from supersam.model.sam import build_sam_model
 from supersam.model.space import SearchSpace, SubnetConfig
 from supersam.stages.export import ExportConfig, export
@@ -47,60 +48,55 @@ def exported(tmp_path_factory):
 
 
 def _real_images(shared_data, img_size):
-    """Real images of two data sets (COCO photos, EM slices) through SAM preprocessing."""
+    """Real images of two data sets (COCO photos, EM slices): (array, SAM-preprocessed image)."""
     files = sorted((shared_data / "tiny_coco" / "val2017").glob("*.jpg"))[:2]
     files += sorted((shared_data / "isbi2012_em" / "image").glob("*"))[:1]
     for f in files:
         array = np.asarray(Image.open(f).convert("RGB"))
-        image, input_size = preprocess_image(array, img_size)
-        yield image, input_size, array.shape[:2]
+        yield array, preprocess_image(array, img_size)[0]
 
 
-def test_onnxruntime_matches_pytorch_on_real_images(exported, shared_data):
+def test_official_decoder_and_batched_encoder_match_sam_predictor(exported, shared_data):
+    """decoder.onnx is Meta's graph (SamOnnxModel's inputs and outputs): on onnxruntime, channel 0 of its
+    masks is SamPredictor's single mask and channels 1-3 its multimask masks, for box and point prompts,
+    on the embeddings of the encoder run on three images in one batch."""
     meta = json.loads((exported / "onnx" / "onnx.json").read_text())
-    assert (
-        meta["opset"] == 17
-        and meta["img_size"] == 128
-        and meta["encoder"]["outputs"]["image_embeddings"] == [1, 32, 8, 8]
-    )
+    assert meta["opset"] == 17 and meta["img_size"] == 128
+    assert meta["encoder"]["outputs"]["image_embeddings"] == ["batch", 32, 8, 8]
     assert sorted(p.name for p in (exported / "onnx").iterdir()) == ["decoder.onnx", "encoder.onnx", "onnx.json"]
     model = load_model(exported)  # the PyTorch export in the same folder
+    predictor = SamPredictor(model)
     encoder = ort.InferenceSession(str(exported / "onnx" / "encoder.onnx"), providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(exported / "onnx" / "decoder.onnx"), providers=["CPUExecutionProvider"])
-    boxes = torch.tensor([[8.0, 10.0, 70.0, 60.0], [30.0, 25.0, 120.0, 110.0], [0.0, 0.0, 127.0, 90.0]])
+    assert [i.name for i in decoder.get_inputs()] == list(OFFICIAL_INPUTS)
+    assert [o.name for o in decoder.get_outputs()] == ["masks", "iou_predictions", "low_res_masks"]
+    images = list(_real_images(shared_data, 128))
+    embeddings = encoder.run(None, {"image": np.stack([image.numpy() for _, image in images])})[0]
+    assert embeddings.shape == (3, 32, 8, 8)
     agree = total = 0
-    worst = 0.0
-    for image, input_size, original in _real_images(shared_data, 128):
-        emb_ort = encoder.run(None, {"image": image[None].numpy()})[0]
-        with torch.no_grad():
-            emb = model.image_encoder(image[None])
-            sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
-            low, iou = model.mask_decoder.predict_masks(emb, model.prompt_encoder.get_dense_pe(), sparse, dense)
-            # points too: one foreground and one background point per object
-            pts = torch.tensor([[[40.0, 40.0], [100.0, 20.0]]]).expand(3, 2, 2).contiguous()
-            lbl = torch.tensor([[1.0, 0.0]]).expand(3, 2).contiguous()
-            sp_pts, dn_pts = model.prompt_encoder(points=(pts, lbl), boxes=None, masks=None)
-            low_pts, iou_pts = model.mask_decoder.predict_masks(
-                emb, model.prompt_encoder.get_dense_pe(), sp_pts, dn_pts
-            )
-        assert np.abs(emb_ort - emb.numpy()).max() <= 1e-3
-        coords, labels = box_prompt(boxes)
-        # points are padded with one label -1 point, as SamPredictor/PromptEncoder pad them without a box
-        for (c, l), ref, ref_iou in (
-            ((coords, labels), low, iou),
-            ((torch.cat([pts, torch.zeros(3, 1, 2)], 1), torch.cat([lbl, -torch.ones(3, 1)], 1)), low_pts, iou_pts),
-        ):
-            # ONNX decoder on onnxruntime's own embedding: the deployed chain end to end
-            logits, iou_ort = decoder.run(
-                None, {"image_embeddings": emb_ort, "point_coords": c.numpy(), "point_labels": l.numpy()}
-            )
-            assert logits.shape == tuple(ref.shape) == (3, 4, 32, 32)
-            worst = max(worst, float(np.abs(logits - ref.numpy()).max()))
-            assert np.abs(iou_ort - ref_iou.numpy()).max() <= 1e-3
-            with torch.no_grad():
-                full_ort = model.postprocess_masks(torch.from_numpy(logits), input_size, original) > 0
-                full_pt = model.postprocess_masks(ref, input_size, original) > 0
-            agree += int((full_ort == full_pt).sum())
-            total += full_pt.numel()
-    assert worst <= 1e-3, worst
+    for k, (array, _) in enumerate(images):
+        predictor.set_image(array)
+        assert np.abs(embeddings[k] - predictor.features[0].numpy()).max() <= 1e-3
+        h, w = array.shape[:2]
+        box = np.array([0.1 * w, 0.15 * h, 0.6 * w, 0.7 * h])
+        points, labels = np.array([[0.4 * w, 0.4 * h], [0.8 * w, 0.2 * h]]), np.array([1, 0])
+        for prompt in ({"box": box}, {"point_coords": points, "point_labels": labels}):
+            if "box" in prompt:
+                coords, lbl = box_prompt(torch.from_numpy(predictor.transform.apply_boxes(box, (h, w))))
+            else:
+                coords, lbl = point_prompt(
+                    torch.from_numpy(predictor.transform.apply_coords(points, (h, w))), torch.from_numpy(labels)
+                )
+            feeds = {k2: v.numpy() for k2, v in decoder_inputs(model, coords, lbl, (h, w)).items()}
+            masks, iou, low = decoder.run(None, {"image_embeddings": embeddings[k : k + 1], **feeds})
+            assert masks.shape == (1, 4, h, w) and iou.shape == (1, 4) and low.shape == (1, 4, 32, 32)
+            single, single_iou, _ = predictor.predict(**prompt, multimask_output=False)
+            multi, multi_iou, _ = predictor.predict(**prompt, multimask_output=True)
+            assert np.abs(iou[0] - np.concatenate([single_iou, multi_iou])).max() <= 1e-3
+            reference = np.concatenate([single, multi])  # 4 x H x W bool
+            agree += int(((masks[0] > 0) == reference).sum())
+            total += reference.size
     assert agree / total >= 0.999, agree / total
+
+
+OFFICIAL_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")

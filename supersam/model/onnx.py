@@ -2,17 +2,23 @@
 
 Two graphs, as SAM is deployed (one encoder run per image, many cheap prompt runs):
 
-- ``encoder.onnx``: ``image`` 1 x 3 x S x S (normalised with the model's pixel
-  mean/std, longest side resized to S and zero-padded: ``supersam.data.prepare.preprocess_image``)
-  -> ``image_embeddings`` 1 x D x S/16 x S/16.
-- ``decoder.onnx``: prompt encoder + mask decoder. ``image_embeddings`` 1 x D x G x G,
-  ``point_coords`` N x K x 2 (x, y in input-frame px, float), ``point_labels`` N x K
-  (float: 1 foreground point, 0 background point, 2 / 3 top-left / bottom-right box
-  corner, -1 padding) -> ``low_res_masks`` N x 4 x S/4 x S/4 (logits; channel 0 is
-  SAM's single-mask output, 1..3 its multimask outputs) and ``iou_predictions`` N x 4.
-  N (objects) and K (prompt points) are dynamic. Threshold the logits at 0 after
-  upsampling to S, cropping the padding and resizing to the original image
-  (``Sam.postprocess_masks``).
+- ``encoder.onnx``: ``image`` B x 3 x S x S (normalised with the model's pixel
+  mean/std, longest side resized to S and zero-padded: ``supersam.data.prepare.preprocess_image``,
+  what ``SamPredictor.set_image`` feeds the encoder) -> ``image_embeddings`` B x D x S/16 x S/16;
+  the batch B is dynamic.
+- ``decoder.onnx``: Meta's own decoder graph, exported from
+  ``segment_anything.utils.onnx.SamOnnxModel`` exactly as segment-anything's
+  ``scripts/export_onnx_model.py`` exports it (opset 17, all masks; :class:`OfficialDecoder`
+  only keeps its padding crop dynamic for every aspect ratio), so tools built for
+  Meta's graph (its web demo, samexporter-style runners) run ours unchanged. Inputs:
+  ``image_embeddings`` 1 x D x G x G, ``point_coords`` 1 x K x 2 (x, y in the S-frame,
+  ``ResizeLongestSide.apply_coords``), ``point_labels`` 1 x K (1 foreground, 0 background,
+  2 / 3 box top-left / bottom-right, -1 padding: add a (0, 0) point labelled -1 when there
+  is no box), ``mask_input`` 1 x 1 x 4G x 4G, ``has_mask_input`` 1, ``orig_im_size`` 2
+  (H, W as float); K is dynamic. Outputs: ``masks`` 1 x 4 x H x W (logits at the original
+  size; threshold 0), ``iou_predictions`` 1 x 4, ``low_res_masks`` 1 x 4 x 4G x 4G.
+  Channel 0 is ``SamPredictor.predict(multimask_output=False)``'s mask, channels 1..3
+  its ``multimask_output=True`` masks.
 
 ``onnx.json`` beside them records the opset, the torch/onnx versions, input size,
 pixel statistics and the tensor names and shapes above.
@@ -28,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from segment_anything.utils.onnx import SamOnnxModel
 from torch import nn
 
 from supersam.runtime.errors import ConfigError
@@ -39,48 +47,62 @@ OPSET = 17
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 META_FILE = "onnx.json"
+DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 
 
-class PromptMaskDecoder(nn.Module):
-    """SAM's prompt encoder + mask decoder on labelled points, traceable for ONNX.
+class OfficialDecoder(SamOnnxModel):
+    """``SamOnnxModel`` (Meta's decoder graph) with a crop that stays dynamic when traced.
 
-    Computes exactly what ``PromptEncoder.forward(points=..., boxes=...)`` followed by
-    ``MaskDecoder.predict_masks`` computes (a box is two points labelled 2 and 3; no mask
-    prompt), without Python branches on the prompts.
+    ``SamOnnxModel.mask_postprocessing`` crops the padding with ``int(prepadded_size[i])``:
+    under tracing that freezes the crop of the example image's aspect ratio into the graph,
+    so every other aspect ratio gets a wrong crop (measured: masks of 640 x 427 and
+    480 x 640 photos agree with ``SamPredictor`` on 77-99% of pixels, square images on
+    100%). Here the crop is an ``index_select`` over ``arange(prepadded_size)``, which
+    exports as ONNX ``Range``; inputs, outputs and everything else are the library's.
     """
 
-    def __init__(self, sam: nn.Module) -> None:
-        super().__init__()
-        self.prompt_encoder = sam.prompt_encoder
-        self.mask_decoder = sam.mask_decoder
-
-    def forward(
-        self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """1 x D x G x G, N x K x 2, N x K -> logits N x 4 x S/4 x S/4, IoU N x 4."""
-        pe = self.prompt_encoder
-        sparse = pe.pe_layer.forward_with_coords(point_coords + 0.5, pe.input_image_size)  # N x K x D
-        labels = point_labels.unsqueeze(-1)
-        padding = (labels == -1).to(sparse.dtype)
-        sparse = sparse * (1 - padding) + padding * pe.not_a_point_embed.weight
-        for i, embed in enumerate(pe.point_embeddings):
-            sparse = sparse + (labels == i).to(sparse.dtype) * embed.weight
-        n = point_coords.shape[0]
-        grid = pe.image_embedding_size
-        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, grid[0], grid[1])
-        return self.mask_decoder.predict_masks(
-            image_embeddings=image_embeddings,
-            image_pe=pe.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-        )
+    def mask_postprocessing(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
+        """1 x C x S/4 x S/4 logits -> 1 x C x H x W: upsample to S, crop the padding, resize to ``orig_im_size``."""
+        masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        prepadded = self.resize_longest_image_size(orig_im_size, self.img_size)
+        masks = masks.index_select(2, torch.arange(prepadded[0], device=masks.device))
+        masks = masks.index_select(3, torch.arange(prepadded[1], device=masks.device))
+        size = orig_im_size.to(torch.int64)
+        return F.interpolate(masks, size=(size[0], size[1]), mode="bilinear", align_corners=False)
 
 
-def box_prompt(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boxes N x 4 (x0, y0, x1, y1, input px) as the decoder's ``point_coords`` N x 2 x 2 and ``point_labels`` N x 2."""
-    coords = boxes.reshape(-1, 2, 2).float()
-    labels = torch.tensor([2.0, 3.0], device=coords.device).expand(coords.shape[0], 2).contiguous()
-    return coords, labels
+def decoder_inputs(
+    sam: nn.Module, coords: torch.Tensor, labels: torch.Tensor, orig_size: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """The official decoder graph's inputs for one object's prompt, no mask prompt.
+
+    Args:
+        coords: K x 2 point coordinates (x, y) in the model's S-frame (a box: its two corners).
+        labels: K point labels (1, 0, 2, 3, -1 as in the module docstring).
+        orig_size: (H, W) of the original image.
+
+    Returns:
+        name -> float32 tensor, as ``decoder.onnx`` (and ``SamOnnxModel.forward``) take them.
+    """
+    grid = sam.prompt_encoder.image_embedding_size
+    return {
+        "point_coords": coords.reshape(1, -1, 2).float(),
+        "point_labels": labels.reshape(1, -1).float(),
+        "mask_input": torch.zeros(1, 1, 4 * grid[0], 4 * grid[1]),
+        "has_mask_input": torch.zeros(1),
+        "orig_im_size": torch.tensor([float(orig_size[0]), float(orig_size[1])]),
+    }
+
+
+def box_prompt(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One box 4 (x0, y0, x1, y1, S-frame px) as the decoder's points: coords 2 x 2, labels (2, 3)."""
+    return box.reshape(2, 2).float(), torch.tensor([2.0, 3.0])
+
+
+def point_prompt(points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K points (S-frame px) and labels, padded with (0, 0) labelled -1 as SAM pads points without a box."""
+    coords = torch.cat([points.reshape(-1, 2).float(), torch.zeros(1, 2)])
+    return coords, torch.cat([labels.reshape(-1).float(), torch.tensor([-1.0])])
 
 
 def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path:
@@ -107,11 +129,14 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path
     image = torch.zeros(1, 3, size, size)
     with torch.no_grad():
         embedding = sam.image_encoder(image)
-    coords, labels = box_prompt(torch.tensor([[size / 4, size / 4, 3 * size / 4, 3 * size / 4]]))
+    decoder = OfficialDecoder(sam, return_single_mask=False)  # Meta's graph; every mask (channel 0 = single)
+    coords, labels = box_prompt(torch.tensor([size / 4, size / 4, 3 * size / 4, 3 * size / 4]))
+    feeds = {"image_embeddings": embedding, **decoder_inputs(sam, coords, labels, (size, size))}
     with torch.no_grad(), warnings.catch_warnings():
         # tracing SAM's Python shape arithmetic (window padding, rel-pos sizes) prints ~20 multi-line TracerWarnings;
-        # the encoder's input size is fixed, and tests/test_onnx.py checks both graphs against PyTorch
+        # the encoder's input size is fixed, and tests/test_onnx.py checks both graphs against SamPredictor
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
             sam.image_encoder,
             (image,),
@@ -119,22 +144,19 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path
             opset_version=opset,
             input_names=["image"],
             output_names=["image_embeddings"],
+            dynamic_axes={"image": {0: "batch"}, "image_embeddings": {0: "batch"}},
             **legacy,
         )
         torch.onnx.export(
-            PromptMaskDecoder(sam),
-            (embedding, coords, labels),
+            decoder,
+            tuple(feeds.values()),
             str(out / DECODER_FILE),
             opset_version=opset,
-            input_names=["image_embeddings", "point_coords", "point_labels"],
-            output_names=["low_res_masks", "iou_predictions"],
+            input_names=list(feeds),
+            output_names=list(DECODER_OUTPUTS),
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            do_constant_folding=True,
             **legacy,
-            dynamic_axes={
-                "point_coords": {0: "n", 1: "k"},
-                "point_labels": {0: "n", 1: "k"},
-                "low_res_masks": {0: "n"},
-                "iou_predictions": {0: "n"},
-            },
         )
     for name in (ENCODER_FILE, DECODER_FILE):
         onnx.checker.check_model(str(out / name))
@@ -148,23 +170,32 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path
         "pixel_std": sam.pixel_std.flatten().tolist(),
         "encoder": {
             "file": ENCODER_FILE,
-            "inputs": {"image": [1, 3, size, size]},
-            "outputs": {"image_embeddings": [1, dim, grid, grid]},
+            "inputs": {"image": ["batch", 3, size, size]},
+            "outputs": {"image_embeddings": ["batch", dim, grid, grid]},
         },
         "decoder": {
             "file": DECODER_FILE,
+            "graph": "segment_anything.utils.onnx.SamOnnxModel (return_single_mask=False), dynamic crop",
             "inputs": {
                 "image_embeddings": [1, dim, grid, grid],
-                "point_coords": ["n", "k", 2],
-                "point_labels": ["n", "k"],
+                "point_coords": [1, "num_points", 2],
+                "point_labels": [1, "num_points"],
+                "mask_input": [1, 1, 4 * grid, 4 * grid],
+                "has_mask_input": [1],
+                "orig_im_size": [2],
             },
-            "outputs": {"low_res_masks": ["n", 4, size // 4, size // 4], "iou_predictions": ["n", 4]},
+            "outputs": {
+                "masks": [1, 4, "H", "W"],
+                "iou_predictions": [1, 4],
+                "low_res_masks": [1, 4, 4 * grid, 4 * grid],
+            },
+            "mask_channels": {"0": "single mask (multimask_output=False)", "1-3": "multimask outputs"},
             "point_labels": {
                 "1": "foreground point",
                 "0": "background point",
                 "2": "box top-left",
                 "3": "box bottom-right",
-                "-1": "padding",
+                "-1": "padding (add one (0, 0) point labelled -1 when there is no box)",
             },
         },
     }
