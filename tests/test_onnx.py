@@ -19,6 +19,7 @@ from supersam.model.elastic import SuperSam
 from supersam.model.onnx import box_prompt, decoder_inputs, point_prompt
 from supersam.model.sam import build_sam_model
 from supersam.model.space import SearchSpace, SubnetConfig
+from supersam.runtime.errors import ConfigError
 from supersam.stages.export import ExportConfig, export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,3 +101,76 @@ def test_official_decoder_and_batched_encoder_match_sam_predictor(exported, shar
 
 
 OFFICIAL_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_graphs_run_and_agree_with_fp32(exported, tmp_path, shared_data, precision):
+    """--precision fp16 / int8 adds encoder.<p>.onnx and decoder.<p>.onnx with the same float32 inputs and
+    outputs: smaller files whose masks agree with the fp32 graphs' on real images."""
+    root = exported.parent
+    out = export(
+        ExportConfig(
+            supernet=str(root / "supernet.pt"),
+            subnet=json.dumps(MIXED.to_dict()),
+            out=str(tmp_path / precision),
+            format="onnx",
+            precision=precision,
+        )
+    )
+    meta = json.loads((out / "onnx" / "onnx.json").read_text())
+    assert sorted(meta["precisions"]) == sorted(["fp32", precision])
+    files = meta["precisions"][precision]
+    assert files["encoder"]["file"] == f"encoder.{precision}.onnx"
+    assert files["encoder"]["bytes"] < meta["precisions"]["fp32"]["encoder"]["bytes"]
+    for part in ("encoder", "decoder"):  # the weights: half the bytes in fp16, about a quarter in int8
+        reference = _weight_bytes(out / "onnx" / f"{part}.onnx")
+        reduced = _weight_bytes(out / "onnx" / files[part]["file"])
+        assert set(reference) == {"FLOAT"}
+        if precision == "fp16":
+            assert reduced == {"FLOAT16": reference["FLOAT"] // 2}
+        else:
+            assert reduced["INT8"] > 0 and sum(reduced.values()) <= 0.35 * reference["FLOAT"], reduced
+
+    def sessions(p):
+        names = meta["precisions"][p]
+        return [
+            ort.InferenceSession(str(out / "onnx" / names[part]["file"]), providers=["CPUExecutionProvider"])
+            for part in ("encoder", "decoder")
+        ]
+
+    model = load_model(out)
+    (enc32, dec32), (enc, dec) = sessions("fp32"), sessions(precision)
+    agree = total = 0
+    for array, image in _real_images(shared_data, 128):
+        h, w = array.shape[:2]
+        coords, labels = box_prompt(torch.tensor([0.1 * 128, 0.15 * 128, 0.6 * 128, 0.7 * 128]))
+        feeds = {k: v.numpy() for k, v in decoder_inputs(model, coords, labels, (h, w)).items()}
+        ref = dec32.run(None, {"image_embeddings": enc32.run(None, {"image": image[None].numpy()})[0], **feeds})[0]
+        emb = enc.run(None, {"image": image[None].numpy()})[0]
+        assert emb.dtype == np.float32
+        masks = dec.run(None, {"image_embeddings": emb, **feeds})[0]
+        agree += int(((masks > 0) == (ref > 0)).sum())
+        total += ref.size
+    assert agree / total >= 0.98, agree / total
+
+
+def test_reduced_precision_needs_the_onnx_format(exported, tmp_path):
+    with pytest.raises(ConfigError, match="--precision int8 applies to ONNX graphs; add --format onnx"):
+        export(
+            ExportConfig(
+                supernet=str(exported.parent / "supernet.pt"), subnet="{}", out=str(tmp_path / "x"), precision="int8"
+            )
+        )
+    with pytest.raises(ConfigError, match="export.precision is 'int4'"):
+        export(ExportConfig(supernet="s", subnet="{}", out=str(tmp_path / "x"), format="onnx", precision="int4"))
+
+
+def _weight_bytes(path) -> dict[str, int]:
+    """Bytes of a graph's initializers by ONNX data type name."""
+    import onnx
+
+    out: dict[str, int] = {}
+    for init in onnx.load(str(path)).graph.initializer:
+        name = onnx.TensorProto.DataType.Name(init.data_type)
+        out[name] = out.get(name, 0) + onnx.numpy_helper.to_array(init).nbytes
+    return out

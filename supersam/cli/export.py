@@ -29,6 +29,13 @@ def export_cli(
             "(adds hf/model.safetensors in transformers SamModel keys, config.json and preprocessor_config.json)."
         ),
     ),
+    precision: str | None = typer.Option(
+        None,
+        help=(
+            "With --format onnx: fp32 (default), fp16 (onnxruntime's converter) or int8 (onnxruntime dynamic "
+            "quantization); fp16/int8 add encoder.<precision>.onnx and decoder.<precision>.onnx beside the fp32 pair."
+        ),
+    ),
 ) -> None:
     """Export a subnet as a standard segment_anything Sam (see supersam.stages.export.export)."""
     from supersam.schema import TrackingConfig, stage_config
@@ -44,6 +51,7 @@ def export_cli(
             "export.subnet": subnet,
             "export.out": out,
             "export.format": fmt,
+            "export.precision": precision,
         },
     )
     export(stage_config(ExportConfig, values, "export"), stage_config(TrackingConfig, values, "mlflow"))

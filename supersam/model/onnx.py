@@ -20,8 +20,16 @@ Two graphs, as SAM is deployed (one encoder run per image, many cheap prompt run
   Channel 0 is ``SamPredictor.predict(multimask_output=False)``'s mask, channels 1..3
   its ``multimask_output=True`` masks.
 
+``precision`` ``fp16`` or ``int8`` adds ``encoder.<precision>.onnx`` and
+``decoder.<precision>.onnx`` beside the float32 pair (the reference), with the same inputs
+and outputs (float32 at the graph's edges): ``fp16`` converts the weights and compute to
+float16 with onnxruntime's converter (``onnxruntime.transformers.float16``,
+``keep_io_types``); ``int8`` quantizes the weights of
+MatMul/Gemm/Conv-type nodes to int8 with onnxruntime's dynamic quantization
+(``quantize_dynamic``, activations quantized at run time; no calibration data needed).
+
 ``onnx.json`` beside them records the opset, the torch/onnx versions, input size,
-pixel statistics and the tensor names and shapes above.
+pixel statistics, the tensor names and shapes above and each precision's files.
 """
 
 from __future__ import annotations
@@ -48,6 +56,47 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 META_FILE = "onnx.json"
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def precision_files(precision: str) -> dict[str, str]:
+    """``{"encoder": ..., "decoder": ...}`` file names of one precision (fp32: encoder.onnx, decoder.onnx)."""
+    suffix = "" if precision == "fp32" else f".{precision}"
+    return {"encoder": f"encoder{suffix}.onnx", "decoder": f"decoder{suffix}.onnx"}
+
+
+class _DropQuantAdvice(logging.Filter):
+    """Drops onnxruntime.quantization's root-logger advice to run its pre-processing first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+_QUANT_ADVICE = _DropQuantAdvice()
+
+
+def convert_precision(source: Path, target: Path, precision: str) -> None:
+    """Write ``source`` (a float32 ONNX graph) at ``precision`` (``fp16`` or ``int8``) to ``target``.
+
+    Both converters come with onnxruntime (a dependency of the project).
+    """
+    import onnx
+
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        root = logging.getLogger()
+        root.addFilter(_QUANT_ADVICE)  # its advice to pre-process is for static quantization
+        try:
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        finally:
+            root.removeFilter(_QUANT_ADVICE)
+        return
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the model's values were truncated to float16 range"
+        onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(target))
 
 
 class OfficialDecoder(SamOnnxModel):
@@ -105,15 +154,18 @@ def point_prompt(points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return coords, torch.cat([labels.reshape(-1).float(), torch.tensor([-1.0])])
 
 
-def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path:
-    """Write ``encoder.onnx``, ``decoder.onnx`` and ``onnx.json`` of ``sam`` (CPU, float32) into ``out_dir``.
+def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET, precision: str = "fp32") -> Path:
+    """Write ``encoder.onnx``, ``decoder.onnx`` and ``onnx.json`` of ``sam`` (CPU, float32) into ``out_dir``,
+    plus the ``precision`` pair (``fp16``, ``int8``; module docstring) when it is not ``fp32``.
 
     Returns:
         ``out_dir``.
 
     Raises:
-        ConfigError: the ``onnx`` package is missing (install the project's dependencies).
+        ConfigError: an unknown ``precision``, or the ``onnx`` package is missing.
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"export precision {precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
     try:
         import onnx
     except ImportError:
@@ -160,6 +212,11 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path
         )
     for name in (ENCODER_FILE, DECODER_FILE):
         onnx.checker.check_model(str(out / name))
+    files = {"fp32": precision_files("fp32")}
+    if precision != "fp32":
+        files[precision] = precision_files(precision)
+        for part, name in files[precision].items():
+            convert_precision(out / files["fp32"][part], out / name, precision)
     grid, dim = embedding.shape[-1], embedding.shape[1]
     meta: dict[str, Any] = {
         "opset": opset,
@@ -198,6 +255,10 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET) -> Path
                 "-1": "padding (add one (0, 0) point labelled -1 when there is no box)",
             },
         },
+    }
+    meta["precisions"] = {
+        p: {part: {"file": name, "bytes": (out / name).stat().st_size} for part, name in f.items()}
+        for p, f in files.items()
     }
     write_json(out / META_FILE, meta)
     log.debug("wrote %s and %s (opset %d) to %s", ENCODER_FILE, DECODER_FILE, opset, out)

@@ -68,6 +68,9 @@ class ExportConfig:
             (the same plus ``onnx/``: encoder.onnx, decoder.onnx, onnx.json;
             :mod:`supersam.model.onnx`) or ``hf`` (the same plus ``hf/model.safetensors``
             in transformers' ``SamModel`` key layout; :mod:`supersam.model.hf`).
+        precision: ``onnx`` only: ``fp32`` (default), or ``fp16`` / ``int8``, which add
+            ``encoder.<precision>.onnx`` and ``decoder.<precision>.onnx`` beside the float32
+            pair (:mod:`supersam.model.onnx`).
     """
 
     variant: str = "wanda"
@@ -75,6 +78,7 @@ class ExportConfig:
     subnet: str = ""
     out: str = str(paths.EXPORT_DIR)
     format: str = "pt"
+    precision: str = "fp32"
 
     def resolved(self) -> ExportConfig:
         """This config with empty ``supernet``/``subnet`` filled from ``variant``."""
@@ -104,6 +108,15 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
             raise ConfigError(f"export.{key} is empty; pass --{key} or set it in params.yaml")
     if cfg.format not in EXPORT_FORMATS:
         raise ConfigError(f"export.format is {cfg.format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    from supersam.model.onnx import PRECISIONS
+
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"export.precision is {cfg.precision!r}; use one of {', '.join(PRECISIONS)}")
+    if cfg.precision != "fp32" and cfg.format != "onnx":
+        raise ConfigError(
+            f"export --precision {cfg.precision} applies to ONNX graphs; add --format onnx "
+            "(model.pt and hf/ stay float32)"
+        )
     subnet = SubnetConfig.load(cfg.subnet)
     widths = sorted({subnet.mlp_dims[i] for i in subnet.kept_layers})
     if cfg.format == "hf" and len(widths) > 1:  # refuse before writing anything
@@ -119,7 +132,7 @@ def export(cfg: ExportConfig, tracking: TrackingConfig | None = None) -> Path:
         cfg.variant,
         params={"supernet": cfg.supernet, "out": cfg.out, "subnet": json.dumps(subnet.to_dict())},
     ) as run:
-        out = export_subnet(cfg.supernet, subnet, cfg.out, fmt=cfg.format)
+        out = export_subnet(cfg.supernet, subnet, cfg.out, fmt=cfg.format, precision=cfg.precision)
         manifest = read_export_manifest(out)
         run.log_params({"model_type": manifest.model_type, "img_size": manifest.img_size})
         run.set_tags(
@@ -141,12 +154,14 @@ EXPORT_FORMATS = ("pt", "onnx", "hf")
 FORMAT_DIRS = {"onnx": paths.EXPORT_ONNX_DIR, "hf": paths.EXPORT_HF_DIR}
 
 
-def write_format(folder: Path, fmt: str) -> Path | None:
+def write_format(folder: Path, fmt: str, precision: str = "fp32") -> Path | None:
     """Write the ``onnx`` or ``hf`` files of the export in ``folder`` to ``folder/onnx`` or ``folder/hf``.
 
     ``folder`` is an unfinished export (model.pt + config.json) in a temporary folder that
     :func:`_write_export` renames into place as a whole, so the files are written there
     directly; the model is the one :func:`supersam.model.checkpoint.load_model` reads from it.
+
+    ``precision`` (``onnx`` only) adds that precision's graphs (:func:`supersam.model.onnx.export_onnx`).
 
     Returns:
         the folder written, or None for ``pt`` (adds nothing).
@@ -167,7 +182,7 @@ def write_format(folder: Path, fmt: str) -> Path | None:
     if fmt == "onnx":
         from supersam.model.onnx import export_onnx
 
-        export_onnx(sam, target)
+        export_onnx(sam, target, precision=precision)
     else:
         from supersam.model.hf import save_hf
 
@@ -257,7 +272,9 @@ def _recover(out: Path) -> None:
     clean_stale_temps(out.parent)
 
 
-def _write_export(out: Path, state: dict[str, torch.Tensor], manifest: ExportManifest, fmt: str = "pt") -> list[str]:
+def _write_export(
+    out: Path, state: dict[str, torch.Tensor], manifest: ExportManifest, fmt: str = "pt", precision: str = "fp32"
+) -> list[str]:
     """Build the whole new export in a temporary sibling of ``out``, then swap it into place once.
 
     The temporary folder gets model.pt, config.json, the previous export's format folders
@@ -278,7 +295,7 @@ def _write_export(out: Path, state: dict[str, torch.Tensor], manifest: ExportMan
         torch_save(state, tmp / paths.EXPORT_WEIGHTS_FILE)
         write_json(tmp / paths.EXPORT_CONFIG_FILE, manifest.to_dict())
         formats, stale = _carry_formats(out, tmp, fmt)
-        written = write_format(tmp, fmt)
+        written = write_format(tmp, fmt, precision)
         if written is not None:
             formats.append(written.name)
         replace_dir(tmp, out)
@@ -299,7 +316,11 @@ def _write_export(out: Path, state: dict[str, torch.Tensor], manifest: ExportMan
 
 @releases_claims
 def export_subnet(
-    supernet_path: str | Path, subnet_cfg: SubnetConfig | str | dict, out_dir: str | Path, fmt: str = "pt"
+    supernet_path: str | Path,
+    subnet_cfg: SubnetConfig | str | dict,
+    out_dir: str | Path,
+    fmt: str = "pt",
+    precision: str = "fp32",
 ) -> Path:
     """Write subnet ``subnet_cfg`` of the supernet at ``supernet_path`` as a standalone SAM.
 
@@ -310,6 +331,7 @@ def export_subnet(
     Args:
         subnet_cfg: a SubnetConfig, its JSON dict, a JSON file path or an inline JSON string.
         fmt: ``pt``, ``onnx`` (adds ``onnx/``) or ``hf`` (adds ``hf/``); see :class:`ExportConfig`.
+        precision: ``onnx``'s extra precision (``fp16``, ``int8``); ``fp32`` adds none.
 
     Returns:
         ``out_dir``.
@@ -348,7 +370,7 @@ def export_subnet(
         pixel_std=sam.pixel_std.flatten().tolist(),
         supernet=str(supernet_path),
     )
-    formats = _write_export(out, sam.state_dict(), manifest, fmt)
+    formats = _write_export(out, sam.state_dict(), manifest, fmt, precision)
     log.info(
         "exported subnet %s (%d blocks, %s params) of %s to %s%s",
         list(cfg.kept_layers),
