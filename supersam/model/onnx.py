@@ -186,7 +186,7 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET, precisi
     feeds = {"image_embeddings": embedding, **decoder_inputs(sam, coords, labels, (size, size))}
     with torch.no_grad(), warnings.catch_warnings():
         # tracing SAM's Python shape arithmetic (window padding, rel-pos sizes) prints ~20 multi-line TracerWarnings;
-        # the encoder's input size is fixed, and tests/test_onnx.py checks both graphs against SamPredictor
+        # the encoder's input size is fixed, and tests/model/test_onnx.py checks both graphs against SamPredictor
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(

@@ -20,7 +20,7 @@ from supersam.model.sam import build_sam, count_params
 from supersam.runtime.errors import CheckpointError
 from supersam.stages.pretrain.loop import init_digest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "base_vit_ti.pt"
 MANIFEST = ROOT / "models" / "base_vit_ti.json"
 PROFILE = ROOT / "profiles" / "downstream.yaml"

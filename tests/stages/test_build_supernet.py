@@ -22,7 +22,7 @@ from supersam.schema import ModelConfig, TrackingConfig
 from supersam.stages.build_supernet import SpaceConfig, SupernetConfig, build_supernet
 from supersam.stages.calibrate import CalibrateConfig, calibrate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OFF = TrackingConfig(enabled=False)
 TINY = ModelConfig("tiny", 128, "")
 

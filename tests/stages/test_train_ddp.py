@@ -24,7 +24,7 @@ from supersam.model.space import SearchSpace
 from supersam.schema import TrackingConfig
 from supersam.stages.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

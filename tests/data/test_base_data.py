@@ -17,7 +17,7 @@ from PIL import Image
 
 from supersam.data import DataConfig, load_split
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
