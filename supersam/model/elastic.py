@@ -26,7 +26,7 @@ from segment_anything.modeling.common import MLPBlock
 from torch import nn
 
 from supersam.artifacts.records import SupernetMeta
-from supersam.model.space import SUBNET_KINDS, SearchSpace, SubnetConfig, subnet_macs, subnet_params
+from supersam.model.space import SearchSpace, SubnetConfig, subnet_macs, subnet_params
 from supersam.runtime.errors import ConfigError
 
 
@@ -293,15 +293,7 @@ class SuperSam(nn.Module):
         Raises:
             ConfigError: unknown ``kind``.
         """
-        if kind == "max":
-            cfg = self.space.max_subnet()
-        elif kind == "min":
-            cfg = self.space.min_subnet()
-        elif kind == "random":
-            cfg = self.space.sample(generator)
-        else:
-            raise ConfigError(f"unknown subnet kind {kind!r}; use one of {', '.join(SUBNET_KINDS)}")
-        return self.set_active_subnet(cfg)
+        return self.set_active_subnet(self.space.subnet(kind, generator))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Image embeddings of the active subnet: B x 3 x S x S -> B x 256 x S/16 x S/16."""

@@ -271,6 +271,20 @@ class SearchSpace:
         dims[0] = self.mlp_dim
         return SubnetConfig.from_mlp_dims(dims)
 
+    def subnet(self, kind: str, generator: torch.Generator | None = None) -> SubnetConfig:
+        """The ``max``, ``min`` or a ``random`` (:meth:`sample` under ``generator``) subnet (sandwich rule).
+
+        Raises:
+            ConfigError: ``kind`` is not one of :data:`SUBNET_KINDS`.
+        """
+        if kind == "max":
+            return self.max_subnet()
+        if kind == "min":
+            return self.min_subnet()
+        if kind == "random":
+            return self.sample(generator)
+        raise ConfigError(f"unknown subnet kind {kind!r}; use one of {', '.join(SUBNET_KINDS)}")
+
     def sample(self, generator: torch.Generator | None = None) -> SubnetConfig:
         """Random subnet: prunable block i dropped with probability theta_i, each kept
         block but 0 at an MLP dim drawn uniformly (paper Sec. III). Deterministic under

@@ -203,3 +203,11 @@ def test_cost_functions_reject_malformed_subnets():
         subnet_params("vit_b", 1024, SubnetConfig.from_mlp_dims([3072] * 11))
     with pytest.raises(ConfigError, match="not a positive multiple of 16"):
         subnet_macs("vit_b", 1000, VIT_B.max_subnet())
+
+
+def test_subnet_by_kind_is_the_sandwich_rule_s_three():
+    space = SearchSpace.for_arch("tiny")
+    assert space.subnet("max") == space.max_subnet() and space.subnet("min") == space.min_subnet()
+    assert space.subnet("random", torch.Generator().manual_seed(4)) == space.sample(torch.Generator().manual_seed(4))
+    with pytest.raises(ConfigError, match="unknown subnet kind 'mid'; use one of max, min, random"):
+        space.subnet("mid")

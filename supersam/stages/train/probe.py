@@ -13,6 +13,7 @@ from supersam.measure.baselines import collapse_check, describe, trivial_baselin
 from supersam.measure.scoring import SubnetEvaluator
 from supersam.measure.thresholds import ResolvedThreshold, base_checkpoint, resolve_threshold
 from supersam.model.sam import pixel_stats
+from supersam.model.space import SUBNET_KINDS
 from supersam.runtime.sampling import eval_generator
 from supersam.schema import metric_key
 from supersam.stages.train.config import TrainConfig
@@ -51,11 +52,8 @@ class ValidationProbe:
             cache_prompts="prompt_encoder" not in cfg.trainable,
         )
         space = supernet.space
-        self.subnets = {
-            "min": space.min_subnet(),
-            "max": space.max_subnet(),
-            "random": space.sample(eval_generator(data_cfg.seed)),
-        }
+        generator = eval_generator(data_cfg.seed)  # the fixed random subnet, the same in every run
+        self.subnets = {kind: space.subnet(kind, generator) for kind in SUBNET_KINDS}
         self.key = metric_key(cfg.metric)
         self.n_images = len(inputs)
         self.n_objects = sum(inp.n_objects for inp in inputs)
@@ -83,8 +81,8 @@ class ValidationProbe:
         """
         return collapse_check(miou, self.fg_fractions.get(kind, math.nan), self.baselines)
 
-    def __call__(self, kinds: tuple[str, ...] = ("min", "max", "random")) -> dict[str, float]:
-        """``miou_min``, ``miou_max``, ``miou_random`` (mIoU under ``cfg.metric``, in [0, 1]) of ``kinds``."""
+    def __call__(self, kinds: tuple[str, ...] = SUBNET_KINDS) -> dict[str, float]:
+        """``miou_max``, ``miou_min``, ``miou_random`` (mIoU under ``cfg.metric``, in [0, 1]) of ``kinds``."""
         scores = {}
         for k in kinds:
             result = self.evaluator.evaluate(self.subnets[k])
