@@ -99,6 +99,16 @@ def eval_cli(
             "0.75 (eval.everything)."
         ),
     ),
+    runtime: str | None = typer.Option(
+        None,
+        help=(
+            "torch (default) or onnxruntime: run the --model export's ONNX graphs (export --format onnx), "
+            "the deployed model itself."
+        ),
+    ),
+    precision: str | None = typer.Option(
+        None, help="With --runtime onnxruntime: fp32 (default), fp16 or int8 graphs (export --precision)."
+    ),
     points_per_side: int | None = typer.Option(
         None, "--points-per-side", help="Everything mode's grid: N x N points (eval.points_per_side, SAM's 32)."
     ),
@@ -142,6 +152,8 @@ def eval_cli(
             "eval.name": name,
             "eval.out": out,
             "eval.everything": everything,
+            "eval.runtime": runtime,
+            "eval.precision": precision,
             "eval.points_per_side": points_per_side,
         },
         defaults=USER_FOLDER_DEFAULTS if data_root is not None else None,

@@ -119,6 +119,11 @@ class EvalConfig:
             all-foreground mask and the untrained model run the same way.
         points_per_side: the everything-mode grid (points_per_side x points_per_side points).
         pred_iou_thresh, stability_score_thresh: everything mode's mask filters (SAM's 0.88 / 0.95).
+        runtime: ``torch`` (the model's PyTorch weights) or ``onnxruntime``: the ONNX graphs
+            of the ``model`` export folder (``export --format onnx``;
+            :class:`supersam.model.onnx_runtime.OnnxSam`), the deployed model itself.
+        precision: with ``onnxruntime``: which exported graphs run, ``fp32``, ``fp16`` or
+            ``int8`` (``export --precision``); ``torch`` runs fp32 (``amp`` for bf16).
     """
 
     model: str = ""
@@ -140,6 +145,8 @@ class EvalConfig:
     points_per_side: int = 32
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
+    runtime: str = "torch"
+    precision: str = "fp32"
 
     def everything_config(self) -> EverythingConfig:
         """The everything-mode settings of this evaluation (:class:`supersam.measure.everything.EverythingConfig`)."""
@@ -175,6 +182,27 @@ class EvalConfig:
             raise ConfigError("give either --model (an exported subnet) or --supernet, not both")
         if self.subnet and not self.supernet:
             raise ConfigError("--subnet needs --supernet (the supernet to cut it from)")
+        from supersam.model.onnx import PRECISIONS
+        from supersam.model.onnx_runtime import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"eval.runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"eval.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.runtime == "onnxruntime" and not self.model:
+            raise ConfigError(
+                "eval --runtime onnxruntime runs an export's ONNX graphs; pass --model EXPORT_DIR "
+                "(written by supersam export --format onnx)"
+            )
+        if self.everything and self.runtime != "torch":
+            raise ConfigError(
+                "eval --everything runs SAM's automatic mask generator in PyTorch; drop --runtime onnxruntime"
+            )
+        if self.precision != "fp32" and self.runtime != "onnxruntime":
+            raise ConfigError(
+                f"eval --precision {self.precision} runs exported ONNX graphs; add --runtime onnxruntime "
+                "(PyTorch runs fp32, or bf16 with --amp)"
+            )
         if self.everything:
             self.everything_config().validate()
         if self.name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.name):
@@ -210,7 +238,14 @@ def load_for_eval(cfg: EvalConfig, model_cfg: ModelConfig) -> LoadedForEval:
             "pretrained": manifest.pretrained,
             "subnet": manifest.subnet,
             "params": manifest.params,
+            "encoder_params": count_params(model.image_encoder),
+            "runtime": cfg.runtime,
+            "precision": cfg.precision,
         }
+        if cfg.runtime == "onnxruntime":
+            from supersam.model.onnx_runtime import OnnxSam
+
+            model = OnnxSam(cfg.model, cfg.precision, resolve_device(cfg.device))
         return LoadedForEval(model, info)
     if cfg.supernet:
         from supersam.model.checkpoint import load_supernet
@@ -517,6 +552,8 @@ def _evaluate(
         "model_type": loaded.info["model_type"],
         "source": loaded.info["source"],
         "variant": loaded.info.get("variant", ""),
+        "runtime": cfg.runtime,
+        "precision": cfg.precision,
     }
     log.info(
         "mIoU (%s) %.4f; single mask %.4f, oracle best of 3 %.4f, with %s prompts on %d objects in %d "
@@ -662,6 +699,8 @@ def everything_metrics(
 
 
 def _encoder_params(loaded: LoadedForEval) -> int:
+    if "encoder_params" in loaded.info:  # an export: counted on its PyTorch weights
+        return int(loaded.info["encoder_params"])
     subnet = loaded.info.get("subnet")
     if subnet and loaded.info.get("params") is not None:
         encoder = loaded.model.image_encoder
