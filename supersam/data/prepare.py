@@ -201,6 +201,11 @@ class PreparedSplit(Sequence[ModelInput]):
     def __len__(self) -> int:
         return len(self._indices)
 
+    def __iter__(self):
+        """Every input in order, prepared one at a time (an IndexError inside is an error, not the end)."""
+        for k in range(len(self)):
+            yield self[k]
+
     def __getitem__(self, k):  # type: ignore[override]
         """Input ``k`` (prepared now); a slice gives a list. Raises DataError on unreadable files."""
         if isinstance(k, slice):

@@ -20,11 +20,12 @@ Two graphs, as SAM is deployed (one encoder run per image, many cheap prompt run
   Channel 0 is ``SamPredictor.predict(multimask_output=False)``'s mask, channels 1..3
   its ``multimask_output=True`` masks.
 
-``precision`` ``fp16`` or ``int8`` adds ``encoder.<precision>.onnx`` and
-``decoder.<precision>.onnx`` beside the float32 pair (the reference), with the same inputs
-and outputs (float32 at the graph's edges): ``fp16`` converts the weights and compute to
-float16 with onnxruntime's converter (``onnxruntime.transformers.float16``,
-``keep_io_types``); ``int8`` quantizes the weights of
+``precision`` ``fp16`` or ``int8`` adds graphs beside the float32 pair (the reference), with
+the same inputs and outputs (float32 at the graph's edges): ``fp16`` adds ``encoder.fp16.onnx``
+(weights and compute in float16 by onnxruntime's converter, ``onnxruntime.transformers.float16``,
+``keep_io_types``) and keeps the float32 decoder, whose size arithmetic on ``orig_im_size``
+would lose whole pixels in float16 above 2048 px (and whose weights are a few percent of the
+model's); ``int8`` adds ``encoder.int8.onnx`` and ``decoder.int8.onnx``, the weights of
 MatMul/Gemm/Conv-type nodes to int8 with onnxruntime's dynamic quantization
 (``quantize_dynamic``, activations quantized at run time; no calibration data needed).
 
@@ -60,9 +61,11 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def precision_files(precision: str) -> dict[str, str]:
-    """``{"encoder": ..., "decoder": ...}`` file names of one precision (fp32: encoder.onnx, decoder.onnx)."""
+    """``{"encoder": ..., "decoder": ...}`` file names of one precision (fp32: encoder.onnx, decoder.onnx;
+    fp16 keeps the fp32 decoder: module docstring)."""
     suffix = "" if precision == "fp32" else f".{precision}"
-    return {"encoder": f"encoder{suffix}.onnx", "decoder": f"decoder{suffix}.onnx"}
+    decoder = DECODER_FILE if precision == "fp16" else f"decoder{suffix}.onnx"
+    return {"encoder": f"encoder{suffix}.onnx", "decoder": decoder}
 
 
 class _DropQuantAdvice(logging.Filter):
@@ -216,7 +219,8 @@ def export_onnx(sam: nn.Module, out_dir: str | Path, opset: int = OPSET, precisi
     if precision != "fp32":
         files[precision] = precision_files(precision)
         for part, name in files[precision].items():
-            convert_precision(out / files["fp32"][part], out / name, precision)
+            if name != files["fp32"][part]:
+                convert_precision(out / files["fp32"][part], out / name, precision)
     grid, dim = embedding.shape[-1], embedding.shape[1]
     meta: dict[str, Any] = {
         "opset": opset,

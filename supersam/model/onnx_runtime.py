@@ -47,9 +47,9 @@ def providers_for(device: torch.device) -> list[str]:
         raise ConfigError(
             "eval --runtime onnxruntime on CUDA needs onnxruntime's CUDAExecutionProvider, which this "
             f"onnxruntime lacks (it has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
-            "or use --device cpu"
+            "or run on the CPU with --set eval.device=cpu"
         )
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
 
 
 class _Encoder(nn.Module):
@@ -138,8 +138,20 @@ class OnnxSam(nn.Module):
             )
         if precision not in PRECISIONS:
             raise ConfigError(f"eval --precision {precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
-        meta = json.loads(meta_path.read_text())
-        files = meta.get("precisions", {}).get(precision)
+        try:
+            meta = json.loads(meta_path.read_text())
+            img_size, mean, std = int(meta["img_size"]), meta["pixel_mean"], meta["pixel_std"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{meta_path} is not a readable onnx.json ({type(exc).__name__}: {exc}); export it again with "
+                "supersam export --format onnx"
+            ) from None
+        if "precisions" not in meta:
+            raise ConfigError(
+                f"{export_dir} was exported before per-precision graphs; export it again with "
+                f"supersam export --format onnx{'' if precision == 'fp32' else f' --precision {precision}'}"
+            )
+        files = meta["precisions"].get(precision)
         if files is None:
             have = ", ".join(sorted(meta.get("precisions", {"fp32": None})))
             raise ConfigError(
@@ -147,15 +159,25 @@ class OnnxSam(nn.Module):
                 f"supersam export --format onnx --precision {precision}"
             )
         providers = providers_for(device or torch.device("cpu"))
-        self.img_size = int(meta["img_size"])
+        self.img_size = img_size
         grid = self.img_size // 16
-        encoder = ort.InferenceSession(str(folder / files["encoder"]["file"]), providers=providers)
-        decoder = ort.InferenceSession(str(folder / files["decoder"]["file"]), providers=providers)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: no constant-folding notes on stderr
+        try:
+            encoder, decoder = (
+                ort.InferenceSession(str(folder / files[part]["file"]), options, providers=providers)
+                for part in ("encoder", "decoder")
+            )
+        except Exception as exc:  # onnxruntime's NoSuchFile / InvalidProtobuf / Fail are not one class
+            raise ConfigError(
+                f"onnxruntime cannot load the {precision} graphs of {folder} ({type(exc).__name__}); "
+                f"export them again with supersam export --format onnx --precision {precision}"
+            ) from None
         self.image_encoder = _Encoder(encoder, self.img_size)
         self.prompt_encoder = _Prompts(self.img_size)
         self.mask_decoder = _Decoder(decoder, self.img_size, grid)
-        self.register_buffer("pixel_mean", torch.tensor(meta["pixel_mean"]).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(meta["pixel_std"]).view(-1, 1, 1), False)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(-1, 1, 1), False)
         self.mask_threshold = 0.0
         self.precision = precision
 

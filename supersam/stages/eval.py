@@ -194,6 +194,11 @@ class EvalConfig:
                 "eval --runtime onnxruntime runs an export's ONNX graphs; pass --model EXPORT_DIR "
                 "(written by supersam export --format onnx)"
             )
+        if self.amp and self.runtime != "torch":
+            raise ConfigError(
+                "eval --amp is for PyTorch (bf16 autocast); with --runtime onnxruntime pick the graphs' "
+                "precision with --precision fp16|int8"
+            )
         if self.everything and self.runtime != "torch":
             raise ConfigError(
                 "eval --everything runs SAM's automatic mask generator in PyTorch; drop --runtime onnxruntime"
@@ -245,7 +250,9 @@ def load_for_eval(cfg: EvalConfig, model_cfg: ModelConfig) -> LoadedForEval:
         if cfg.runtime == "onnxruntime":
             from supersam.model.onnx_runtime import OnnxSam
 
-            model = OnnxSam(cfg.model, cfg.precision, resolve_device(cfg.device))
+            # device auto: the CPU provider (the declared onnxruntime is the CPU build); cuda asks for CUDA's
+            device = torch.device("cpu") if cfg.device == "auto" else resolve_device(cfg.device)
+            model = OnnxSam(cfg.model, cfg.precision, device)
         return LoadedForEval(model, info)
     if cfg.supernet:
         from supersam.model.checkpoint import load_supernet

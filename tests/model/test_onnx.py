@@ -105,8 +105,9 @@ OFFICIAL_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_inp
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reduced_precision_graphs_run_and_agree_with_fp32(exported, tmp_path, shared_data, precision):
-    """--precision fp16 / int8 adds encoder.<p>.onnx and decoder.<p>.onnx with the same float32 inputs and
-    outputs: smaller files whose masks agree with the fp32 graphs' on real images."""
+    """--precision fp16 adds encoder.fp16.onnx (the decoder stays fp32), int8 adds encoder.int8.onnx and
+    decoder.int8.onnx, with the same float32 inputs and outputs: smaller weights whose masks agree with the
+    fp32 graphs' on real images, and masks of the requested size above fp16's exact-integer range."""
     root = exported.parent
     out = export(
         ExportConfig(
@@ -122,7 +123,10 @@ def test_reduced_precision_graphs_run_and_agree_with_fp32(exported, tmp_path, sh
     files = meta["precisions"][precision]
     assert files["encoder"]["file"] == f"encoder.{precision}.onnx"
     assert files["encoder"]["bytes"] < meta["precisions"]["fp32"]["encoder"]["bytes"]
-    for part in ("encoder", "decoder"):  # the weights: half the bytes in fp16, about a quarter in int8
+    if precision == "fp16":
+        assert files["decoder"]["file"] == "decoder.onnx"  # orig_im_size arithmetic stays float32
+    for part in ("encoder", "decoder") if precision == "int8" else ("encoder",):
+        # the weights: half the bytes in fp16, about a quarter in int8
         reference = _weight_bytes(out / "onnx" / f"{part}.onnx")
         reduced = _weight_bytes(out / "onnx" / files[part]["file"])
         assert set(reference) == {"FLOAT"}
@@ -152,6 +156,8 @@ def test_reduced_precision_graphs_run_and_agree_with_fp32(exported, tmp_path, sh
         agree += int(((masks > 0) == (ref > 0)).sum())
         total += ref.size
     assert agree / total >= 0.98, agree / total
+    big = {k: v.numpy() for k, v in decoder_inputs(model, coords, labels, (2049, 3001)).items()}
+    assert dec.run(None, {"image_embeddings": emb, **big})[0].shape == (1, 4, 2049, 3001)
 
 
 def test_reduced_precision_needs_the_onnx_format(exported, tmp_path):
@@ -225,7 +231,7 @@ def test_eval_runs_the_onnx_graphs_on_onnxruntime(exported, tmp_path, shared_dat
     assert f["encoder_params"] == t["encoder_params"] and f["params"] == t["params"]
 
 
-def test_eval_onnx_errors_are_one_line(exported, tmp_path):
+def test_eval_onnx_errors_are_one_line(exported, tmp_path, monkeypatch):
     from supersam.model.onnx_runtime import OnnxSam
     from supersam.stages.eval import EvalConfig
 
@@ -235,5 +241,21 @@ def test_eval_onnx_errors_are_one_line(exported, tmp_path):
         OnnxSam(tmp_path, "fp32")
     with pytest.raises(ConfigError, match="--precision int8 runs exported ONNX graphs; add --runtime onnxruntime"):
         EvalConfig(model=str(exported), precision="int8").validate()
-    with pytest.raises(ConfigError, match="needs onnxruntime's CUDAExecutionProvider"):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match="needs onnxruntime's CUDAExecutionProvider.*--set eval.device=cpu"):
         OnnxSam(exported, "fp32", torch.device("cuda"))
+    meta = exported / "onnx" / "onnx.json"
+    old = json.loads(meta.read_text())
+    try:
+        meta.write_text(json.dumps({k: v for k, v in old.items() if k != "precisions"}))
+        with pytest.raises(ConfigError, match="was exported before per-precision graphs; export it again"):
+            OnnxSam(exported, "fp32")
+        meta.write_text("{not json")
+        with pytest.raises(ConfigError, match="is not a readable onnx.json"):
+            OnnxSam(exported, "fp32")
+    finally:
+        meta.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="--amp is for PyTorch"):
+        EvalConfig(model=str(exported), runtime="onnxruntime", amp=True).validate()
